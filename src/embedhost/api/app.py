@@ -1,0 +1,207 @@
+"""``create_app(settings)``: the FastAPI application, its lifespan and its error handling.
+
+The lifespan builds the model registry (which spawns the engine workers) and the service
+and puts them on ``app.state``; routes get them through ``api/deps.py``. One handler turns
+every :class:`EmbedhostError` into OpenAI's error body with the status from
+``errors.STATUS``; validation errors and unknown routes get the same shape; anything else
+is a 500 whose text is logged, never sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from embedhost import __version__
+from embedhost.api.routes import embeddings, ops
+from embedhost.config import Settings
+from embedhost.errors import EmbedhostError, error_body, status_for
+from embedhost.models.registry import ModelRegistry
+from embedhost.service import EmbeddingService
+
+log = logging.getLogger(__name__)
+
+
+def _json_error(
+    status: int,
+    message: str,
+    type_: str,
+    code: str | None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    return Response(
+        orjson.dumps(error_body(message, type_, code, param)),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+async def _embedhost_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, EmbedhostError)
+    headers = dict(exc.headers)
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    return _json_error(status_for(exc), exc.message, exc.type, exc.code, exc.param, headers)
+
+
+def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
+    errors = exc.errors()
+    if not errors:
+        return "invalid request", None
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    field = loc[0] if loc else None
+    if first.get("type") == "json_invalid":
+        return "the request body is not valid JSON", None
+    if field == "input":
+        return (
+            "input must be a non-empty string, an array of strings, an array of token ids, "
+            "or an array of arrays of token ids",
+            "input",
+        )
+    if not loc and first.get("type") in ("model_attributes_type", "dict_type", "missing"):
+        return "the request body must be a JSON object", None
+    where = ".".join(loc) if loc else "body"
+    return f"{where}: {first.get('msg', 'invalid value')}", field
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    message, param = _describe_validation(exc)
+    return _json_error(422, message, "invalid_request_error", "invalid_request", param)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    message = str(exc.detail) if exc.status_code != 404 else f"no route {request.url.path}"
+    return _json_error(exc.status_code, message, type_, code, headers=exc.headers)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _json_error(500, "internal server error", "server_error", "internal_error")
+
+
+class BodyLimitMiddleware:
+    """413 before parsing when a body is larger than ``max_body_bytes``.
+
+    Checks Content-Length up front, and counts streamed (chunked) bodies as they arrive.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.max_bytes
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    await self._reject(send)
+                    return
+                break
+        else:
+            if scope.get("method") in ("POST", "PUT", "PATCH"):
+                # No length given: read the whole body here, within the limit, and replay it.
+                chunks: list[bytes] = []
+                size = 0
+                more = True
+                while more:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        await self._reject(send)
+                        return
+                    chunks.append(chunk)
+                    more = message.get("more_body", False)
+                replayed = False
+
+                async def replay() -> Message:
+                    nonlocal replayed
+                    if not replayed:
+                        replayed = True
+                        return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+                    return await receive()
+
+                await self.app(scope, replay, send)
+                return
+        await self.app(scope, receive, send)
+
+    async def _reject(self, send: Send) -> None:
+        body = orjson.dumps(
+            error_body(
+                f"request body is larger than the limit of {self.max_bytes} bytes",
+                "invalid_request_error",
+                "payload_too_large",
+            )
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        registry = ModelRegistry(settings)
+        app.state.registry = registry
+        app.state.service = EmbeddingService(registry, settings.limits)
+        app.state.draining = False
+        registry.start()
+        try:
+            yield {}
+        finally:
+            app.state.draining = True
+            await registry.stop(settings.server.graceful_shutdown_s)
+
+    app = FastAPI(
+        title="embedhost",
+        version=__version__,
+        summary="Text embeddings over an OpenAI-compatible API",
+        lifespan=lifespan,
+        root_path=settings.server.root_path,
+    )
+    app.state.settings = settings
+    app.state.instance_id = uuid.uuid4().hex[:12]
+    app.state.started = time.monotonic()
+    app.add_exception_handler(EmbedhostError, _embedhost_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _internal_error)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
+    app.include_router(ops.router)
+    app.include_router(embeddings.router)
+    return app

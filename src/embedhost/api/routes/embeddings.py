@@ -1,0 +1,150 @@
+"""Embedding routes: ``POST /v1/embeddings`` (OpenAI-compatible) and ``POST /embed`` (native).
+
+Responses are written straight to bytes with orjson (numpy rows serialize natively), which
+is most of a response's cost on the hot path; the response models document them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from embedhost.api.deps import ServiceDep
+from embedhost.batching import Ticket
+from embedhost.errors import InvalidRequest
+from embedhost.protocol import (
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbedRequest,
+    EmbedResponse,
+    ErrorResponse,
+)
+from embedhost.service import EmbedResult
+
+router = APIRouter()
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse}
+    for code in (400, 401, 403, 404, 413, 422, 429, 500, 503, 504)
+}
+
+
+@contextlib.asynccontextmanager
+async def watch_disconnect(request: Request, ticket: Ticket) -> AsyncIterator[None]:
+    """Mark the ticket gone if the client disconnects while its request waits.
+
+    Once the body is read, the server's ``receive`` only returns to say the client left.
+    """
+
+    async def watcher() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                ticket.gone = True
+                return
+
+    task = asyncio.get_running_loop().create_task(watcher())
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
+def _headers(result: EmbedResult) -> dict[str, str]:
+    return {"X-Embedhost-Model": f"{result.model.name}@{result.model.version}"}
+
+
+@router.post(
+    "/v1/embeddings",
+    response_model=EmbeddingResponse,
+    responses=_ERRORS,
+    summary="Create embeddings (OpenAI-compatible)",
+    tags=["embeddings"],
+)
+async def create_embeddings(
+    body: EmbeddingRequest, request: Request, service: ServiceDep
+) -> Response:
+    inp = body.input
+    inputs: list[str] | list[list[int]]
+    if isinstance(inp, str):
+        inputs = [inp]
+    elif inp and isinstance(inp[0], int):
+        inputs = [inp]  # type: ignore[list-item]
+    else:
+        inputs = inp  # type: ignore[assignment]
+    handle = service.resolve(body.model)
+    ticket = Ticket()
+    async with watch_disconnect(request, ticket):
+        result = await service.embed(
+            handle, inputs, truncate=body.truncate, dimensions=body.dimensions, ticket=ticket
+        )
+    vecs = result.vectors
+    data: list[dict[str, Any]]
+    if body.encoding_format == "base64":
+        le = vecs.astype("<f4", copy=False)
+        data = [
+            {"object": "embedding", "index": i, "embedding": base64.b64encode(le[i].tobytes()).decode()}
+            for i in range(len(le))
+        ]
+    else:
+        data = [{"object": "embedding", "index": i, "embedding": vecs[i]} for i in range(len(vecs))]
+    total = result.tokens.total
+    payload = {
+        "object": "list",
+        "data": data,
+        "model": body.model or handle.name,
+        "usage": {"prompt_tokens": total, "total_tokens": total},
+    }
+    return Response(
+        orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY),
+        media_type="application/json",
+        headers=_headers(result),
+    )
+
+
+@router.post(
+    "/embed",
+    response_model=EmbedResponse,
+    responses=_ERRORS,
+    summary="Embed texts (native API)",
+    tags=["embeddings"],
+)
+async def embed(body: EmbedRequest, request: Request, service: ServiceDep) -> Response:
+    if (body.text is None) == (body.texts is None):
+        raise InvalidRequest("give exactly one of 'text' or 'texts'", param="text")
+    texts = [body.text] if body.text is not None else list(body.texts or [])
+    handle = service.resolve(body.model)
+    ticket = Ticket()
+    async with watch_disconnect(request, ticket):
+        result = await service.embed(
+            handle,
+            texts,
+            truncate=body.truncate,
+            dimensions=body.dimensions,
+            normalize=body.normalize,
+            ticket=ticket,
+        )
+    vecs: np.ndarray[Any, Any] = result.vectors
+    total = result.tokens.total
+    payload = {
+        "model": handle.name,
+        "version": handle.version,
+        "dimensions": int(vecs.shape[1]),
+        "embeddings": vecs,
+        "tokens": result.tokens.counts,
+        "truncated": result.tokens.truncated,
+        "usage": {"prompt_tokens": total, "total_tokens": total},
+    }
+    return Response(
+        orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY),
+        media_type="application/json",
+        headers=_headers(result),
+    )

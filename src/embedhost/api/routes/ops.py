@@ -1,0 +1,92 @@
+"""Operational routes: index, liveness, readiness, info, model list."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import psutil
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from embedhost import __version__
+from embedhost.api.deps import RegistryDep
+from embedhost.protocol import ModelCard, ModelList
+
+router = APIRouter()
+
+
+@router.get("/", tags=["ops"], summary="Index")
+async def index() -> dict[str, Any]:
+    return {
+        "name": "embedhost",
+        "version": __version__,
+        "endpoints": {
+            "embeddings": "POST /v1/embeddings",
+            "embed": "POST /embed",
+            "models": "GET /v1/models",
+            "info": "GET /info",
+            "health": "GET /health",
+            "ready": "GET /ready",
+            "docs": "GET /docs",
+        },
+    }
+
+
+@router.get("/health", tags=["ops"], summary="Liveness: the process and its event loop answer")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def _memory() -> dict[str, int]:
+    """RSS of the API process and of its worker processes, in bytes."""
+    me = psutil.Process(os.getpid())
+    workers = 0
+    for child in me.children(recursive=True):
+        try:
+            workers += child.memory_info().rss
+        except psutil.Error:
+            continue
+    api = me.memory_info().rss
+    return {"api_rss_bytes": api, "workers_rss_bytes": workers, "total_rss_bytes": api + workers}
+
+
+@router.get(
+    "/ready",
+    tags=["ops"],
+    summary="Readiness: every model loaded, warm and its worker alive",
+    responses={503: {"description": "Not ready; the body says why"}},
+)
+async def ready(request: Request, registry: RegistryDep) -> JSONResponse:
+    models = {
+        h.name: {"status": h.status, **({"reason": h.reason} if h.status != "ready" else {})}
+        for h in registry.handles.values()
+    }
+    draining = bool(getattr(request.app.state, "draining", False))
+    ok = registry.ready and not draining
+    body = {
+        "status": "ready" if ok else ("draining" if draining else "not_ready"),
+        "models": models,
+        "uptime_s": round(time.monotonic() - request.app.state.started, 3),
+        "memory": _memory(),
+    }
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+@router.get("/info", tags=["ops"], summary="Instance, version and models")
+async def info(request: Request, registry: RegistryDep) -> dict[str, Any]:
+    return {
+        "instance_id": request.app.state.instance_id,
+        "version": __version__,
+        "environment": request.app.state.settings.environment,
+        "default_model": registry.default.name,
+        "models": [h.describe() for h in registry.handles.values()],
+    }
+
+
+@router.get("/v1/models", tags=["ops"], summary="List models (OpenAI-compatible)")
+async def list_models(registry: RegistryDep) -> ModelList:
+    return ModelList(
+        data=[ModelCard(id=h.name, created=h.created) for h in registry.handles.values()]
+    )

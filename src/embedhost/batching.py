@@ -1,0 +1,271 @@
+"""The dynamic batcher in front of one model replica.
+
+Requests are split into one item per sequence. A single loop forms batches:
+
+* up to ``max_batch_size`` sequences and ``max_batch_tokens`` padded tokens (batch size x
+  longest sequence, which is what the engine actually computes);
+* from a window of the oldest queued items, sorted by length, grown around the oldest
+  item so that padding is small and nothing starves;
+* when the engine is idle and the queue holds less than a full batch, it waits at most
+  ``max_wait_ms`` for more; when the engine is busy, work accumulates by itself;
+* at most ``depth`` batches are in the worker's pipe, so the engine never waits on IPC.
+
+The queue is bounded (``max_queue_items``): a request that does not fit gets
+:class:`QueueFull` (429 + Retry-After) at once, before anything of it is queued. Items of
+a request whose client went away are dropped when a batch is formed. Every future is
+resolved on every path: results, engine errors, worker crash, timeout, shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from embedhost.config import BatchingConfig
+from embedhost.engines.base import Vectors
+from embedhost.errors import ClientGone, EmbedhostError, EngineError, QueueFull, ShuttingDown
+
+log = logging.getLogger(__name__)
+
+EmbedFn = Callable[[list[list[int]], float], Awaitable[Vectors]]
+
+
+@dataclass(slots=True)
+class Ticket:
+    """Shared by the items of one request; ``gone`` is set when its client disconnects."""
+
+    gone: bool = False
+
+
+@dataclass(slots=True)
+class Item:
+    ids: list[int]
+    future: asyncio.Future[Vectors]
+    ticket: Ticket
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+@dataclass(slots=True)
+class BatchStats:
+    batches: int = 0
+    sequences: int = 0
+    padded_tokens: int = 0
+    real_tokens: int = 0
+    dropped_gone: int = 0
+
+
+class Batcher:
+    def __init__(
+        self,
+        embed: EmbedFn,
+        config: BatchingConfig,
+        *,
+        retry_after_s: float = 1.0,
+        depth: int = 2,
+        window_factor: int = 4,
+    ) -> None:
+        self._embed = embed
+        self.config = config
+        self.retry_after_s = retry_after_s
+        self._queue: deque[Item] = deque()
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(depth)
+        self._depth = depth
+        self._in_flight = 0
+        self._window = max(config.max_batch_size * window_factor, 1)
+        self._task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.stats = BatchStats()
+
+    # -- public ------------------------------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
+
+    def submit(self, seqs: list[list[int]], ticket: Ticket) -> list[asyncio.Future[Vectors]]:
+        """Queue every sequence of one request, or none of them."""
+        if self._closed:
+            raise ShuttingDown("the server is shutting down", retry_after=self.retry_after_s)
+        if len(self._queue) + len(seqs) > self.config.max_queue_items:
+            raise QueueFull(
+                f"the queue for this model is full ({self.config.max_queue_items} inputs); "
+                "retry after the indicated delay",
+                retry_after=self.retry_after_s,
+            )
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        futures: list[asyncio.Future[Vectors]] = []
+        for s in seqs:
+            fut: asyncio.Future[Vectors] = loop.create_future()
+            self._queue.append(Item(s, fut, ticket, now))
+            futures.append(fut)
+        self._wake.set()
+        return futures
+
+    async def close(self, drain: bool = True, timeout: float = 30.0) -> None:
+        """Stop taking work; finish (or fail) what is queued; resolve every future."""
+        self._closed = True
+        if drain:
+            deadline = time.monotonic() + timeout
+            while (self._queue or self._running) and time.monotonic() < deadline:
+                self._wake.set()
+                await asyncio.sleep(0.01)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._fail_queue(ShuttingDown("the server is shutting down"))
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _fail_queue(self, exc: EmbedhostError) -> None:
+        while self._queue:
+            it = self._queue.popleft()
+            if not it.future.done():
+                it.future.set_exception(exc)
+
+    async def _loop(self) -> None:
+        try:
+            while True:
+                if not self._queue:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                await self._slots.acquire()
+                if (
+                    self._in_flight == 0
+                    and self.config.max_wait_ms > 0
+                    and len(self._queue) < self.config.max_batch_size
+                ):
+                    await self._gather_more()
+                batch = self._form()
+                if not batch:
+                    self._slots.release()
+                    continue
+                self._in_flight += 1
+                task = asyncio.get_running_loop().create_task(self._run(batch))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug here must not strand waiting requests
+            log.exception("batcher loop failed")
+            self._fail_queue(EngineError("internal batching error"))
+            raise
+
+    async def _gather_more(self) -> None:
+        deadline = time.monotonic() + self.config.max_wait_ms / 1000
+        while len(self._queue) < self.config.max_batch_size:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), left)
+
+    def _form(self) -> list[Item]:
+        """Pick the next batch: around the oldest item, among similar lengths."""
+        q = self._queue
+        # Drop items whose client is gone, and items already resolved.
+        while q and (q[0].ticket.gone or q[0].future.done()):
+            self._drop(q.popleft())
+        if not q:
+            return []
+        window: list[Item] = []
+        while q and len(window) < self._window:
+            it = q.popleft()
+            if it.ticket.gone or it.future.done():
+                self._drop(it)
+                continue
+            window.append(it)
+        if not window:
+            return []
+        cfg = self.config
+        oldest = window[0]
+        order = sorted(range(len(window)), key=lambda i: len(window[i].ids))
+        pos = order.index(0)
+        lo, hi = pos, pos
+        chosen = [oldest]
+        width = len(oldest.ids)
+        while len(chosen) < cfg.max_batch_size:
+            cand_lo = order[lo - 1] if lo > 0 else None
+            cand_hi = order[hi + 1] if hi + 1 < len(order) else None
+            if cand_lo is None and cand_hi is None:
+                break
+            # Prefer the neighbour whose length is closer to the oldest item's.
+            pick_hi = cand_lo is None or (
+                cand_hi is not None
+                and len(window[cand_hi].ids) - len(oldest.ids)
+                <= len(oldest.ids) - len(window[cand_lo].ids)
+            )
+            idx = cand_hi if pick_hi else cand_lo
+            assert idx is not None
+            new_width = max(width, len(window[idx].ids))
+            if new_width * (len(chosen) + 1) > cfg.max_batch_tokens:
+                # The other side may still fit (shorter sequences).
+                if pick_hi and cand_lo is not None:
+                    idx = cand_lo
+                    pick_hi = False
+                    new_width = width
+                    if width * (len(chosen) + 1) > cfg.max_batch_tokens:
+                        break
+                else:
+                    break
+            chosen.append(window[idx])
+            width = new_width
+            if pick_hi:
+                hi += 1
+            else:
+                lo -= 1
+        taken = {id(it) for it in chosen}
+        # Put back what was not taken, oldest first, ahead of newer arrivals.
+        rest = [it for it in window if id(it) not in taken]
+        q.extendleft(reversed(rest))
+        chosen.sort(key=lambda it: len(it.ids))
+        return chosen
+
+    def _drop(self, it: Item) -> None:
+        if not it.future.done():
+            self.stats.dropped_gone += 1
+            it.future.set_exception(ClientGone("client disconnected"))
+            it.future.exception()  # nobody awaits it: mark it retrieved
+
+    async def _run(self, batch: list[Item]) -> None:
+        try:
+            seqs = [it.ids for it in batch]
+            width = max(len(s) for s in seqs)
+            self.stats.batches += 1
+            self.stats.sequences += len(seqs)
+            self.stats.padded_tokens += width * len(seqs)
+            self.stats.real_tokens += sum(len(s) for s in seqs)
+            vecs = await self._embed(seqs, self.config.batch_timeout_s)
+            for i, it in enumerate(batch):
+                if not it.future.done():
+                    it.future.set_result(vecs[i])
+        except EmbedhostError as exc:
+            for it in batch:
+                if not it.future.done():
+                    it.future.set_exception(exc)
+        except Exception:
+            log.exception("batch failed")
+            err = EngineError("the engine failed to embed this batch")
+            for it in batch:
+                if not it.future.done():
+                    it.future.set_exception(err)
+        finally:
+            self._in_flight -= 1
+            self._slots.release()

@@ -1,0 +1,150 @@
+"""The ``embedhost`` command: serve, check-config, embed, version."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from embedhost import __version__
+from embedhost.errors import ConfigError
+
+cli = typer.Typer(
+    name="embedhost",
+    help="A production server for text-embedding models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        envvar="EMBEDHOST_CONFIG",
+        help="YAML config file. Without it: the built-in default model on 127.0.0.1:8008.",
+    ),
+]
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@cli.command()
+def serve(
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (server.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (server.port).")] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
+) -> None:
+    """Start the HTTP server."""
+    import uvicorn
+
+    from embedhost.api.app import create_app
+    from embedhost.config import load_settings
+
+    server: dict[str, Any] = {}
+    if host is not None:
+        server["host"] = host
+    if port is not None:
+        server["port"] = port
+    if log_level is not None:
+        server["log_level"] = log_level
+    _setup_logging(log_level or "info")
+    try:
+        settings = load_settings(config, {"server": server} if server else None)
+    except ConfigError as exc:
+        typer.echo(exc.message, err=True)
+        raise typer.Exit(2) from None
+    logging.getLogger().setLevel(settings.server.log_level.upper())
+    s = settings.server
+    app = create_app(settings)
+    uv = uvicorn.Config(
+        app,
+        host=s.host,
+        port=s.port,
+        log_config=None,
+        log_level=s.log_level,
+        access_log=s.access_log,
+        timeout_keep_alive=int(s.timeout_keep_alive_s),
+        timeout_graceful_shutdown=int(s.graceful_shutdown_s),
+        lifespan="on",
+    )
+    logging.getLogger(__name__).info(
+        "embedhost %s serving %s on http://%s:%d",
+        __version__,
+        ", ".join(m.ref for m in settings.models),
+        s.host,
+        s.port,
+    )
+    uvicorn.Server(uv).run()
+
+
+@cli.command("check-config")
+def check_config(
+    file: Annotated[Path, typer.Argument(help="YAML config file to validate.")],
+    verify_checksums: Annotated[
+        bool, typer.Option(help="Hash the model files and compare with their checksums.")
+    ] = True,
+) -> None:
+    """Validate a config file (and the model files it names) without serving."""
+    from embedhost.config import load_settings, quantization_warnings, verify_checksum
+
+    _setup_logging("warning")
+    try:
+        settings = load_settings(file)
+        if verify_checksums:
+            for m in settings.models:
+                verify_checksum(m)
+    except ConfigError as exc:
+        typer.echo(exc.message, err=True)
+        raise typer.Exit(2) from None
+    for w in quantization_warnings(settings):
+        typer.echo(f"warning: {w}", err=True)
+    typer.echo(
+        f"{file}: OK ({len(settings.models)} model(s): "
+        + ", ".join(f"{m.ref} [{m.engine}]" for m in settings.models)
+        + ")"
+    )
+
+
+@cli.command()
+def embed(
+    texts: Annotated[list[str], typer.Argument(help="Texts to embed.")],
+    url: Annotated[str, typer.Option(help="Server base URL.")] = "http://127.0.0.1:8008",
+    model: Annotated[str | None, typer.Option(help="Model name.")] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="EMBEDHOST_API_KEY", help="API key, if the server needs one.")
+    ] = None,
+) -> None:
+    """Embed texts with a running server and print the JSON answer."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    body: dict[str, Any] = {"input": texts}
+    if model:
+        body["model"] = model
+    r = httpx.post(f"{url.rstrip('/')}/v1/embeddings", json=body, headers=headers, timeout=60)
+    typer.echo(json.dumps(r.json()))
+    if r.status_code >= 400:
+        raise typer.Exit(1)
+
+
+@cli.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    cli()

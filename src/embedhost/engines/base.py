@@ -1,0 +1,58 @@
+"""The engine contract: load a model, embed batches of token ids, describe itself, close.
+
+Engines run inside a worker process (see ``worker.py``), never in the API process. They
+return pooled float32 vectors *before* normalization: the API process normalizes, so that
+per-request ``normalize`` and Matryoshka ``dimensions`` work on any engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from embedhost.config import ModelConfig
+
+Vectors = npt.NDArray[np.float32]
+
+
+@dataclass(slots=True)
+class EngineInfo:
+    engine: str
+    dims: int
+    max_tokens: int
+    pooling: str
+    normalize: bool
+    dtype: str
+    device: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EngineInfo:
+        return cls(**d)
+
+
+class Engine(Protocol):
+    def __init__(self, config: ModelConfig) -> None: ...
+
+    def load(self) -> EngineInfo:
+        """Load weights; blocking, called once in the worker."""
+        ...
+
+    def embed(self, batch: list[list[int]]) -> Vectors:
+        """Pooled, unnormalized float32 vectors, one row per sequence, in order."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class MissingExtra(ImportError):
+    """A heavy optional library is not installed."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        super().__init__(f"{package} is not installed; install it with: pip install 'embedhost[{extra}]'")

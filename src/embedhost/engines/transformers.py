@@ -1,0 +1,151 @@
+"""Hugging Face models on PyTorch, in the sentence-transformers layout.
+
+Reads ``modules.json`` (is there a Normalize module?), ``1_Pooling/config.json`` (pooling
+mode) and ``sentence_bert_config.json`` (max_seq_length) when present, so that vectors
+match sentence-transformers on the same weights. ``dtype: auto`` picks bfloat16 where the
+hardware computes it natively (CPUs with AMX or AVX512-BF16, CUDA devices that support
+it) and float32 elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embedhost.config import ModelConfig
+from embedhost.engines.base import EngineInfo, Vectors
+
+log = logging.getLogger(__name__)
+
+
+def read_st_config(path: Path) -> dict[str, Any]:
+    """Pooling, normalize and max length from a sentence-transformers directory, if any."""
+    out: dict[str, Any] = {}
+    modules = path / "modules.json"
+    if modules.is_file():
+        mods = json.loads(modules.read_text())
+        out["normalize"] = any(m.get("type", "").endswith("Normalize") for m in mods)
+        for m in mods:
+            if m.get("type", "").endswith("Pooling"):
+                pconf = path / m.get("path", "") / "config.json"
+                if pconf.is_file():
+                    p = json.loads(pconf.read_text())
+                    if p.get("pooling_mode_cls_token"):
+                        out["pooling"] = "cls"
+                    elif p.get("pooling_mode_lasttoken"):
+                        out["pooling"] = "last"
+                    elif p.get("pooling_mode_max_tokens"):
+                        out["pooling"] = "max"
+                    else:
+                        out["pooling"] = "mean"
+    sbert = path / "sentence_bert_config.json"
+    if sbert.is_file():
+        s = json.loads(sbert.read_text())
+        if s.get("max_seq_length"):
+            out["max_tokens"] = int(s["max_seq_length"])
+    return out
+
+
+def cpu_has_native_bf16() -> bool:
+    """AMX or AVX512-BF16, read from /proc/cpuinfo (Linux x86)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    return bool({"amx_bf16", "avx512_bf16"} & flags)
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    if dtype != "auto":
+        return dtype
+    if device == "cpu":
+        return "bfloat16" if cpu_has_native_bf16() else "float32"
+    if device.startswith("cuda"):
+        import torch
+
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "float32"
+
+
+class TransformersEngine:
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+        self._model: Any = None
+        self._torch: Any = None
+        self._pooling = "mean"
+        self._device = config.device
+
+    def load(self) -> EngineInfo:
+        import torch
+        from transformers import AutoConfig, AutoModel
+
+        self._torch = torch
+        cfg = self.config
+        path = cfg.resolved_path()
+        st = read_st_config(path)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        dtype_name = resolve_dtype(cfg.dtype, cfg.device)
+        dtype = getattr(torch, dtype_name)
+        hf_conf = AutoConfig.from_pretrained(path)
+        model = AutoModel.from_pretrained(path, dtype=dtype, **cfg.engine_options)
+        self._model = model.to(cfg.device).eval()
+        self._pooling = cfg.pooling if cfg.pooling != "auto" else st.get("pooling", "mean")
+        normalize = cfg.normalize if cfg.normalize is not None else bool(st.get("normalize", False))
+        model_max = int(getattr(hf_conf, "max_position_embeddings", 512))
+        max_tokens = min(cfg.max_input_tokens or st.get("max_tokens", model_max), model_max)
+        dims = int(hf_conf.hidden_size)
+        return EngineInfo(
+            engine="transformers",
+            dims=dims,
+            max_tokens=max_tokens,
+            pooling=self._pooling,
+            normalize=normalize,
+            dtype=dtype_name,
+            device=cfg.device,
+            details={
+                "architecture": (getattr(hf_conf, "architectures", None) or ["?"])[0],
+                "torch_threads": torch.get_num_threads(),
+            },
+        )
+
+    def embed(self, batch: list[list[int]]) -> Vectors:
+        torch = self._torch
+        n = len(batch)
+        width = max(len(s) for s in batch)
+        ids = np.zeros((n, width), dtype=np.int64)
+        mask = np.zeros((n, width), dtype=np.int64)
+        for i, s in enumerate(batch):
+            ids[i, : len(s)] = s
+            mask[i, : len(s)] = 1
+        with torch.inference_mode():
+            t_ids = torch.from_numpy(ids).to(self._device)
+            t_mask = torch.from_numpy(mask).to(self._device)
+            hidden = self._model(input_ids=t_ids, attention_mask=t_mask).last_hidden_state
+            pooled = self._pool(hidden.float(), t_mask)
+            out: Vectors = pooled.cpu().numpy().astype(np.float32, copy=False)
+        return out
+
+    def _pool(self, hidden: Any, mask: Any) -> Any:
+        torch = self._torch
+        if self._pooling == "cls":
+            return hidden[:, 0]
+        if self._pooling == "last":
+            last = mask.sum(dim=1) - 1
+            return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        if self._pooling == "max":
+            return hidden.masked_fill(m == 0, float("-inf")).max(dim=1).values
+        return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
+
+    def close(self) -> None:
+        self._model = None

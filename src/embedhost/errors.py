@@ -1,0 +1,160 @@
+"""The exception tree, and the one table that maps it to an HTTP status and OpenAI's error body.
+
+Every error a client can see is an :class:`EmbedhostError`. Routes never catch; the single
+handler in ``api/app.py`` turns an error into ``{"error": {"message", "type", "param", "code"}}``
+with the status from :data:`STATUS`. Anything else that escapes is an internal fault and
+is answered with a generic 500 body: its text is logged, never sent.
+
+This module imports nothing from the package.
+"""
+
+from __future__ import annotations
+
+
+class EmbedhostError(Exception):
+    """Base of every error that has a client-facing meaning."""
+
+    type: str = "server_error"
+    code: str = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        retry_after: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.retry_after = retry_after
+        self.headers = dict(headers or {})
+
+
+# --- configuration (raised at start, never reaches a client) -------------------------------
+
+
+class ConfigError(EmbedhostError):
+    """The configuration is invalid; the message names the field and the fix."""
+
+    type = "config_error"
+    code = "invalid_config"
+
+
+class ChecksumMismatch(ConfigError):
+    code = "checksum_mismatch"
+
+
+# --- client errors ------------------------------------------------------------------------
+
+
+class InvalidRequest(EmbedhostError):
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class InputTooLong(InvalidRequest):
+    """An input exceeds the model's token limit and the policy is to refuse."""
+
+    code = "context_length_exceeded"
+
+
+class PayloadTooLarge(InvalidRequest):
+    code = "payload_too_large"
+
+
+class ModelNotFound(InvalidRequest):
+    code = "model_not_found"
+
+
+class NotFound(InvalidRequest):
+    code = "not_found"
+
+
+class MethodNotAllowed(InvalidRequest):
+    code = "method_not_allowed"
+
+
+class ClientGone(EmbedhostError):
+    """The client disconnected before its request was served; nobody reads the answer."""
+
+    type = "invalid_request_error"
+    code = "client_closed_request"
+
+
+# --- overload and availability --------------------------------------------------------------
+
+
+class QueueFull(EmbedhostError):
+    type = "rate_limit_error"
+    code = "queue_full"
+
+
+class ModelNotReady(EmbedhostError):
+    type = "server_error"
+    code = "model_not_ready"
+
+
+class WorkerCrashed(EmbedhostError):
+    type = "server_error"
+    code = "worker_crashed"
+
+
+class WorkerTimeout(EmbedhostError):
+    type = "server_error"
+    code = "worker_timeout"
+
+
+class ShuttingDown(EmbedhostError):
+    type = "server_error"
+    code = "shutting_down"
+
+
+# --- engine faults ---------------------------------------------------------------------------
+
+
+class EngineError(EmbedhostError):
+    """The engine raised while embedding a batch. The message sent is generic."""
+
+    type = "server_error"
+    code = "engine_error"
+
+
+class ModelLoadError(EmbedhostError):
+    type = "server_error"
+    code = "model_load_failed"
+
+
+STATUS: dict[type[EmbedhostError], int] = {
+    ConfigError: 500,
+    InvalidRequest: 400,
+    InputTooLong: 413,
+    PayloadTooLarge: 413,
+    ModelNotFound: 404,
+    NotFound: 404,
+    MethodNotAllowed: 405,
+    ClientGone: 499,
+    QueueFull: 429,
+    ModelNotReady: 503,
+    WorkerCrashed: 503,
+    ShuttingDown: 503,
+    WorkerTimeout: 504,
+    EngineError: 500,
+    ModelLoadError: 503,
+}
+
+
+def status_for(exc: EmbedhostError) -> int:
+    """The HTTP status of an error: the entry of its nearest class in :data:`STATUS`."""
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]  # type: ignore[index]
+    return 500
+
+
+def error_body(
+    message: str, type_: str, code: str | None, param: str | None = None
+) -> dict[str, dict[str, str | None]]:
+    """OpenAI's error shape."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}

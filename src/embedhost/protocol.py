@@ -1,0 +1,115 @@
+"""Request and response models of the HTTP API: OpenAI-compatible and native.
+
+These models are the contract clients see (and the OpenAPI schema at ``/docs``). Responses on
+the hot path are serialized straight to bytes with orjson (see ``api/routes``); the response
+models here document them.
+
+This module imports nothing from the package.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Truncate = bool | Literal["left", "right"]
+"""Per-request truncation: ``true`` uses the model's side (right unless configured),
+``"left"``/``"right"`` pick the side, ``false`` refuses inputs over the limit."""
+
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+
+
+class EmbeddingRequest(BaseModel):
+    """``POST /v1/embeddings``, as OpenAI defines it, plus ``truncate``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    input: str | list[str] | TokenIds | list[TokenIds] = Field(
+        description=(
+            "Text or texts to embed, or token ids of the model's own vocabulary "
+            "(one list, or a list of lists). Token ids are used as given: no special "
+            "tokens are added."
+        ),
+    )
+    model: str | None = Field(
+        default=None,
+        description="Model name, optionally pinned as name@version. Default: the first configured model.",
+    )
+    encoding_format: Literal["float", "base64"] = Field(
+        default="float", description="base64: little-endian float32, as OpenAI's SDK decodes it."
+    )
+    dimensions: int | None = Field(
+        default=None,
+        ge=1,
+        description="Matryoshka: keep the first N dimensions, then re-normalize.",
+    )
+    user: str | None = Field(default=None, max_length=256)
+    truncate: Truncate | None = Field(
+        default=None,
+        description="Override the model's truncation policy for this request.",
+    )
+
+
+class EmbeddingObject(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingObject]
+    model: str
+    usage: Usage
+
+
+class EmbedRequest(BaseModel):
+    """``POST /embed``: the native API. Give ``text`` or ``texts``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = None
+    texts: list[str] | None = None
+    model: str | None = None
+    normalize: bool = True
+    truncate: Truncate | None = None
+    dimensions: int | None = Field(default=None, ge=1)
+
+
+class EmbedResponse(BaseModel):
+    model: str
+    version: str
+    dimensions: int
+    embeddings: list[list[float]]
+    tokens: list[int] = Field(description="Token count of each input after truncation.")
+    truncated: list[bool]
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "embedhost"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

@@ -1,0 +1,123 @@
+"""One embedding call, transport-free: resolve the model, tokenize and count, truncate or
+refuse, check limits, queue on a replica's batcher, await the vectors, then apply
+Matryoshka ``dimensions`` and normalization.
+
+Both HTTP routes (OpenAI and native) call :meth:`EmbeddingService.embed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import numpy as np
+
+from embedhost.batching import Ticket
+from embedhost.config import LimitsConfig
+from embedhost.engines.base import Vectors
+from embedhost.errors import EmbedhostError, InvalidRequest, PayloadTooLarge
+from embedhost.models.registry import ModelHandle, ModelRegistry
+from embedhost.protocol import Truncate
+from embedhost.tokenization import Policy, Tokenized, prepare_ids, prepare_texts
+
+# Below this many characters, tokenizing inline costs less than a hop to a thread
+# (tens of microseconds); above it, the Rust tokenizer runs in a thread, off the loop.
+_INLINE_CHARS = 8192
+
+
+@dataclass(slots=True)
+class EmbedResult:
+    model: ModelHandle
+    vectors: Vectors
+    tokens: Tokenized
+
+
+class EmbeddingService:
+    def __init__(self, registry: ModelRegistry, limits: LimitsConfig) -> None:
+        self.registry = registry
+        self.limits = limits
+
+    def resolve(self, model: str | None) -> ModelHandle:
+        return self.registry.get(model)
+
+    async def embed(
+        self,
+        handle: ModelHandle,
+        inputs: list[str] | list[list[int]],
+        *,
+        truncate: Truncate | None = None,
+        dimensions: int | None = None,
+        normalize: bool | None = None,
+        ticket: Ticket | None = None,
+    ) -> EmbedResult:
+        if not inputs:
+            raise InvalidRequest("input must not be empty", param="input")
+        if len(inputs) > self.limits.max_inputs_per_request:
+            raise PayloadTooLarge(
+                f"{len(inputs)} inputs in one request; the limit is "
+                f"{self.limits.max_inputs_per_request}",
+                param="input",
+            )
+        replica = handle.pick()
+        info = replica.worker.info
+        assert info is not None
+        if dimensions is not None and dimensions > info.dims:
+            raise InvalidRequest(
+                f"dimensions={dimensions} is larger than this model's {info.dims}",
+                param="dimensions",
+            )
+        policy = _policy(handle.config.truncation, truncate)
+        tokens = await self._tokenize(handle, inputs, info.max_tokens, policy)
+        if tokens.total > self.limits.max_request_tokens:
+            raise PayloadTooLarge(
+                f"the request has {tokens.total} tokens; the limit is "
+                f"{self.limits.max_request_tokens} per request",
+                param="input",
+            )
+        ticket = ticket or Ticket()
+        futures = replica.batcher.submit(tokens.ids, ticket)
+        try:
+            results = await asyncio.gather(*futures, return_exceptions=True)
+        except asyncio.CancelledError:
+            ticket.gone = True
+            raise
+        for r in results:
+            if isinstance(r, BaseException):
+                ticket.gone = True
+                if isinstance(r, EmbedhostError):
+                    raise r
+                raise r
+        vectors = np.stack(results)  # type: ignore[arg-type]
+        if dimensions is not None and dimensions < vectors.shape[1]:
+            vectors = vectors[:, :dimensions]
+        do_norm = info.normalize if normalize is None else normalize
+        if do_norm:
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            vectors = vectors / np.maximum(norms, 1e-12)
+        return EmbedResult(handle, np.ascontiguousarray(vectors, dtype=np.float32), tokens)
+
+    async def _tokenize(
+        self, handle: ModelHandle, inputs: list[str] | list[list[int]], max_tokens: int, policy: Policy
+    ) -> Tokenized:
+        if isinstance(inputs[0], str):
+            texts: list[str] = inputs  # type: ignore[assignment]
+            for i, t in enumerate(texts):
+                if not t:
+                    raise InvalidRequest(f"input {i} is an empty string", param="input")
+            if sum(len(t) for t in texts) <= _INLINE_CHARS:
+                return prepare_texts(handle.tokenizer, texts, max_tokens, policy)
+            return await asyncio.to_thread(
+                prepare_texts, handle.tokenizer, texts, max_tokens, policy
+            )
+        seqs: list[list[int]] = inputs  # type: ignore[assignment]
+        return prepare_ids(handle.tokenizer, seqs, max_tokens, policy)
+
+
+def _policy(configured: Policy, requested: Truncate | None) -> Policy:
+    if requested is None:
+        return configured
+    if requested is True:
+        return configured if configured != "refuse" else "right"
+    if requested is False:
+        return "refuse"
+    return requested

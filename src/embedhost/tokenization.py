@@ -1,0 +1,142 @@
+"""Token counting and truncation, in the API process, with the model's own tokenizer.
+
+The API process tokenizes so that it can count (usage, limits), truncate or refuse before
+anything is queued, and so that the worker only ever receives token ids. Truncation keeps
+the model's special tokens (``[CLS] ... [SEP]``) and cuts the content between them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+from embedhost.config import ModelConfig
+from embedhost.errors import InputTooLong, InvalidRequest
+
+Policy = Literal["right", "left", "refuse"]
+
+
+class Tokenizer(Protocol):
+    """What the API process needs from a model's tokenizer."""
+
+    vocab_size: int
+    prefix_specials: int
+    """Special tokens the model adds before the content (e.g. [CLS])."""
+    suffix_specials: int
+    """Special tokens the model adds after the content (e.g. [SEP])."""
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Token ids with the model's special tokens, without truncation."""
+        ...
+
+
+class HFTokenizer:
+    """A Hugging Face ``tokenizer.json`` (the fast Rust tokenizer)."""
+
+    def __init__(self, path: Path) -> None:
+        from tokenizers import Tokenizer as _Tok
+
+        file = path / "tokenizer.json" if path.is_dir() else path
+        self._tok = _Tok.from_file(str(file))
+        # Truncation and padding are ours to do: the file's own settings would cut silently.
+        self._tok.no_truncation()
+        self._tok.no_padding()
+        self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
+        probe = self._tok.encode("a")
+        mask = probe.special_tokens_mask
+        self.prefix_specials = _leading_ones(mask)
+        self.suffix_specials = _leading_ones(mask[::-1]) if self.prefix_specials < len(mask) else 0
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        if len(texts) == 1:
+            return [self._tok.encode(texts[0]).ids]
+        return [e.ids for e in self._tok.encode_batch(texts)]
+
+
+def _leading_ones(mask: list[int]) -> int:
+    n = 0
+    for v in mask:
+        if v != 1:
+            break
+        n += 1
+    return n
+
+
+@dataclass(slots=True)
+class Tokenized:
+    ids: list[list[int]]
+    counts: list[int]
+    truncated: list[bool]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+
+def fit(
+    ids: list[int], max_tokens: int, policy: Policy, prefix: int, suffix: int, index: int
+) -> tuple[list[int], bool]:
+    """Cut one sequence to ``max_tokens`` keeping its special tokens, or refuse."""
+    n = len(ids)
+    if n <= max_tokens:
+        return ids, False
+    if policy == "refuse":
+        raise InputTooLong(
+            f"input {index} has {n} tokens, more than this model's limit of {max_tokens}; "
+            "shorten it or send truncate=true",
+            param="input",
+        )
+    keep = max_tokens - prefix - suffix
+    if keep <= 0:
+        raise InvalidRequest(f"max_input_tokens {max_tokens} leaves no room for content")
+    head, body, tail = ids[:prefix], ids[prefix : n - suffix], ids[n - suffix :] if suffix else []
+    body = body[:keep] if policy == "right" else body[len(body) - keep :]
+    return head + body + tail, True
+
+
+def prepare_texts(
+    tokenizer: Tokenizer, texts: list[str], max_tokens: int, policy: Policy
+) -> Tokenized:
+    raw = tokenizer.encode_batch(texts)
+    return _fit_all(raw, max_tokens, policy, tokenizer.prefix_specials, tokenizer.suffix_specials)
+
+
+def prepare_ids(
+    tokenizer: Tokenizer, seqs: list[list[int]], max_tokens: int, policy: Policy
+) -> Tokenized:
+    """Token-id input is used as given (no special tokens added); ids must be in the vocabulary."""
+    vocab = tokenizer.vocab_size
+    for i, s in enumerate(seqs):
+        bad = next((t for t in s if t >= vocab), None)
+        if bad is not None:
+            raise InvalidRequest(
+                f"input {i}: token id {bad} is outside this model's vocabulary (size {vocab})",
+                param="input",
+            )
+    return _fit_all(seqs, max_tokens, policy, 0, 0)
+
+
+def _fit_all(
+    raw: list[list[int]], max_tokens: int, policy: Policy, prefix: int, suffix: int
+) -> Tokenized:
+    ids: list[list[int]] = []
+    truncated: list[bool] = []
+    for i, seq in enumerate(raw):
+        cut, was = fit(seq, max_tokens, policy, prefix, suffix, i)
+        ids.append(cut)
+        truncated.append(was)
+    return Tokenized(ids=ids, counts=[len(s) for s in ids], truncated=truncated)
+
+
+def load_tokenizer(config: ModelConfig) -> Tokenizer:
+    """The tokenizer the API process uses for one model."""
+    path = config.resolved_path()
+    tok_path = config.engine_options.get("tokenizer")
+    if tok_path:
+        return HFTokenizer(Path(str(tok_path)))
+    if config.engine == "llama_cpp":
+        from embedhost.engines.llama_cpp import GGUFTokenizer
+
+        return GGUFTokenizer(path)
+    return HFTokenizer(path)

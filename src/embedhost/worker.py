@@ -1,0 +1,398 @@
+"""The engine worker process, and its supervisor in the API process.
+
+Native inference code can segfault, leak or wedge. Each model replica therefore runs in its
+own process (``multiprocessing`` spawn), fed token ids over a pipe and answering float32
+vectors. The API process side, :class:`EngineWorker`:
+
+* starts the process and waits for it to verify the checksum, load and warm up;
+* sends batches and resolves one future per batch; at most ``depth`` batches are in the
+  pipe so the engine never idles waiting for the next one;
+* notices death (EOF on the pipe, whatever the cause, SIGSEGV and SIGKILL included), fails
+  every in-flight batch with :class:`WorkerCrashed` (503 + Retry-After) and restarts the
+  process with exponential backoff; after ``max_restarts`` crashes within
+  ``restart_window_s`` it marks the replica failed, with the reason, instead of looping;
+* treats a batch that outlives ``batch_timeout_s`` as a wedged worker: that batch gets
+  :class:`WorkerTimeout` (504), the process is killed and restarted.
+
+Protocol (pickled tuples). Parent to child: ``("embed", batch_id, [ids, ...])``,
+``("stop",)``. Child to parent: ``("ready", info)``, ``("load_failed", permanent, message)``,
+``("ok", batch_id, vectors)``, ``("error", batch_id, message)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing as mp
+import os
+import queue
+import signal
+import threading
+import time
+import traceback
+from collections import deque
+from enum import StrEnum
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+from embedhost.config import ModelConfig, WorkerConfig
+from embedhost.engines.base import EngineInfo, Vectors
+from embedhost.errors import (
+    ConfigError,
+    EngineError,
+    ModelNotReady,
+    ShuttingDown,
+    WorkerCrashed,
+    WorkerTimeout,
+)
+
+log = logging.getLogger(__name__)
+
+_WARMUP_SHAPES = ((1, 8), (8, 16), (32, 16), (4, 128))
+
+
+# --------------------------------------------------------------------------------------------
+# child side
+
+
+def _warm(engine: Any, info: EngineInfo, vocab_floor: int = 1000) -> None:
+    """Run a few representative shapes so that the first real request is not the slow one."""
+    rng = np.random.default_rng(0)
+    for n, length in _WARMUP_SHAPES:
+        length = min(length, info.max_tokens)
+        batch = rng.integers(100, vocab_floor, size=(n, length)).tolist()
+        engine.embed(batch)
+
+
+def worker_main(conn: Connection, config_json: str) -> None:
+    """Entry point of the worker process."""
+    # The API process owns shutdown: Ctrl-C in a terminal reaches the whole process group.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from embedhost.config import verify_checksum
+    from embedhost.engines import create_engine
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
+    config = ModelConfig.model_validate_json(config_json)
+    try:
+        digest = verify_checksum(config)
+        engine = create_engine(config)
+        info = engine.load()
+        info.details["checksum"] = digest
+        if config.warmup:
+            _warm(engine, info)
+    except ConfigError as exc:
+        conn.send(("load_failed", True, exc.message))
+        return
+    except ImportError as exc:
+        conn.send(("load_failed", True, str(exc)))
+        return
+    except BaseException as exc:
+        conn.send(("load_failed", False, f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", info.to_dict()))
+
+    # A reader thread keeps the pipe drained so the API process never blocks on a send.
+    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def reader() -> None:
+        try:
+            while True:
+                inbox.put(conn.recv())
+        except (EOFError, OSError):
+            inbox.put(("stop",))
+
+    threading.Thread(target=reader, daemon=True, name="worker-reader").start()
+    while True:
+        msg = inbox.get()
+        if msg[0] == "stop":
+            break
+        _, batch_id, batch = msg
+        try:
+            vecs = engine.embed(batch)
+            conn.send(("ok", batch_id, vecs))
+        except Exception as exc:
+            log.error("batch %s failed: %s", batch_id, traceback.format_exc())
+            conn.send(("error", batch_id, f"{type(exc).__name__}: {exc}"))
+    with contextlib.suppress(Exception):
+        engine.close()
+
+
+# --------------------------------------------------------------------------------------------
+# parent side
+
+
+class WorkerState(StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    RESTARTING = "restarting"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+class EngineWorker:
+    """Supervises one worker process for one model replica."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        settings: WorkerConfig,
+        *,
+        replica: int = 0,
+    ) -> None:
+        self.config = config
+        self.settings = settings
+        self.replica = replica
+        self.state = WorkerState.STARTING
+        self.reason: str | None = None
+        self.info: EngineInfo | None = None
+        self.restarts = 0
+        self.started_at: float | None = None
+        self.ready_at: float | None = None
+        self._crashes: deque[float] = deque()
+        self._proc: Any = None
+        self._conn: Connection | None = None
+        self._pending: dict[int, asyncio.Future[Vectors]] = {}
+        self._next_id = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready_event = asyncio.Event()
+        self._start_future: asyncio.Future[None] | None = None
+        self._restart_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._generation = 0
+        self.ready_listeners: list[Any] = []
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    async def start(self) -> None:
+        """Spawn the process and wait until it is ready (or failed)."""
+        self._loop = asyncio.get_running_loop()
+        self._stopping = False
+        await self._spawn()
+
+    async def _spawn(self) -> None:
+        assert self._loop is not None
+        self._generation += 1
+        gen = self._generation
+        self.state = WorkerState.STARTING if self.restarts == 0 else WorkerState.RESTARTING
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe(duplex=True)
+        proc = ctx.Process(
+            target=worker_main,
+            args=(child, self.config.model_dump_json()),
+            name=f"embedhost-worker-{self.config.name}-{self.replica}",
+            daemon=True,
+        )
+        self.started_at = time.monotonic()
+        # Starting a process forks/execs: off the event loop.
+        await asyncio.to_thread(proc.start)
+        child.close()
+        self._proc, self._conn = proc, parent
+        self._start_future = self._loop.create_future()
+        threading.Thread(
+            target=self._read_loop, args=(parent, gen), daemon=True, name="worker-pipe"
+        ).start()
+        try:
+            await asyncio.wait_for(
+                asyncio.shield(self._start_future), self.settings.start_timeout_s
+            )
+        except TimeoutError:
+            self._kill()
+            self._fail_permanently(
+                f"did not load within start_timeout_s={self.settings.start_timeout_s}"
+            )
+
+    def _read_loop(self, conn: Connection, gen: int) -> None:
+        assert self._loop is not None
+        loop = self._loop
+        try:
+            while True:
+                msg = conn.recv()
+                loop.call_soon_threadsafe(self._on_message, msg, gen)
+        except (EOFError, OSError):
+            pass
+        except Exception:  # an unpicklable message: the worker is unusable either way
+            log.exception("worker pipe read failed")
+        with contextlib.suppress(RuntimeError):  # loop closed at interpreter exit
+            loop.call_soon_threadsafe(self._on_exit, gen)
+
+    def _on_message(self, msg: tuple[Any, ...], gen: int) -> None:
+        if gen != self._generation:
+            return
+        kind = msg[0]
+        if kind == "ok":
+            fut = self._pending.pop(msg[1], None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg[2])
+        elif kind == "error":
+            fut = self._pending.pop(msg[1], None)
+            if fut is not None and not fut.done():
+                log.error("model %s: batch failed in the engine: %s", self.config.ref, msg[2])
+                fut.set_exception(EngineError("the engine failed to embed this batch"))
+        elif kind == "ready":
+            self.info = EngineInfo.from_dict(msg[1])
+            self.state = WorkerState.READY
+            self.reason = None
+            self.ready_at = time.monotonic()
+            log.info(
+                "model %s replica %d ready (pid %s, %.1fs)",
+                self.config.ref,
+                self.replica,
+                self.pid,
+                self.ready_at - (self.started_at or self.ready_at),
+            )
+            self._ready_event.set()
+            if self._start_future is not None and not self._start_future.done():
+                self._start_future.set_result(None)
+        elif kind == "load_failed":
+            permanent, message = msg[1], msg[2]
+            log.error("model %s failed to load: %s", self.config.ref, message)
+            if permanent:
+                self._fail_permanently(message)
+            else:
+                self.reason = message
+                # The process exits next; _on_exit counts it as a crash and backs off.
+
+    def _on_exit(self, gen: int) -> None:
+        if gen != self._generation:
+            return
+        code = self._proc.exitcode if self._proc is not None else None
+        if self._proc is not None:
+            self._proc.join(timeout=0)
+            code = self._proc.exitcode
+        self._fail_pending(
+            ShuttingDown("the server is shutting down", retry_after=self.settings.retry_after_s)
+            if self._stopping
+            else WorkerCrashed(
+                "the model worker stopped unexpectedly; retry shortly",
+                retry_after=self.settings.retry_after_s,
+            )
+        )
+        self._ready_event.clear()
+        if self._start_future is not None and not self._start_future.done():
+            self._start_future.set_result(None)
+        if self._stopping or self.state in (WorkerState.FAILED, WorkerState.STOPPED):
+            return
+        why = self.reason or f"worker exited with code {code}"
+        if code is not None and code < 0:
+            with contextlib.suppress(ValueError):
+                why = f"worker killed by {signal.Signals(-code).name}"
+        log.error("model %s replica %d: %s", self.config.ref, self.replica, why)
+        now = time.monotonic()
+        self._crashes.append(now)
+        while self._crashes and now - self._crashes[0] > self.settings.restart_window_s:
+            self._crashes.popleft()
+        if len(self._crashes) > self.settings.max_restarts:
+            self._fail_permanently(
+                f"{len(self._crashes)} crashes within {self.settings.restart_window_s:.0f}s; "
+                f"last: {why}"
+            )
+            return
+        self.state = WorkerState.RESTARTING
+        self.reason = why
+        delay = min(
+            self.settings.restart_backoff_initial_s * (2 ** (len(self._crashes) - 1)),
+            self.settings.restart_backoff_max_s,
+        )
+        self._restart_task = asyncio.get_running_loop().create_task(self._restart(delay))
+
+    async def _restart(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self._stopping:
+            return
+        self.restarts += 1
+        log.info("model %s replica %d: restarting worker", self.config.ref, self.replica)
+        await self._spawn()
+
+    def _fail_permanently(self, reason: str) -> None:
+        self.state = WorkerState.FAILED
+        self.reason = reason
+        self._ready_event.clear()
+        if self._start_future is not None and not self._start_future.done():
+            self._start_future.set_result(None)
+
+    def _fail_pending(self, exc: Exception) -> None:
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+
+    def _kill(self) -> None:
+        if self._proc is not None and self._proc.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._proc.pid, signal.SIGKILL)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Ask the worker to exit after its current batch; kill it if it does not."""
+        self._stopping = True
+        if self._restart_task is not None:
+            self._restart_task.cancel()
+        proc, conn = self._proc, self._conn
+        if conn is not None:
+            with contextlib.suppress(OSError, ValueError):
+                conn.send(("stop",))
+        if proc is not None:
+            await asyncio.to_thread(proc.join, timeout)
+            if proc.is_alive():
+                self._kill()
+                await asyncio.to_thread(proc.join, 5)
+        if conn is not None:
+            conn.close()
+        self._fail_pending(ShuttingDown("the server is shutting down"))
+        self.state = WorkerState.STOPPED
+
+    # -- work --------------------------------------------------------------------------------
+
+    def check_ready(self) -> None:
+        if self.state is WorkerState.READY:
+            return
+        if self.state is WorkerState.FAILED:
+            raise ModelNotReady(
+                f"model {self.config.ref} failed to load", retry_after=None
+            )
+        raise ModelNotReady(
+            f"model {self.config.ref} is {self.state.value}; retry shortly",
+            retry_after=self.settings.retry_after_s,
+        )
+
+    async def embed(self, batch: list[list[int]], timeout: float) -> Vectors:
+        """Send one batch and await its vectors."""
+        self.check_ready()
+        assert self._conn is not None and self._loop is not None
+        batch_id = self._next_id
+        self._next_id += 1
+        fut: asyncio.Future[Vectors] = self._loop.create_future()
+        self._pending[batch_id] = fut
+        try:
+            self._conn.send(("embed", batch_id, batch))
+        except (OSError, ValueError):
+            self._pending.pop(batch_id, None)
+            raise WorkerCrashed(
+                "the model worker is not reachable; retry shortly",
+                retry_after=self.settings.retry_after_s,
+            ) from None
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            self._pending.pop(batch_id, None)
+            log.error(
+                "model %s replica %d: batch exceeded %.1fs; killing the wedged worker",
+                self.config.ref,
+                self.replica,
+                timeout,
+            )
+            self._kill()
+            raise WorkerTimeout(
+                f"the model did not answer within {timeout:.0f}s",
+                retry_after=self.settings.retry_after_s,
+            ) from None
