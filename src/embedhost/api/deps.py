@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -29,3 +30,15 @@ def get_service(request: Request) -> EmbeddingService:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 ServiceDep = Annotated[EmbeddingService, Depends(get_service)]
+
+
+def require_scope(scope: str) -> Callable[[Request], Awaitable[None]]:
+    """A dependency that admits a request only when its API key holds ``scope``.
+
+    Placeholder until API keys land (issue 4): it admits every request.
+    """
+
+    async def dependency(request: Request) -> None:
+        return None
+
+    return dependency

@@ -1,0 +1,6 @@
+"""``python -m embedhost``."""
+
+from embedhost.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""A fake engine for fast API tests and for fault injection (crash, raise, hang).
+
+Vectors are a deterministic function of the token ids, so batching equivalence and
+routing can be asserted exactly. Special token ids trigger faults inside the worker:
+``CRASH`` segfaults the process, ``RAISE`` raises, ``HANG`` sleeps forever, ``SLOW`` sleeps
+``engine_options["slow_s"]`` (default 0.2 s).
+
+The real engines have their own tests (tests/engines); this never stands in for them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import time
+
+import numpy as np
+
+from embedhost.config import ModelConfig
+from embedhost.engines.base import EngineInfo, Vectors
+
+CRASH, RAISE, HANG, SLOW = 29001, 29002, 29003, 29004
+DIMS = 32
+
+
+class FakeEngine:
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+        self.opts = config.engine_options
+
+    def load(self) -> EngineInfo:
+        if self.opts.get("fail_load"):
+            raise RuntimeError("fake load failure")
+        return EngineInfo(
+            engine="fake",
+            dims=int(self.opts.get("dims", DIMS)),
+            max_tokens=self.config.max_input_tokens or 64,
+            pooling="mean",
+            normalize=self.config.normalize if self.config.normalize is not None else True,
+            dtype="float32",
+            device="cpu",
+        )
+
+    def embed(self, batch: list[list[int]]) -> Vectors:
+        delay = float(self.opts.get("delay_s", 0.0))
+        if delay:
+            time.sleep(delay)
+        flat = {t for s in batch for t in s}
+        if CRASH in flat:
+            ctypes.string_at(0)  # SIGSEGV, as a native engine bug would
+        if RAISE in flat:
+            raise RuntimeError("fake engine failure")
+        if HANG in flat:
+            time.sleep(3600)
+        if SLOW in flat:
+            time.sleep(float(self.opts.get("slow_s", 0.2)))
+        dims = int(self.opts.get("dims", DIMS))
+        return np.stack([vector_for(s, dims) for s in batch])
+
+    def close(self) -> None:
+        pass
+
+
+def vector_for(ids: list[int], dims: int = DIMS) -> Vectors:
+    seed = int.from_bytes(hashlib.sha256(str(ids).encode()).digest()[:8], "little")
+    return np.random.default_rng(seed).standard_normal(dims).astype(np.float32)
