@@ -84,7 +84,10 @@ async def app_client(
 async def fake_client() -> AsyncIterator[httpx.AsyncClient]:
     """One fake-engine app shared by a test module (worker start costs about a second)."""
     settings = make_settings(
-        [fake_model("fake", max_input_tokens=16), fake_model("fake-refuse", truncation="refuse", max_input_tokens=16)],
+        [
+            fake_model("fake", max_input_tokens=16),
+            fake_model("fake-refuse", truncation="refuse", max_input_tokens=16),
+        ],
         limits={"max_inputs_per_request": 64, "max_body_bytes": 65536},
     )
     async with app_client(settings) as (_, client):

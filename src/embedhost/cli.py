@@ -124,7 +124,8 @@ def embed(
     url: Annotated[str, typer.Option(help="Server base URL.")] = "http://127.0.0.1:8008",
     model: Annotated[str | None, typer.Option(help="Model name.")] = None,
     api_key: Annotated[
-        str | None, typer.Option(envvar="EMBEDHOST_API_KEY", help="API key, if the server needs one.")
+        str | None,
+        typer.Option(envvar="EMBEDHOST_API_KEY", help="API key, if the server needs one."),
     ] = None,
 ) -> None:
     """Embed texts with a running server and print the JSON answer."""

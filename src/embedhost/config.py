@@ -355,7 +355,9 @@ def check_model_paths(settings: Settings) -> list[str]:
         elif m.engine == "llama_cpp" and not p.is_file():
             problems.append(f"  {field}: {p} is not a file; llama_cpp needs a .gguf file")
         elif m.engine in ("transformers", "onnx") and not p.is_dir():
-            problems.append(f"  {field}: {p} is not a directory; {m.engine} needs a model directory")
+            problems.append(
+                f"  {field}: {p} is not a directory; {m.engine} needs a model directory"
+            )
     return problems
 
 

@@ -149,7 +149,7 @@ def status_for(exc: EmbedhostError) -> int:
     """The HTTP status of an error: the entry of its nearest class in :data:`STATUS`."""
     for cls in type(exc).__mro__:
         if cls in STATUS:
-            return STATUS[cls]  # type: ignore[index]
+            return STATUS[cls]
     return 500
 
 

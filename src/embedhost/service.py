@@ -97,10 +97,14 @@ class EmbeddingService:
         return EmbedResult(handle, np.ascontiguousarray(vectors, dtype=np.float32), tokens)
 
     async def _tokenize(
-        self, handle: ModelHandle, inputs: list[str] | list[list[int]], max_tokens: int, policy: Policy
+        self,
+        handle: ModelHandle,
+        inputs: list[str] | list[list[int]],
+        max_tokens: int,
+        policy: Policy,
     ) -> Tokenized:
         if isinstance(inputs[0], str):
-            texts: list[str] = inputs  # type: ignore[assignment]
+            texts: list[str] = inputs
             for i, t in enumerate(texts):
                 if not t:
                     raise InvalidRequest(f"input {i} is an empty string", param="input")
@@ -109,7 +113,7 @@ class EmbeddingService:
             return await asyncio.to_thread(
                 prepare_texts, handle.tokenizer, texts, max_tokens, policy
             )
-        seqs: list[list[int]] = inputs  # type: ignore[assignment]
+        seqs: list[list[int]] = inputs
         return prepare_ids(handle.tokenizer, seqs, max_tokens, policy)
 
 

@@ -357,9 +357,7 @@ class EngineWorker:
         if self.state is WorkerState.READY:
             return
         if self.state is WorkerState.FAILED:
-            raise ModelNotReady(
-                f"model {self.config.ref} failed to load", retry_after=None
-            )
+            raise ModelNotReady(f"model {self.config.ref} failed to load", retry_after=None)
         raise ModelNotReady(
             f"model {self.config.ref} is {self.state.value}; retry shortly",
             retry_after=self.settings.retry_after_s,

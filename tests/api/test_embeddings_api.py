@@ -172,8 +172,12 @@ async def test_truncation_refuse_per_model_and_request(fake_client: httpx.AsyncC
 
 async def test_truncation_left_and_right_differ(fake_client: httpx.AsyncClient) -> None:
     text = "alpha " * 10 + "omega " * 10
-    right = await fake_client.post("/embed", json={"text": text, "model": "fake", "truncate": "right"})
-    left = await fake_client.post("/embed", json={"text": text, "model": "fake", "truncate": "left"})
+    right = await fake_client.post(
+        "/embed", json={"text": text, "model": "fake", "truncate": "right"}
+    )
+    left = await fake_client.post(
+        "/embed", json={"text": text, "model": "fake", "truncate": "left"}
+    )
     assert right.status_code == left.status_code == 200
     assert right.json()["truncated"] == [True]
     assert right.json()["tokens"] == [16]
@@ -201,7 +205,9 @@ async def test_native_embed(fake_client: httpx.AsyncClient) -> None:
     assert body["tokens"] == [4, 3]
     assert body["truncated"] == [False, False]
     assert len(body["embeddings"]) == 2
-    raw = await fake_client.post("/embed", json={"text": "a b", "model": "fake", "normalize": False})
+    raw = await fake_client.post(
+        "/embed", json={"text": "a b", "model": "fake", "normalize": False}
+    )
     v = np.array(raw.json()["embeddings"][0])
     np.testing.assert_allclose(v, vector_for([101, 1037, 1038, 102]), atol=1e-6)
     assert abs(np.linalg.norm(v) - 1) > 1e-3
@@ -211,7 +217,9 @@ async def test_native_embed(fake_client: httpx.AsyncClient) -> None:
     "payload",
     [{}, {"text": "a", "texts": ["b"]}, {"texts": []}, {"text": ""}, {"text": "a", "bogus": 1}],
 )
-async def test_native_embed_errors(fake_client: httpx.AsyncClient, payload: dict[str, object]) -> None:
+async def test_native_embed_errors(
+    fake_client: httpx.AsyncClient, payload: dict[str, object]
+) -> None:
     r = await fake_client.post("/embed", json=payload)
     assert r.status_code in (400, 422), r.text
     assert r.json()["error"]["message"]

@@ -89,7 +89,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
     message = str(exc.detail) if exc.status_code != 404 else f"no route {request.url.path}"
-    return _json_error(exc.status_code, message, type_, code, headers=exc.headers)
+    headers = dict(exc.headers) if exc.headers else None
+    return _json_error(exc.status_code, message, type_, code, headers=headers)
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
@@ -138,16 +139,7 @@ class BodyLimitMiddleware:
                         return
                     chunks.append(chunk)
                     more = message.get("more_body", False)
-                replayed = False
-
-                async def replay() -> Message:
-                    nonlocal replayed
-                    if not replayed:
-                        replayed = True
-                        return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-                    return await receive()
-
-                await self.app(scope, replay, send)
+                await self.app(scope, _replay(b"".join(chunks), receive), send)
                 return
         await self.app(scope, receive, send)
 
@@ -171,6 +163,20 @@ class BodyLimitMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that yields an already-read body once, then defers to the server's."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 def create_app(settings: Settings) -> FastAPI:

@@ -55,4 +55,6 @@ class MissingExtra(ImportError):
     """A heavy optional library is not installed."""
 
     def __init__(self, package: str, extra: str) -> None:
-        super().__init__(f"{package} is not installed; install it with: pip install 'embedhost[{extra}]'")
+        super().__init__(
+            f"{package} is not installed; install it with: pip install 'embedhost[{extra}]'"
+        )

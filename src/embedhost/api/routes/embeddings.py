@@ -32,8 +32,7 @@ from embedhost.service import EmbedResult
 router = APIRouter()
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse}
-    for code in (400, 401, 403, 404, 413, 422, 429, 500, 503, 504)
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 422, 429, 500, 503, 504)
 }
 
 
@@ -58,6 +57,15 @@ async def watch_disconnect(request: Request, ticket: Ticket) -> AsyncIterator[No
         task.cancel()
 
 
+def _as_batch(inp: str | list[str] | list[int] | list[list[int]]) -> list[str] | list[list[int]]:
+    """OpenAI's four input shapes as a list of texts or a list of token-id sequences."""
+    if isinstance(inp, str):
+        return [inp]
+    if inp and isinstance(inp[0], int):
+        return [inp]
+    return inp  # type: ignore[return-value]
+
+
 def _headers(result: EmbedResult) -> dict[str, str]:
     return {"X-Embedhost-Model": f"{result.model.name}@{result.model.version}"}
 
@@ -72,14 +80,7 @@ def _headers(result: EmbedResult) -> dict[str, str]:
 async def create_embeddings(
     body: EmbeddingRequest, request: Request, service: ServiceDep
 ) -> Response:
-    inp = body.input
-    inputs: list[str] | list[list[int]]
-    if isinstance(inp, str):
-        inputs = [inp]
-    elif inp and isinstance(inp[0], int):
-        inputs = [inp]  # type: ignore[list-item]
-    else:
-        inputs = inp  # type: ignore[assignment]
+    inputs = _as_batch(body.input)
     handle = service.resolve(body.model)
     ticket = Ticket()
     async with watch_disconnect(request, ticket):
@@ -91,7 +92,11 @@ async def create_embeddings(
     if body.encoding_format == "base64":
         le = vecs.astype("<f4", copy=False)
         data = [
-            {"object": "embedding", "index": i, "embedding": base64.b64encode(le[i].tobytes()).decode()}
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": base64.b64encode(le[i].tobytes()).decode(),
+            }
             for i in range(len(le))
         ]
     else:
