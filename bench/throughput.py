@@ -153,11 +153,12 @@ def start_server(
     path.write_text(yaml.safe_dump(cfg))
     url = f"http://127.0.0.1:{port}"
     t0 = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "embedhost", "serve", "--config", str(path)],
-        stdout=(tmp / f"{name}.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )
+    with (tmp / f"{name}.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "embedhost", "serve", "--config", str(path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     return proc, url, t0
 
 

@@ -123,13 +123,14 @@ def start_server(
     config = {**config, "server": {**config.get("server", {}), "port": port}}
     cfg.write_text(yaml.safe_dump(config))
     log_path = tmp_path / "server.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "embedhost", "serve", "--config", str(cfg)],
-        stdout=log_path.open("wb"),
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {}), "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}"},
-        cwd=ROOT,
-    )
+    with log_path.open("wb") as log_file:  # the child keeps its own copy
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "embedhost", "serve", "--config", str(cfg)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {}), "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}"},
+            cwd=ROOT,
+        )
     server = LiveServer(f"http://127.0.0.1:{port}", proc, log_path)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -200,7 +200,7 @@ class EngineWorker:
         self._proc, self._conn = proc, parent
         self._start_future = self._loop.create_future()
         threading.Thread(
-            target=self._read_loop, args=(parent, gen), daemon=True, name="worker-pipe"
+            target=self._read_loop, args=(parent, proc, gen), daemon=True, name="worker-pipe"
         ).start()
         try:
             await asyncio.wait_for(
@@ -212,7 +212,7 @@ class EngineWorker:
                 f"did not load within start_timeout_s={self.settings.start_timeout_s}"
             )
 
-    def _read_loop(self, conn: Connection, gen: int) -> None:
+    def _read_loop(self, conn: Connection, proc: Any, gen: int) -> None:
         assert self._loop is not None
         loop = self._loop
         try:
@@ -223,8 +223,10 @@ class EngineWorker:
             pass
         except Exception:  # an unpicklable message: the worker is unusable either way
             log.exception("worker pipe read failed")
+        # EOF comes as the process dies; reap it here (off the loop) to learn how it died.
+        proc.join(timeout=5)
         with contextlib.suppress(RuntimeError):  # loop closed at interpreter exit
-            loop.call_soon_threadsafe(self._on_exit, gen)
+            loop.call_soon_threadsafe(self._on_exit, gen, proc.exitcode)
 
     def _on_message(self, msg: tuple[Any, ...], gen: int) -> None:
         if gen != self._generation:
@@ -263,13 +265,9 @@ class EngineWorker:
                 self.reason = message
                 # The process exits next; _on_exit counts it as a crash and backs off.
 
-    def _on_exit(self, gen: int) -> None:
+    def _on_exit(self, gen: int, code: int | None) -> None:
         if gen != self._generation:
             return
-        code = self._proc.exitcode if self._proc is not None else None
-        if self._proc is not None:
-            self._proc.join(timeout=0)
-            code = self._proc.exitcode
         self._fail_pending(
             ShuttingDown("the server is shutting down", retry_after=self.settings.retry_after_s)
             if self._stopping

@@ -1,0 +1,128 @@
+"""Worker failures through the real app, on the fake engine's fault tokens: a crash answers
+503 + Retry-After and the worker comes back; repeated crashes mark the model failed with
+the reason; a failing load is reported, never retried forever; a full queue is a 429."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from tests.conftest import app_client, fake_model, make_settings
+from tests.fakes import CRASH, SLOW
+
+
+async def wait_status(client, name: str, status: str, timeout: float = 30) -> dict:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        info = (await client.get("/info")).json()
+        model = next(m for m in info["models"] if m["name"] == name)
+        if model["status"] == status:
+            return model
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{name} never became {status}: {model}")
+        await asyncio.sleep(0.05)
+
+
+async def test_segfault_answers_503_and_worker_restarts() -> None:
+    settings = make_settings([fake_model("f", engine_options={"delay_s": 0.05})])
+    async with app_client(settings) as (_, client):
+        pid_before = (await client.get("/info")).json()["models"][0]["replicas"][0]["pid"]
+        normal = [client.post("/v1/embeddings", json={"input": f"text {i}"}) for i in range(6)]
+        crash = client.post("/v1/embeddings", json={"input": [101, CRASH, 102]})
+        results = await asyncio.gather(crash, *normal)
+        statuses = [r.status_code for r in results]
+        assert results[0].status_code == 503
+        assert set(statuses) <= {200, 503}
+        for r in results:
+            if r.status_code == 503:
+                assert r.headers["retry-after"] == "2"
+                assert r.json()["error"]["code"] == "worker_crashed"
+        model = await wait_status(client, "f", "ready")
+        assert model["replicas"][0]["restarts"] == 1
+        assert model["replicas"][0]["pid"] != pid_before
+        ok = await client.post("/v1/embeddings", json={"input": "after"})
+        assert ok.status_code == 200
+
+
+async def test_repeated_crashes_mark_model_failed_with_reason() -> None:
+    settings = make_settings(
+        [fake_model("f")], worker={"max_restarts": 1, "restart_backoff_initial_s": 0.05}
+    )
+    async with app_client(settings) as (_, client):
+        for _ in range(2):
+            await wait_status(client, "f", "ready")
+            r = await client.post("/v1/embeddings", json={"input": [101, CRASH, 102]})
+            assert r.status_code == 503
+        model = await wait_status(client, "f", "failed")
+        assert "2 crashes" in model["reason"]
+        assert "SIGSEGV" in model["reason"]
+        ready = await client.get("/ready")
+        assert ready.status_code == 503
+        assert ready.json()["models"]["f"]["status"] == "failed"
+        r = await client.post("/v1/embeddings", json={"input": "x"})
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "model_not_ready"
+        assert "failed" in r.json()["error"]["message"]
+
+
+async def test_load_failure_is_reported_not_looped() -> None:
+    settings = make_settings(
+        [fake_model("f", engine_options={"fail_load": True})],
+        worker={"max_restarts": 2, "restart_backoff_initial_s": 0.05},
+    )
+    async with app_client(settings, ready=False) as (_, client):
+        model = await wait_status(client, "f", "failed")
+        assert "fake load failure" in model["reason"]
+        assert (await client.get("/health")).status_code == 200
+        assert (await client.get("/ready")).status_code == 503
+
+
+async def test_missing_engine_library_fails_at_once() -> None:
+    settings = make_settings([fake_model("f", engine="plugin:no_such_module:Engine")])
+    async with app_client(settings, ready=False) as (_, client):
+        model = await wait_status(client, "f", "failed")
+        assert "no_such_module" in model["reason"]
+        assert model["replicas"][0]["restarts"] == 0
+
+
+async def test_requests_while_loading_get_503_with_retry_after() -> None:
+    settings = make_settings([fake_model("f")])
+    async with app_client(settings, ready=False) as (_, client):
+        r = await client.post("/v1/embeddings", json={"input": "x"})
+        if r.status_code == 503:  # the worker may already be up on a fast machine
+            assert r.headers["retry-after"] == "2"
+            assert r.json()["error"]["code"] == "model_not_ready"
+        else:
+            assert r.status_code == 200
+
+
+async def test_full_queue_answers_429_fast() -> None:
+    settings = make_settings(
+        [
+            fake_model(
+                "f",
+                engine_options={"slow_s": 1.0},
+                batching={"max_queue_items": 4, "max_batch_size": 1},
+            )
+        ]
+    )
+    async with app_client(settings) as (_, client):
+        slow = [client.post("/v1/embeddings", json={"input": [101, SLOW, 102]}) for _ in range(3)]
+        tasks = [asyncio.ensure_future(s) for s in slow]
+        await asyncio.sleep(0.3)
+        r = await client.post("/v1/embeddings", json={"input": ["a", "b", "c", "d", "e"]})
+        assert r.status_code == 429
+        assert r.headers["retry-after"] == "2"
+        assert r.json()["error"]["type"] == "rate_limit_error"
+        done = await asyncio.gather(*tasks)
+        assert all(d.status_code == 200 for d in done)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="signals")
+async def test_worker_runs_in_its_own_process() -> None:
+    settings = make_settings([fake_model("f")])
+    async with app_client(settings) as (_, client):
+        pid = (await client.get("/info")).json()["models"][0]["replicas"][0]["pid"]
+        assert pid != os.getpid()
