@@ -13,7 +13,10 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import importlib.util
+import ipaddress
+import json
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +26,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -171,12 +175,143 @@ class ServerConfig(_Strict):
     root_path: str = ""
     timeout_keep_alive_s: float = Field(default=5.0, gt=0, le=3600)
     graceful_shutdown_s: float = Field(default=30.0, ge=0, le=3600)
+    timeout_header_read_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="A connection that has not sent a request's headers in this time is closed.",
+    )
+    timeout_body_read_s: float = Field(
+        default=30.0, gt=0, le=3600, description="A request body not received in this time: 408."
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or CIDRs whose X-Forwarded-For is believed (e.g. your nginx).",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed by CORS. Empty: CORS off."
+    )
+    ssl_certfile: str | None = Field(default=None, description="TLS certificate (PEM).")
+    ssl_keyfile: str | None = Field(default=None, description="TLS private key (PEM).")
+    ssl_keyfile_password: SecretStr | None = None
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for item in v:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"trusted_proxies: {item!r} is not an IP address or CIDR (e.g. 10.0.0.0/8)"
+                ) from None
+        return v
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerConfig:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("TLS needs both ssl_certfile and ssl_keyfile (or neither)")
+        return self
 
 
 class LimitsConfig(_Strict):
     max_inputs_per_request: int = Field(default=2048, ge=1, le=100_000)
     max_request_tokens: int = Field(default=500_000, ge=1)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_json_depth: int = Field(
+        default=32, ge=4, le=1000, description="Nesting of arrays/objects in a JSON body."
+    )
+    max_concurrent_requests: int | None = Field(
+        default=1024,
+        ge=1,
+        description="Requests in flight on the whole server; beyond: an immediate 503.",
+    )
+
+
+Scope = Literal["embed", "admin", "metrics"]
+SCOPES: tuple[Scope, ...] = ("embed", "admin", "metrics")
+
+
+def _default_scopes() -> list[Scope]:
+    return ["embed"]
+
+
+class RateLimit(_Strict):
+    """A budget per minute; None means unlimited."""
+
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+
+
+class ApiKeyConfig(_Strict):
+    """One API key, stored as its hash only (``embedhost keys create`` prints an entry)."""
+
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    hash: str = Field(description="sha256:<hex> of the key.")
+    scopes: list[Scope] = Field(default_factory=_default_scopes, min_length=1)
+    models: list[str] | None = Field(
+        default=None, description="Models this key may use. None: every model."
+    )
+    rate_limits: RateLimit | None = Field(
+        default=None, description="This key's own budget, instead of rate_limits.per_key."
+    )
+    revoked: bool = False
+    description: str | None = Field(default=None, max_length=256)
+
+    @field_validator("hash")
+    @classmethod
+    def _hash_form(cls, v: str) -> str:
+        if not re.fullmatch(r"sha256:[0-9a-fA-F]{64}", v):
+            raise ValueError(
+                "hash must look like sha256:<64 hex digits>; create keys with "
+                "`embedhost keys create`, never put the key itself in the config"
+            )
+        return v.lower()
+
+
+class AuthConfig(_Strict):
+    enabled: bool = Field(
+        default=True,
+        description="false turns authentication off (refused off loopback unless allow_insecure).",
+    )
+    allow_insecure: bool = Field(
+        default=False,
+        description="Serve without keys on a non-loopback address (logs a warning).",
+    )
+    keys: list[ApiKeyConfig] = Field(default_factory=list)
+    keys_file: str | None = Field(
+        default=None,
+        description="YAML file with a list of key entries, read when the server starts.",
+    )
+    metrics_open: bool = Field(default=False, description="/metrics without the metrics scope.")
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> AuthConfig:
+        ids = [k.id for k in self.keys]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"API key ids must be unique; repeated: {', '.join(dup)}")
+        return self
+
+
+class RateLimitsConfig(_Strict):
+    """Budgets per API key and per client address, shared through Redis across replicas."""
+
+    storage: Literal["memory", "redis"] = Field(
+        default="memory", description="memory: one replica; redis: replicas share budgets."
+    )
+    redis_url: SecretStr | None = Field(
+        default=None,
+        description="redis://[:password@]host:port/db; set EMBEDHOST_RATE_LIMITS__REDIS_URL.",
+    )
+    redis_timeout_s: float = Field(default=0.5, gt=0, le=60)
+    key_prefix: str = Field(default="embedhost", min_length=1, max_length=64)
+    per_key: RateLimit = Field(default_factory=RateLimit)
+    per_address: RateLimit = Field(default_factory=RateLimit)
+    on_storage_error: Literal["allow", "deny"] = Field(
+        default="allow",
+        description="Redis unreachable: allow (fail open, logged and counted) or deny with 503.",
+    )
 
 
 class WorkerConfig(_Strict):
@@ -208,6 +343,8 @@ class Settings(BaseSettings):
     server: ServerConfig = Field(default_factory=ServerConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    rate_limits: RateLimitsConfig = Field(default_factory=RateLimitsConfig)
     models: list[ModelConfig] = Field(default_factory=lambda: [default_model()], min_length=1)
 
     @model_validator(mode="after")
@@ -322,6 +459,7 @@ def load_settings(
     """
     data = read_yaml(Path(config_path)) if config_path else {}
     source = str(config_path) if config_path else "defaults + environment"
+    data = _with_env_api_keys(data, os.environ.get(API_KEYS_ENV))
     token = _yaml_data.set(data)
     try:
         settings = Settings(**(overrides or {}))
@@ -336,6 +474,29 @@ def load_settings(
     for warning in quantization_warnings(settings):
         log.warning(warning)
     return settings
+
+
+API_KEYS_ENV = "EMBEDHOST_API_KEYS"
+"""A JSON list of key entries (as in ``auth.keys``), added to the configured keys."""
+
+
+def _with_env_api_keys(data: dict[str, Any], raw: str | None) -> dict[str, Any]:
+    if not raw or not raw.strip():
+        return data
+    try:
+        entries = json.loads(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{API_KEYS_ENV} is not valid JSON; it holds a list of key entries, "
+            "as `embedhost keys create` prints them"
+        ) from None
+    if isinstance(entries, dict):
+        entries = [entries]
+    if not isinstance(entries, list):
+        raise ConfigError(f"{API_KEYS_ENV} must be a JSON list of key entries")
+    auth = dict(data.get("auth") or {})
+    auth["keys"] = [*(auth.get("keys") or []), *entries]
+    return {**data, "auth": auth}
 
 
 def check_model_paths(settings: Settings) -> list[str]:

@@ -76,6 +76,24 @@ class MethodNotAllowed(InvalidRequest):
     code = "method_not_allowed"
 
 
+class Unauthorized(EmbedhostError):
+    """No API key, a malformed one, an unknown one or a revoked one: 401 + WWW-Authenticate."""
+
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class Forbidden(EmbedhostError):
+    """A valid key that lacks the scope, or may not use the model."""
+
+    type = "permission_error"
+    code = "insufficient_permissions"
+
+
+class RequestTimeout(InvalidRequest):
+    code = "request_timeout"
+
+
 class ClientGone(EmbedhostError):
     """The client disconnected before its request was served; nobody reads the answer."""
 
@@ -89,6 +107,27 @@ class ClientGone(EmbedhostError):
 class QueueFull(EmbedhostError):
     type = "rate_limit_error"
     code = "queue_full"
+
+
+class RateLimited(EmbedhostError):
+    """A key's or an address's budget is spent; Retry-After and X-RateLimit-* say until when."""
+
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class Overloaded(EmbedhostError):
+    """More requests in flight than ``limits.max_concurrent_requests``."""
+
+    type = "server_error"
+    code = "server_overloaded"
+
+
+class RateLimiterUnavailable(EmbedhostError):
+    """The rate-limit store (Redis) is unreachable and the policy is to deny."""
+
+    type = "server_error"
+    code = "rate_limiter_unavailable"
 
 
 class ModelNotReady(EmbedhostError):
@@ -136,6 +175,12 @@ STATUS: dict[type[EmbedhostError], int] = {
     MethodNotAllowed: 405,
     ClientGone: 499,
     QueueFull: 429,
+    Unauthorized: 401,
+    Forbidden: 403,
+    RequestTimeout: 408,
+    RateLimited: 429,
+    Overloaded: 503,
+    RateLimiterUnavailable: 503,
     ModelNotReady: 503,
     WorkerCrashed: 503,
     ShuttingDown: 503,

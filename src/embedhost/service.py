@@ -18,6 +18,7 @@ from embedhost.engines.base import Vectors
 from embedhost.errors import EmbedhostError, InvalidRequest, PayloadTooLarge
 from embedhost.models.registry import ModelHandle, ModelRegistry
 from embedhost.protocol import Truncate
+from embedhost.security import Admission
 from embedhost.tokenization import Policy, Tokenized, prepare_ids, prepare_texts
 
 # Below this many characters, tokenizing inline costs less than a hop to a thread
@@ -49,7 +50,12 @@ class EmbeddingService:
         dimensions: int | None = None,
         normalize: bool | None = None,
         ticket: Ticket | None = None,
+        admission: Admission | None = None,
     ) -> EmbedResult:
+        """``admission`` (from ``require_scope``): the key's allowed models are checked once
+        the model is resolved, and its token budget is charged once the tokens are counted."""
+        if admission is not None:
+            admission.check_model(handle.name)
         if not inputs:
             raise InvalidRequest("input must not be empty", param="input")
         if len(inputs) > self.limits.max_inputs_per_request:
@@ -74,6 +80,8 @@ class EmbeddingService:
                 f"{self.limits.max_request_tokens} per request",
                 param="input",
             )
+        if admission is not None:
+            await admission.charge_tokens(tokens.total)
         ticket = ticket or Ticket()
         futures = replica.batcher.submit(tokens.ids, ticket)
         try:

@@ -9,7 +9,9 @@ is a 500 whose text is logged, never sent.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -19,6 +21,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -28,6 +31,7 @@ from embedhost.api.routes import embeddings, ops
 from embedhost.config import Settings
 from embedhost.errors import EmbedhostError, error_body, status_for
 from embedhost.models.registry import ModelRegistry
+from embedhost.security import RATE_LIMIT_HEADERS, ConcurrencyLimitMiddleware, Security
 from embedhost.service import EmbeddingService
 
 log = logging.getLogger(__name__)
@@ -98,15 +102,49 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     return _json_error(500, "internal server error", "server_error", "internal_error")
 
 
-class BodyLimitMiddleware:
-    """413 before parsing when a body is larger than ``max_body_bytes``.
+# A JSON string (skipped whole, so brackets inside it do not count) or a bracket.
+_JSON_NESTING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
 
-    Checks Content-Length up front, and counts streamed (chunked) bodies as they arrive.
+
+def json_too_deep(body: bytes, max_depth: int) -> bool:
+    """Whether a JSON document nests arrays/objects deeper than ``max_depth``.
+
+    Checked on the raw bytes before parsing: a parser recursing 10,000 levels deep costs
+    far more than this scan, and most bodies have too few brackets to need it at all.
+    """
+    if body.count(b"[") + body.count(b"{") <= max_depth:
+        return False
+    depth = 0
+    for m in _JSON_NESTING.finditer(body):
+        c = m.group()[0]
+        if c in b"[{":
+            depth += 1
+            if depth > max_depth:
+                return True
+        elif c in b"]}":
+            depth -= 1
+    return False
+
+
+class BodyLimitMiddleware:
+    """413 before parsing when a body is larger than ``max_body_bytes``; 400 when its JSON
+    nests deeper than ``max_json_depth``; 408 when it is not received within
+    ``timeout_body_read_s`` (a slow client holding a connection and a concurrency slot).
+
+    Checks Content-Length up front, and counts bodies (also chunked ones) as they arrive.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        max_depth: int | None = None,
+        timeout_s: float | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_depth = max_depth
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -122,12 +160,15 @@ class BodyLimitMiddleware:
                     await self._reject(send)
                     return
                 break
-        else:
-            if scope.get("method") in ("POST", "PUT", "PATCH"):
-                # No length given: read the whole body here, within the limit, and replay it.
-                chunks: list[bytes] = []
-                size = 0
-                more = True
+        if scope.get("method") not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        # Read the whole body here, within the limits, and replay it.
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        try:
+            async with asyncio.timeout(self.timeout_s):
                 while more:
                     message = await receive()
                     if message["type"] == "http.disconnect":
@@ -139,22 +180,39 @@ class BodyLimitMiddleware:
                         return
                     chunks.append(chunk)
                     more = message.get("more_body", False)
-                await self.app(scope, _replay(b"".join(chunks), receive), send)
-                return
-        await self.app(scope, receive, send)
+        except TimeoutError:
+            await self._send(
+                send,
+                408,
+                f"the request body was not received within {self.timeout_s:g} s",
+                "request_timeout",
+            )
+            return
+        body = b"".join(chunks)
+        if self.max_depth is not None and json_too_deep(body, self.max_depth):
+            await self._send(
+                send,
+                400,
+                f"the JSON body nests deeper than the limit of {self.max_depth} levels",
+                "json_too_deep",
+            )
+            return
+        await self.app(scope, _replay(body, receive), send)
 
     async def _reject(self, send: Send) -> None:
-        body = orjson.dumps(
-            error_body(
-                f"request body is larger than the limit of {self.max_bytes} bytes",
-                "invalid_request_error",
-                "payload_too_large",
-            )
+        await self._send(
+            send,
+            413,
+            f"request body is larger than the limit of {self.max_bytes} bytes",
+            "payload_too_large",
         )
+
+    async def _send(self, send: Send, status: int, message: str, code: str) -> None:
+        body = orjson.dumps(error_body(message, "invalid_request_error", code))
         await send(
             {
                 "type": "http.response.start",
-                "status": 413,
+                "status": status,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
@@ -180,6 +238,10 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 def create_app(settings: Settings) -> FastAPI:
+    """Raises :class:`ConfigError` when the configuration cannot serve here (no keys on a
+    network address, a missing keys file, ...)."""
+    security = Security(settings)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         registry = ModelRegistry(settings)
@@ -192,6 +254,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             app.state.draining = True
             await registry.stop(settings.server.graceful_shutdown_s)
+            await security.limiter.close()
 
     app = FastAPI(
         title="embedhost",
@@ -207,7 +270,27 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
+    app.state.security = security
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.limits.max_body_bytes,
+        max_depth=settings.limits.max_json_depth,
+        timeout_s=settings.server.timeout_body_read_s,
+    )
+    # Outside the body limit, so that a request waiting for its body holds a slot.
+    app.add_middleware(
+        ConcurrencyLimitMiddleware,
+        max_concurrent=settings.limits.max_concurrent_requests,
+        retry_after_s=settings.worker.retry_after_s,
+    )
+    if settings.server.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.server.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+            expose_headers=["X-Embedhost-Model", "Retry-After", *RATE_LIMIT_HEADERS],
+        )
     app.include_router(ops.router)
     app.include_router(embeddings.router)
     return app

@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPBearer
 
-from embedhost.config import Settings
+from embedhost.config import SCOPES, Scope, Settings
 from embedhost.models.registry import ModelRegistry
+from embedhost.security import Admission
+from embedhost.security import Security as SecurityLayer
 from embedhost.service import EmbeddingService
 
 
@@ -32,13 +35,47 @@ RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 ServiceDep = Annotated[EmbeddingService, Depends(get_service)]
 
 
-def require_scope(scope: str) -> Callable[[Request], Awaitable[None]]:
+# Declared for the OpenAPI schema (so /docs and generated clients know how to send a key);
+# the header parsing itself is ``security.presented_key``, which also refuses other schemes.
+_bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <key>")
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: <key>")
+
+
+def get_security(request: Request) -> SecurityLayer:
+    security: SecurityLayer = request.app.state.security
+    return security
+
+
+def require_scope(scope: str) -> Callable[..., Awaitable[None]]:
     """A dependency that admits a request only when its API key holds ``scope``.
 
-    Placeholder until API keys land (issue 4): it admits every request.
+    401 without a valid key, 403 without the scope, 429 over the key's or the address's
+    request budget. Puts the key id on ``request.state.key_id`` (None when the server runs
+    without keys) and the :class:`Admission` on ``request.state.admission``.
     """
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}; one of {', '.join(SCOPES)}")
+    required: Scope = scope
 
-    async def dependency(request: Request) -> None:
-        return None
+    async def dependency(
+        request: Request,
+        _bearer_doc: Annotated[object, Security(_bearer)] = None,
+        _key_doc: Annotated[object, Security(_api_key_header)] = None,
+    ) -> None:
+        security = get_security(request)
+        admission = await security.admit(
+            request.scope, request.headers, request.query_params, required
+        )
+        request.state.admission = admission
+        request.state.key_id = admission.key_id
 
     return dependency
+
+
+def get_admission(request: Request) -> Admission | None:
+    """The admitted request's key and budgets (set by ``require_scope``), for the service."""
+    admission: Admission | None = getattr(request.state, "admission", None)
+    return admission
+
+
+AdmissionDep = Annotated[Admission | None, Depends(get_admission)]

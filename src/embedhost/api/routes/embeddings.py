@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from embedhost.api.deps import ServiceDep
+from embedhost.api.deps import AdmissionDep, ServiceDep, require_scope
 from embedhost.batching import Ticket
 from embedhost.errors import InvalidRequest
 from embedhost.protocol import (
@@ -76,16 +76,22 @@ def _headers(result: EmbedResult) -> dict[str, str]:
     responses=_ERRORS,
     summary="Create embeddings (OpenAI-compatible)",
     tags=["embeddings"],
+    dependencies=[Depends(require_scope("embed"))],
 )
 async def create_embeddings(
-    body: EmbeddingRequest, request: Request, service: ServiceDep
+    body: EmbeddingRequest, request: Request, service: ServiceDep, admission: AdmissionDep
 ) -> Response:
     inputs = _as_batch(body.input)
     handle = service.resolve(body.model)
     ticket = Ticket()
     async with watch_disconnect(request, ticket):
         result = await service.embed(
-            handle, inputs, truncate=body.truncate, dimensions=body.dimensions, ticket=ticket
+            handle,
+            inputs,
+            truncate=body.truncate,
+            dimensions=body.dimensions,
+            ticket=ticket,
+            admission=admission,
         )
     vecs = result.vectors
     data: list[dict[str, Any]]
@@ -121,8 +127,11 @@ async def create_embeddings(
     responses=_ERRORS,
     summary="Embed texts (native API)",
     tags=["embeddings"],
+    dependencies=[Depends(require_scope("embed"))],
 )
-async def embed(body: EmbedRequest, request: Request, service: ServiceDep) -> Response:
+async def embed(
+    body: EmbedRequest, request: Request, service: ServiceDep, admission: AdmissionDep
+) -> Response:
     if (body.text is None) == (body.texts is None):
         raise InvalidRequest("give exactly one of 'text' or 'texts'", param="text")
     texts = [body.text] if body.text is not None else list(body.texts or [])
@@ -136,6 +145,7 @@ async def embed(body: EmbedRequest, request: Request, service: ServiceDep) -> Re
             dimensions=body.dimensions,
             normalize=body.normalize,
             ticket=ticket,
+            admission=admission,
         )
     vecs: np.ndarray[Any, Any] = result.vectors
     total = result.tokens.total

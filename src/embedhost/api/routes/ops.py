@@ -7,14 +7,18 @@ import time
 from typing import Any
 
 import psutil
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from embedhost import __version__
-from embedhost.api.deps import RegistryDep
-from embedhost.protocol import ModelCard, ModelList
+from embedhost.api.deps import AdmissionDep, RegistryDep, require_scope
+from embedhost.protocol import ErrorResponse, ModelCard, ModelList
 
 router = APIRouter()
+
+_AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (401, 403, 429, 503)
+}
 
 
 @router.get("/", tags=["ops"], summary="Index")
@@ -74,7 +78,13 @@ async def ready(request: Request, registry: RegistryDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
-@router.get("/info", tags=["ops"], summary="Instance, version and models")
+@router.get(
+    "/info",
+    tags=["ops"],
+    summary="Instance, version and models",
+    dependencies=[Depends(require_scope("embed"))],
+    responses=_AUTH_ERRORS,
+)
 async def info(request: Request, registry: RegistryDep) -> dict[str, Any]:
     return {
         "instance_id": request.app.state.instance_id,
@@ -85,8 +95,19 @@ async def info(request: Request, registry: RegistryDep) -> dict[str, Any]:
     }
 
 
-@router.get("/v1/models", tags=["ops"], summary="List models (OpenAI-compatible)")
-async def list_models(registry: RegistryDep) -> ModelList:
+@router.get(
+    "/v1/models",
+    tags=["ops"],
+    summary="List models (OpenAI-compatible)",
+    dependencies=[Depends(require_scope("embed"))],
+    responses=_AUTH_ERRORS,
+)
+async def list_models(registry: RegistryDep, admission: AdmissionDep) -> ModelList:
+    allowed = admission.key.models if admission and admission.key else None
     return ModelList(
-        data=[ModelCard(id=h.name, created=h.created) for h in registry.handles.values()]
+        data=[
+            ModelCard(id=h.name, created=h.created)
+            for h in registry.handles.values()
+            if allowed is None or h.name in allowed
+        ]
     )
