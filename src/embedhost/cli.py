@@ -68,7 +68,22 @@ def serve(
         raise typer.Exit(2) from None
     logging.getLogger().setLevel(settings.server.log_level.upper())
     s = settings.server
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except ConfigError as exc:
+        typer.echo(exc.message, err=True)
+        raise typer.Exit(2) from None
+    from embedhost.security import header_timeout_protocol
+
+    tls: dict[str, Any] = {}
+    if s.ssl_certfile and s.ssl_keyfile:
+        tls = {
+            "ssl_certfile": s.ssl_certfile,
+            "ssl_keyfile": s.ssl_keyfile,
+            "ssl_keyfile_password": (
+                s.ssl_keyfile_password.get_secret_value() if s.ssl_keyfile_password else None
+            ),
+        }
     uv = uvicorn.Config(
         app,
         host=s.host,
@@ -79,11 +94,18 @@ def serve(
         timeout_keep_alive=int(s.timeout_keep_alive_s),
         timeout_graceful_shutdown=int(s.graceful_shutdown_s),
         lifespan="on",
+        # X-Forwarded-For is ours to judge (server.trusted_proxies), not uvicorn's.
+        proxy_headers=False,
+        forwarded_allow_ips=None,
+        server_header=False,
+        http=header_timeout_protocol(s.timeout_header_read_s),
+        **tls,
     )
     logging.getLogger(__name__).info(
-        "embedhost %s serving %s on http://%s:%d",
+        "embedhost %s serving %s on %s://%s:%d",
         __version__,
         ", ".join(m.ref for m in settings.models),
+        "https" if tls else "http",
         s.host,
         s.port,
     )
@@ -111,6 +133,8 @@ def check_config(
         raise typer.Exit(2) from None
     for w in quantization_warnings(settings):
         typer.echo(f"warning: {w}", err=True)
+    for note in _serve_time_notes(settings):
+        typer.echo(f"note: {note}", err=True)
     typer.echo(
         f"{file}: OK ({len(settings.models)} model(s): "
         + ", ".join(f"{m.ref} [{m.engine}]" for m in settings.models)
@@ -139,6 +163,61 @@ def embed(
     typer.echo(json.dumps(r.json()))
     if r.status_code >= 400:
         raise typer.Exit(1)
+
+
+def _serve_time_notes(settings: Any) -> list[str]:
+    """What ``serve`` will need on the machine it runs on (keys, a keys file, a Redis URL):
+    reported, not failed, because the machine checking a file is often not that one."""
+    from embedhost.security import all_keys, serve_time_problems
+
+    notes: list[str] = []
+    try:
+        keys = all_keys(settings)
+    except ConfigError as exc:
+        notes.append(f"serve will refuse to start here: {exc.message}")
+        keys = None
+    notes += [f"serve will refuse to start here: {p}" for p in serve_time_problems(settings, keys)]
+    return notes
+
+
+keys_cli = typer.Typer(help="API keys: create them (the config stores only their hashes).")
+cli.add_typer(keys_cli, name="keys")
+
+
+@keys_cli.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option("--name", help="The key's id: in logs, metrics, limits.")],
+    scopes: Annotated[
+        str, typer.Option("--scopes", help="Comma-separated: embed, admin, metrics.")
+    ] = "embed",
+    models: Annotated[
+        str | None, typer.Option("--models", help="Comma-separated models it may use (all).")
+    ] = None,
+) -> None:
+    """Create a key: print it once, and the config entry (its hash) to add."""
+    import yaml
+    from pydantic import ValidationError
+
+    from embedhost.security import new_key_entry
+
+    scope_list = [x.strip() for x in scopes.split(",") if x.strip()]
+    model_list = [x.strip() for x in models.split(",") if x.strip()] if models else None
+    try:
+        key, entry = new_key_entry(name, scope_list, model_list)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        typer.echo(f"invalid key: {problems}", err=True)
+        raise typer.Exit(2) from None
+    data = entry.model_dump(exclude_none=True, exclude_defaults=False)
+    data.pop("revoked", None)
+    typer.echo("API key (shown once; store it in your secret manager):\n")
+    typer.echo(f"  {key}\n")
+    typer.echo("Add this entry under auth.keys in the config, or to the auth.keys_file list:\n")
+    typer.echo(yaml.safe_dump([data], sort_keys=False).rstrip())
+    typer.echo("\nor in the environment (a JSON list; join several entries):\n")
+    typer.echo(f"  EMBEDHOST_API_KEYS='{json.dumps([data])}'")
 
 
 @cli.command()

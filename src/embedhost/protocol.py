@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 Truncate = bool | Literal["left", "right"]
 """Per-request truncation: ``true`` uses the model's side (right unless configured),
@@ -19,13 +19,35 @@ Truncate = bool | Literal["left", "right"]
 
 TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 
+# The documented contract is stricter than the parsing: empty strings and empty lists are
+# refused by the service with a 400 naming the input (not a generic 422), so the schema
+# says what is accepted while validation stays lenient enough to produce that message.
+_TEXT: dict[str, object] = {"type": "string", "minLength": 1}
+_TEXTS: dict[str, object] = {"type": "array", "items": _TEXT, "minItems": 1}
+_IDS: dict[str, object] = {
+    "type": "array",
+    "items": {"type": "integer", "minimum": 0},
+    "minItems": 1,
+}
+_INPUT_SCHEMA = WithJsonSchema(
+    {"anyOf": [_TEXT, _TEXTS, _IDS, {"type": "array", "items": _IDS, "minItems": 1}]}
+)
+# Exactly one of text and texts (null counts as absent).
+_TEXT_OR_TEXTS: dict[str, object] = {
+    "oneOf": [
+        {"required": ["text"], "properties": {"texts": {"type": "null"}}},
+        {"required": ["texts"], "properties": {"text": {"type": "null"}}},
+    ]
+}
+
 
 class EmbeddingRequest(BaseModel):
     """``POST /v1/embeddings``, as OpenAI defines it, plus ``truncate``."""
 
-    model_config = ConfigDict(extra="ignore")
+    # strict: the schema says boolean and integer, so "1", 0 and 1.0 are refused, not coerced.
+    model_config = ConfigDict(extra="ignore", strict=True)
 
-    input: str | list[str] | TokenIds | list[TokenIds] = Field(
+    input: Annotated[str | list[str] | TokenIds | list[TokenIds], _INPUT_SCHEMA] = Field(
         description=(
             "Text or texts to embed, or token ids of the model's own vocabulary "
             "(one list, or a list of lists). Token ids are used as given: no special "
@@ -72,10 +94,10 @@ class EmbeddingResponse(BaseModel):
 class EmbedRequest(BaseModel):
     """``POST /embed``: the native API. Give ``text`` or ``texts``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_TEXT_OR_TEXTS)
 
-    text: str | None = None
-    texts: list[str] | None = None
+    text: Annotated[str | None, WithJsonSchema({"anyOf": [_TEXT, {"type": "null"}]})] = None
+    texts: Annotated[list[str] | None, WithJsonSchema({"anyOf": [_TEXTS, {"type": "null"}]})] = None
     model: str | None = None
     normalize: bool = True
     truncate: Truncate | None = None
