@@ -459,7 +459,6 @@ def load_settings(
     """
     data = read_yaml(Path(config_path)) if config_path else {}
     source = str(config_path) if config_path else "defaults + environment"
-    data = _with_env_api_keys(data, os.environ.get(API_KEYS_ENV))
     token = _yaml_data.set(data)
     try:
         settings = Settings(**(overrides or {}))
@@ -467,6 +466,7 @@ def load_settings(
         raise ConfigError(_format_validation(exc, source)) from None
     finally:
         _yaml_data.reset(token)
+    settings = _with_env_api_keys(settings, os.environ.get(API_KEYS_ENV))
     if check_paths:
         problems = check_model_paths(settings)
         if problems:
@@ -480,9 +480,10 @@ API_KEYS_ENV = "EMBEDHOST_API_KEYS"
 """A JSON list of key entries (as in ``auth.keys``), added to the configured keys."""
 
 
-def _with_env_api_keys(data: dict[str, Any], raw: str | None) -> dict[str, Any]:
+def _with_env_api_keys(settings: Settings, raw: str | None) -> Settings:
+    """Adds the keys of ``EMBEDHOST_API_KEYS`` to those of every other source."""
     if not raw or not raw.strip():
-        return data
+        return settings
     try:
         entries = json.loads(raw)
     except ValueError:
@@ -494,9 +495,12 @@ def _with_env_api_keys(data: dict[str, Any], raw: str | None) -> dict[str, Any]:
         entries = [entries]
     if not isinstance(entries, list):
         raise ConfigError(f"{API_KEYS_ENV} must be a JSON list of key entries")
-    auth = dict(data.get("auth") or {})
-    auth["keys"] = [*(auth.get("keys") or []), *entries]
-    return {**data, "auth": auth}
+    current = settings.auth.model_dump()
+    try:
+        settings.auth = AuthConfig.model_validate({**current, "keys": [*current["keys"], *entries]})
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc, API_KEYS_ENV)) from None
+    return settings
 
 
 def check_model_paths(settings: Settings) -> list[str]:
