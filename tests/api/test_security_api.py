@@ -66,7 +66,7 @@ def bearer(key: str) -> dict[str, str]:
 def assert_error(r: httpx.Response, status: int, type_: str, code: str) -> dict[str, Any]:
     assert r.status_code == status, r.text
     err: dict[str, Any] = r.json()["error"]
-    assert err["type"] == type_ and err["code"] == code, err
+    assert (err["type"], err["code"]) == (type_, code), err
     assert set(err) == {"message", "type", "param", "code"}
     return err
 
@@ -139,9 +139,11 @@ async def test_wrong_scope_is_403(keyed: httpx.AsyncClient) -> None:
         in assert_error(r, 403, "permission_error", "insufficient_permissions")["message"]
     )
     r = await keyed.get("/t/metrics", headers=bearer(METRICS))
-    assert r.status_code == 200 and r.json() == {"key_id": "prom"}
+    assert r.status_code == 200
+    assert r.json() == {"key_id": "prom"}
     r = await keyed.get("/t/admin", headers=bearer(FULL))
-    assert r.status_code == 200 and r.json() == {"key_id": "full"}
+    assert r.status_code == 200
+    assert r.json() == {"key_id": "full"}
     r = await keyed.get("/t/metrics")
     assert_error(r, 401, "invalid_request_error", "missing_api_key")
 
@@ -155,7 +157,8 @@ async def test_model_not_allowed_is_403(keyed: httpx.AsyncClient) -> None:
     ):
         r = await keyed.post(path, json=body, headers=bearer(ONLY_FAKE))
         err = assert_error(r, 403, "permission_error", "insufficient_permissions")
-        assert err["param"] == "model" and "'other'" in err["message"]
+        assert err["param"] == "model"
+        assert "'other'" in err["message"]
     # The same model for a key allowed every model.
     r = await keyed.post(
         "/v1/embeddings", json={"input": "hi", "model": "other"}, headers=bearer(FULL)
@@ -192,7 +195,8 @@ async def test_per_key_request_limit(keyed: httpx.AsyncClient) -> None:
     assert 1 <= int(r.headers["x-ratelimit-reset"]) <= 60
     # Other keys have their own budgets (none configured here).
     r = await keyed.post("/v1/embeddings", json=EMBED, headers=bearer(FULL))
-    assert r.status_code == 200 and "x-ratelimit-limit" not in r.headers
+    assert r.status_code == 200
+    assert "x-ratelimit-limit" not in r.headers
 
 
 async def test_json_nesting_limit(keyed: httpx.AsyncClient) -> None:
@@ -215,7 +219,8 @@ async def test_dimensions_range(keyed: httpx.AsyncClient) -> None:
     err = assert_error(r, 400, "invalid_request_error", "invalid_request")
     assert err["param"] == "dimensions"
     r = await keyed.post("/v1/embeddings", json={**EMBED, "dimensions": 8}, headers=bearer(FULL))
-    assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 8
+    assert r.status_code == 200
+    assert len(r.json()["data"][0]["embedding"]) == 8
 
 
 async def test_cors_off_by_default(keyed: httpx.AsyncClient) -> None:
@@ -256,7 +261,8 @@ async def test_open_on_loopback_without_keys() -> None:
         r = await client.post("/v1/embeddings", json=EMBED)
         assert r.status_code == 200
         r = await client.get("/t/admin")
-        assert r.status_code == 200 and r.json() == {"key_id": None}
+        assert r.status_code == 200
+        assert r.json() == {"key_id": None}
 
 
 async def test_auth_disabled_explicitly() -> None:
@@ -315,7 +321,8 @@ async def test_per_address_limit_behind_trusted_proxy(limited_app: FastAPI) -> N
         assert [(await from_("198.51.100.1")).status_code for _ in range(3)] == [200, 200, 429]
         # Another client behind the same proxy has its own budget.
         r = await from_("198.51.100.2")
-        assert r.status_code == 200 and r.headers["x-ratelimit-remaining"] == "1"
+        assert r.status_code == 200
+        assert r.headers["x-ratelimit-remaining"] == "1"
         r = await from_("198.51.100.1")
         err = assert_error(r, 429, "rate_limit_error", "rate_limit_exceeded")
         assert "this client address" in err["message"]
@@ -344,7 +351,8 @@ async def test_tokens_per_minute(limited_app: FastAPI) -> None:
         # 10 tokens each: [CLS] + 8 + [SEP]; the budget is 20 per minute.
         body = {"input": [101, *range(2000, 2008), 102], "model": "fake"}
         r = await c.post("/v1/embeddings", json=body, headers=hdr)
-        assert r.status_code == 200 and r.json()["usage"]["total_tokens"] == 10
+        assert r.status_code == 200
+        assert r.json()["usage"]["total_tokens"] == 10
         r = await c.post(
             "/v1/embeddings", json=body, headers={**hdr, "X-Forwarded-For": "198.51.100.51"}
         )

@@ -38,23 +38,28 @@ def settings(**overrides: object):  # type: ignore[no-untyped-def]
 
 def test_keys_are_random_and_stored_as_sha256() -> None:
     a, b = generate_key(), generate_key()
-    assert a != b and a.startswith("eh_") and len(a) > 40
+    assert a != b
+    assert a.startswith("eh_")
+    assert len(a) > 40
     assert hash_key(a) == "sha256:" + hashlib.sha256(a.encode()).hexdigest()
     key, entry = new_key_entry("svc", ["embed", "metrics"], ["m1"])
     assert entry.hash == hash_key(key)
     assert key not in entry.model_dump_json()
-    assert entry.scopes == ["embed", "metrics"] and entry.models == ["m1"]
+    assert entry.scopes == ["embed", "metrics"]
+    assert entry.models == ["m1"]
 
 
 def test_keystore_lookup() -> None:
     k1, e1 = new_key_entry("one", ["embed"])
     k2, e2 = new_key_entry("two", ["admin"])
     store = KeyStore([e1, e2.model_copy(update={"revoked": True})])
-    assert store.lookup(k1) is not None and store.lookup(k1).id == "one"  # type: ignore[union-attr]
+    assert store.lookup(k1) is not None
+    assert store.lookup(k1).id == "one"
     assert store.lookup(k2).revoked  # type: ignore[union-attr]
     assert store.lookup("eh_wrong") is None
     assert store.lookup(k1 + "x") is None
-    assert len(store) == 2 and store.active == 1
+    assert len(store) == 2
+    assert store.active == 1
 
 
 @pytest.mark.parametrize(
@@ -210,7 +215,8 @@ def test_keys_create_cli() -> None:
     key = next(w for w in r.output.split() if w.startswith("eh_"))
     yaml_part = r.output.split("auth.keys_file list:")[1].split("or in the environment")[0]
     entry = ApiKeyConfig.model_validate(yaml.safe_load(yaml_part)[0])
-    assert entry.id == "ci-bot" and entry.scopes == ["embed", "metrics"]
+    assert entry.id == "ci-bot"
+    assert entry.scopes == ["embed", "metrics"]
     assert entry.hash == hash_key(key)
     env_json = r.output.split("EMBEDHOST_API_KEYS='")[1].split("'")[0]
     assert json.loads(env_json)[0]["hash"] == entry.hash

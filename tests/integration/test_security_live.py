@@ -1,0 +1,220 @@
+"""Security of a real `embedhost serve` process: keys with the OpenAI SDK, a schemathesis run
+against its own OpenAPI schema, slow clients, TLS, the start rule, and its logs."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from embedhost.security import new_key_entry
+from tests.conftest import ROOT, LiveServer, fake_model, free_port, start_server, stop_server
+
+pytestmark = pytest.mark.slow
+
+KEY, ENTRY = new_key_entry("sdk", ["embed", "admin", "metrics"])
+SECRET_TEXT = "confidential-input-text-93ab"
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    tmp = tmp_path_factory.mktemp("keyed")
+    keys_file = tmp / "keys.yaml"
+    keys_file.write_text(yaml.safe_dump([ENTRY.model_dump()]))
+    server = start_server(
+        tmp,
+        {
+            "models": [fake_model("fake", max_input_tokens=16)],
+            "auth": {"keys_file": str(keys_file)},
+            "server": {"timeout_header_read_s": 1, "timeout_body_read_s": 1, "log_level": "debug"},
+            "limits": {"max_inputs_per_request": 64, "max_body_bytes": 65536},
+        },
+    )
+    yield server
+    stop_server(server)
+
+
+def test_openai_sdk_with_key(keyed_server: LiveServer) -> None:
+    client = openai.OpenAI(base_url=f"{keyed_server.url}/v1", api_key=KEY, max_retries=0)
+    out = client.embeddings.create(model="fake", input=[SECRET_TEXT, "two"])
+    assert len(out.data) == 2
+    assert len(out.data[0].embedding) == 32
+    assert [m.id for m in client.models.list().data] == ["fake"]
+    wrong = openai.OpenAI(base_url=f"{keyed_server.url}/v1", api_key="eh_wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as info:
+        wrong.embeddings.create(model="fake", input=SECRET_TEXT)
+    assert info.value.status_code == 401
+    assert info.value.code == "invalid_api_key"
+
+
+def test_schemathesis_against_own_schema(keyed_server: LiveServer, tmp_path: Path) -> None:
+    """Every operation, a few hundred cases each: no 5xx, responses as the schema says.
+
+    positive_data_acceptance is left out: the schema cannot know a model's dimensions or
+    vocabulary, so schema-valid requests may rightly get a 400."""
+    exe = Path(sys.executable).with_name("schemathesis")
+    r = subprocess.run(
+        [
+            str(exe), "run", f"{keyed_server.url}/openapi.json",
+            "--checks", "all", "--exclude-checks", "positive_data_acceptance",
+            "--max-examples", "300", "--workers", "2", "--seed", "4",
+            "--generation-database", "none", "--no-color",
+            "--header", f"Authorization: Bearer {KEY}",
+        ],
+        capture_output=True, text=True, cwd=tmp_path, timeout=240,
+    )  # fmt: skip
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-8000:]
+    assert "No issues found" in out
+    selected = re.search(r"(\d+) selected / (\d+) total", out)
+    assert selected is not None
+    assert selected.group(1) == selected.group(2), "every operation"
+
+
+def test_slow_headers_are_cut_off(keyed_server: LiveServer) -> None:
+    port = int(keyed_server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        s.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+        assert s.recv(1024) == b""  # closed by the server (header timeout of 1 s)
+
+
+def test_slow_body_gets_408(keyed_server: LiveServer) -> None:
+    port = int(keyed_server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        s.sendall(
+            b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Length: 100\r\n\r\n"
+            b'{"input": '
+        )
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 408"), data[:200]
+    assert b'"code":"request_timeout"' in data
+
+
+def test_refuses_network_bind_without_keys(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "server": {"host": "0.0.0.0", "port": free_port()},
+                "models": [fake_model("fake")],
+            }
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}"}
+    env.pop("EMBEDHOST_API_KEYS", None)
+    r = subprocess.run(
+        [sys.executable, "-m", "embedhost", "serve", "--config", str(cfg)],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "no API keys configured but server.host is 0.0.0.0" in r.stderr
+    # The same with keys from the environment starts (and is stopped once ready).
+    server = start_server(
+        tmp_path,
+        {"server": {"host": "0.0.0.0"}, "models": [fake_model("fake")]},
+        env={"EMBEDHOST_API_KEYS": f"[{ENTRY.model_dump_json()}]"},
+    )
+    try:
+        ok = httpx.post(f"{server.url}/v1/embeddings", json={"input": "x"}, headers=_auth())
+        assert ok.status_code == 200
+        assert httpx.post(f"{server.url}/v1/embeddings", json={"input": "x"}).status_code == 401
+    finally:
+        stop_server(server)
+
+
+def test_allow_insecure_warns(tmp_path: Path) -> None:
+    server = start_server(
+        tmp_path,
+        {
+            "server": {"host": "0.0.0.0"},
+            "auth": {"enabled": False, "allow_insecure": True},
+            "models": [fake_model("fake")],
+        },
+    )
+    try:
+        assert httpx.post(f"{server.url}/v1/embeddings", json={"input": "x"}).status_code == 200
+    finally:
+        stop_server(server)
+    assert "WARNING" in server.log()
+    assert "reachable from the network" in server.log()
+
+
+def test_tls(tmp_path: Path) -> None:
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    port = free_port()
+    config: dict[str, Any] = {
+        "server": {"port": port, "ssl_certfile": str(cert), "ssl_keyfile": str(key)},
+        "models": [fake_model("fake")],
+        "auth": {"keys": [ENTRY.model_dump()]},
+    }
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}"}
+    log = tmp_path / "tls.log"
+    with log.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "embedhost", "serve", "--config", str(cfg)],
+            stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+        )  # fmt: skip
+    url = f"https://127.0.0.1:{port}"
+    ctx = ssl.create_default_context(cafile=str(cert))
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"{url}/ready", verify=ctx, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        r = httpx.post(f"{url}/v1/embeddings", json={"input": "x"}, headers=_auth(), verify=ctx)
+        assert r.status_code == 200
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert f"serving fake@1 on https://127.0.0.1:{port}" in log.read_text()
+
+
+def test_logs_hold_no_key_and_no_input(keyed_server: LiveServer) -> None:
+    """Last in the module: the debug-level log of everything the server did above."""
+    httpx.post(
+        f"{keyed_server.url}/v1/embeddings?api_key={KEY}", json={"input": SECRET_TEXT}, timeout=10
+    )
+    httpx.post(
+        f"{keyed_server.url}/v1/embeddings", json={"input": [SECRET_TEXT] * 100}, headers=_auth()
+    )
+    log = keyed_server.log()
+    assert "API keys required: 1 active key(s)" in log
+    for secret in (KEY, SECRET_TEXT, ENTRY.hash.removeprefix("sha256:")):
+        assert secret not in log
+
+
+def _auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEY}"}
