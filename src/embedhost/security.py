@@ -14,6 +14,7 @@ after it has counted them (no second tokenization).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import ipaddress
 import logging
 import math
@@ -244,6 +245,12 @@ def serve_time_problems(settings: Settings, keys: list[ApiKeyConfig] | None) -> 
         problems.append(
             "rate_limits.storage is redis but rate_limits.redis_url is not set; "
             "set EMBEDHOST_RATE_LIMITS__REDIS_URL=redis://HOST:6379/0"
+        )
+    if rl.storage == "redis" and importlib.util.find_spec("redis") is None:
+        # Checked here: at request time a missing client would look like Redis being down.
+        problems.append(
+            "rate_limits.storage is redis but the redis client is not installed; "
+            "pip install 'embedhost[redis]'"
         )
     return problems
 
