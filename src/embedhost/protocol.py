@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic.config import JsonDict
 
 Truncate = bool | Literal["left", "right"]
 """Per-request truncation: ``true`` uses the model's side (right unless configured),
@@ -22,9 +23,9 @@ TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 # The documented contract is stricter than the parsing: empty strings and empty lists are
 # refused by the service with a 400 naming the input (not a generic 422), so the schema
 # says what is accepted while validation stays lenient enough to produce that message.
-_TEXT: dict[str, object] = {"type": "string", "minLength": 1}
-_TEXTS: dict[str, object] = {"type": "array", "items": _TEXT, "minItems": 1}
-_IDS: dict[str, object] = {
+_TEXT: JsonDict = {"type": "string", "minLength": 1}
+_TEXTS: JsonDict = {"type": "array", "items": _TEXT, "minItems": 1}
+_IDS: JsonDict = {
     "type": "array",
     "items": {"type": "integer", "minimum": 0},
     "minItems": 1,
@@ -33,7 +34,7 @@ _INPUT_SCHEMA = WithJsonSchema(
     {"anyOf": [_TEXT, _TEXTS, _IDS, {"type": "array", "items": _IDS, "minItems": 1}]}
 )
 # Exactly one of text and texts (null counts as absent).
-_TEXT_OR_TEXTS: dict[str, object] = {
+_TEXT_OR_TEXTS: JsonDict = {
     "oneOf": [
         {"required": ["text"], "properties": {"texts": {"type": "null"}}},
         {"required": ["texts"], "properties": {"text": {"type": "null"}}},
