@@ -3,8 +3,9 @@
 This layer owns who may call the server and how much: keys (stored as hashes, compared in
 constant time), their scopes and allowed models, budgets per key and per client address in
 requests and tokens per minute (the ``limits`` library, in memory or in Redis so that
-replicas share one budget), the client address behind trusted proxies, the concurrency
-limit, and the start-time rule that nothing reachable from the network runs without keys.
+replicas share one budget), the client address behind trusted proxies, the header-read
+timeout for slow clients, and the start-time rule that nothing reachable from the network
+runs without keys.
 
 The HTTP side is thin: ``api/deps.py``'s ``require_scope`` calls :meth:`Security.admit`,
 and the embedding service charges tokens through the :class:`Admission` it is handed,
@@ -25,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
@@ -33,11 +33,9 @@ from embedhost.config import ApiKeyConfig, RateLimit, RateLimitsConfig, Scope, S
 from embedhost.errors import (
     ConfigError,
     Forbidden,
-    Overloaded,
     RateLimited,
     RateLimiterUnavailable,
     Unauthorized,
-    error_body,
 )
 
 if TYPE_CHECKING:
@@ -45,7 +43,6 @@ if TYPE_CHECKING:
 
     from limits import RateLimitItem
     from limits.aio.strategies import RateLimiter as _LimitsStrategy
-    from starlette.types import ASGIApp, Message, Receive, Send
     from starlette.types import Scope as AsgiScope
 
 log = logging.getLogger(__name__)
@@ -539,76 +536,6 @@ class Security:
         if state is not None:
             admission.state["ratelimit"] = state
         return admission
-
-
-# --- ASGI: concurrency limit and the rate-limit headers ----------------------------------------
-
-
-class ConcurrencyLimitMiddleware:
-    """An immediate 503 + Retry-After beyond ``max_concurrent`` requests in flight, rather
-    than a queue that grows until clients time out. Probes (/health, /ready, /metrics) are
-    never refused. Also adds the X-RateLimit-* headers of an admitted request."""
-
-    def __init__(self, app: ASGIApp, max_concurrent: int | None, retry_after_s: int) -> None:
-        self.app = app
-        self.max_concurrent = max_concurrent
-        self.retry_after_s = retry_after_s
-        self.in_flight = 0
-        self.rejected = 0
-        """Requests refused with 503 for concurrency since start (for metrics)."""
-
-    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        limited = self.max_concurrent is not None and scope.get("path") not in UNLIMITED_PATHS
-        if limited and self.in_flight >= (self.max_concurrent or 0):
-            self.rejected += 1
-            err = Overloaded(
-                f"the server is at its limit of {self.max_concurrent} concurrent requests; "
-                "retry shortly",
-            )
-            await _send_error(send, 503, err, {"retry-after": str(self.retry_after_s)})
-            return
-        state: dict[str, Any] = scope.setdefault("state", {})
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                admission = state.get("admission")
-                rl = admission.state.get("ratelimit") if isinstance(admission, Admission) else None
-                if rl is not None:
-                    present = {n.lower() for n, _ in message.get("headers", ())}
-                    extra = [
-                        (k.lower().encode(), v.encode())
-                        for k, v in rl.headers().items()
-                        if k.lower().encode() not in present
-                    ]
-                    message = {**message, "headers": [*message.get("headers", ()), *extra]}
-            await send(message)
-
-        if limited:
-            self.in_flight += 1
-        try:
-            await self.app(scope, receive, send_with_headers)
-        finally:
-            if limited:
-                self.in_flight -= 1
-
-
-async def _send_error(send: Send, status: int, err: Any, headers: dict[str, str]) -> None:
-    body = orjson.dumps(error_body(err.message, err.type, err.code, err.param))
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *((k.encode(), v.encode()) for k, v in headers.items()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 # --- slow clients --------------------------------------------------------------------------------

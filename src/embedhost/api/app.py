@@ -29,9 +29,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from embedhost import __version__
 from embedhost.api.routes import embeddings, ops
 from embedhost.config import Settings
-from embedhost.errors import EmbedhostError, error_body, status_for
+from embedhost.errors import EmbedhostError, Overloaded, error_body, status_for
 from embedhost.models.registry import ModelRegistry
-from embedhost.security import RATE_LIMIT_HEADERS, ConcurrencyLimitMiddleware, Security
+from embedhost.security import RATE_LIMIT_HEADERS, UNLIMITED_PATHS, Admission, Security
 from embedhost.service import EmbeddingService
 
 log = logging.getLogger(__name__)
@@ -208,19 +208,28 @@ class BodyLimitMiddleware:
         )
 
     async def _send(self, send: Send, status: int, message: str, code: str) -> None:
-        body = orjson.dumps(error_body(message, "invalid_request_error", code))
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
+        await send_error(
+            send, status, message, "invalid_request_error", code, {"connection": "close"}
         )
-        await send({"type": "http.response.body", "body": body})
+
+
+async def send_error(
+    send: Send, status: int, message: str, type_: str, code: str, headers: dict[str, str]
+) -> None:
+    """OpenAI's error body, sent straight from an ASGI middleware (before any route)."""
+    body = orjson.dumps(error_body(message, type_, code))
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *((k.encode(), v.encode()) for k, v in headers.items()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -235,6 +244,59 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return replay
+
+
+class ConcurrencyLimitMiddleware:
+    """An immediate 503 + Retry-After beyond ``max_concurrent`` requests in flight, rather
+    than a queue that grows until clients time out. Probes (/health, /ready, /metrics) are
+    never refused. Also adds the X-RateLimit-* headers of an admitted request."""
+
+    def __init__(self, app: ASGIApp, max_concurrent: int | None, retry_after_s: int) -> None:
+        self.app = app
+        self.max_concurrent = max_concurrent
+        self.retry_after_s = retry_after_s
+        self.in_flight = 0
+        self.rejected = 0
+        """Requests refused with 503 for concurrency since start (for metrics)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limited = self.max_concurrent is not None and scope.get("path") not in UNLIMITED_PATHS
+        if limited and self.in_flight >= (self.max_concurrent or 0):
+            self.rejected += 1
+            err = Overloaded(
+                f"the server is at its limit of {self.max_concurrent} concurrent requests; "
+                "retry shortly",
+            )
+            await send_error(
+                send, 503, err.message, err.type, err.code, {"retry-after": str(self.retry_after_s)}
+            )
+            return
+        state: dict[str, Any] = scope.setdefault("state", {})
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                admission = state.get("admission")
+                rl = admission.state.get("ratelimit") if isinstance(admission, Admission) else None
+                if rl is not None:
+                    present = {n.lower() for n, _ in message.get("headers", ())}
+                    extra = [
+                        (k.lower().encode(), v.encode())
+                        for k, v in rl.headers().items()
+                        if k.lower().encode() not in present
+                    ]
+                    message = {**message, "headers": [*message.get("headers", ()), *extra]}
+            await send(message)
+
+        if limited:
+            self.in_flight += 1
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            if limited:
+                self.in_flight -= 1
 
 
 def create_app(settings: Settings) -> FastAPI:
