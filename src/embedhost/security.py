@@ -33,6 +33,7 @@ from embedhost.config import ApiKeyConfig, RateLimit, RateLimitsConfig, Scope, S
 from embedhost.errors import (
     ConfigError,
     Forbidden,
+    PayloadTooLarge,
     RateLimited,
     RateLimiterUnavailable,
     Unauthorized,
@@ -442,7 +443,8 @@ class Admission:
         )
         for _, amount, _ in budgets:
             if tokens > amount:
-                raise RateLimited(
+                # 413, not 429: waiting would not help, and clients retry a 429.
+                raise PayloadTooLarge(
                     f"the request has {tokens} tokens, more than the budget of {amount} "
                     "tokens per minute; split it into smaller requests",
                     param="input",

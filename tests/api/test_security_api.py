@@ -301,6 +301,8 @@ async def limited_app() -> AsyncIterator[FastAPI]:
     )
     app = create_app(settings)
     async with app.router.lifespan_context(app):
+        async with client_from(app, "127.0.0.1") as c:
+            await wait_ready(c)
         yield app
 
 
@@ -311,7 +313,6 @@ def client_from(app: FastAPI, peer: str) -> httpx.AsyncClient:
 
 async def test_per_address_limit_behind_trusted_proxy(limited_app: FastAPI) -> None:
     async with client_from(limited_app, "10.0.0.2") as proxy:
-        await wait_ready(proxy)
 
         async def from_(addr: str) -> httpx.Response:
             return await proxy.get(
@@ -364,12 +365,12 @@ async def test_tokens_per_minute(limited_app: FastAPI) -> None:
         assert "20 tokens per minute for this API key" in err["message"]
         assert r.headers["x-ratelimit-limit"] == "20"
         assert int(r.headers["retry-after"]) >= 1
-        # A request that could never fit the budget says so.
+        # A request that could never fit the budget says so (413: waiting would not help).
         big = {"input": [[101, *range(2000, 2010), 102]] * 2, "model": "fake"}
         r = await c.post(
             "/v1/embeddings", json=big, headers={**hdr, "X-Forwarded-For": "198.51.100.53"}
         )
-        err = assert_error(r, 429, "rate_limit_error", "rate_limit_exceeded")
+        err = assert_error(r, 413, "invalid_request_error", "payload_too_large")
         assert "24 tokens, more than the budget of 20" in err["message"]
 
 
