@@ -379,7 +379,7 @@ async def test_concurrency_limit_fast_503() -> None:
         [fake_model("fake", max_input_tokens=16, engine_options={"slow_s": 1.0})],
         limits={"max_concurrent_requests": 1},
     )
-    async with app_client(settings) as (_, client):
+    async with app_client(settings) as (app, client):
         slow = asyncio.create_task(
             client.post("/v1/embeddings", json={"input": [SLOW], "model": "fake"})
         )
@@ -391,6 +391,8 @@ async def test_concurrency_limit_fast_503() -> None:
         err = assert_error(r, 503, "server_error", "server_overloaded")
         assert "limit of 1 concurrent requests" in err["message"]
         assert r.headers["retry-after"] == "2"
+        assert app.state.security.overloaded >= 1
+        assert app.state.security.in_flight == 1
         # Probes still answer.
         assert (await client.get("/health")).status_code == 200
         assert (await slow).status_code == 200

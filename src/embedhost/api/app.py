@@ -251,21 +251,23 @@ class ConcurrencyLimitMiddleware:
     than a queue that grows until clients time out. Probes (/health, /ready, /metrics) are
     never refused. Also adds the X-RateLimit-* headers of an admitted request."""
 
-    def __init__(self, app: ASGIApp, max_concurrent: int | None, retry_after_s: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_concurrent: int | None, retry_after_s: int, security: Security
+    ) -> None:
         self.app = app
         self.max_concurrent = max_concurrent
         self.retry_after_s = retry_after_s
-        self.in_flight = 0
-        self.rejected = 0
-        """Requests refused with 503 for concurrency since start (for metrics)."""
+        # Counted on the Security object (app.state.security), where metrics can read them.
+        self.counters = security
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         limited = self.max_concurrent is not None and scope.get("path") not in UNLIMITED_PATHS
-        if limited and self.in_flight >= (self.max_concurrent or 0):
-            self.rejected += 1
+        counters = self.counters
+        if limited and counters.in_flight >= (self.max_concurrent or 0):
+            counters.overloaded += 1
             err = Overloaded(
                 f"the server is at its limit of {self.max_concurrent} concurrent requests; "
                 "retry shortly",
@@ -291,12 +293,12 @@ class ConcurrencyLimitMiddleware:
             await send(message)
 
         if limited:
-            self.in_flight += 1
+            counters.in_flight += 1
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
             if limited:
-                self.in_flight -= 1
+                counters.in_flight -= 1
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -344,6 +346,7 @@ def create_app(settings: Settings) -> FastAPI:
         ConcurrencyLimitMiddleware,
         max_concurrent=settings.limits.max_concurrent_requests,
         retry_after_s=settings.worker.retry_after_s,
+        security=security,
     )
     if settings.server.cors_origins:
         app.add_middleware(
