@@ -25,6 +25,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from embedhost.config import BatchingConfig
 from embedhost.engines.base import Vectors
@@ -35,11 +36,25 @@ log = logging.getLogger(__name__)
 EmbedFn = Callable[[list[list[int]], float], Awaitable[Vectors]]
 
 
+class BatchObserver(Protocol):
+    """Receives the batcher's numbers (``metrics.BatchObserver`` implements it)."""
+
+    def queue_depth(self, n: int) -> None: ...
+
+    def batch(self, sequences: int, padded_tokens: int, seconds: float) -> None: ...
+
+
 @dataclass(slots=True)
 class Ticket:
-    """Shared by the items of one request; ``gone`` is set when its client disconnects."""
+    """Shared by the items of one request; ``gone`` is set when its client disconnects.
+
+    ``dispatched`` (the first of its batches sent to the engine) and ``done`` (the last one
+    answered), on the monotonic clock, give the request's queue and inference times.
+    """
 
     gone: bool = False
+    dispatched: float = 0.0
+    done: float = 0.0
 
 
 @dataclass(slots=True)
@@ -68,8 +83,10 @@ class Batcher:
         retry_after_s: float = 1.0,
         depth: int = 2,
         window_factor: int = 4,
+        observer: BatchObserver | None = None,
     ) -> None:
         self._embed = embed
+        self.observer = observer
         self.config = config
         self.retry_after_s = retry_after_s
         self._queue: deque[Item] = deque()
@@ -113,6 +130,8 @@ class Batcher:
             fut: asyncio.Future[Vectors] = loop.create_future()
             self._queue.append(Item(s, fut, ticket, now))
             futures.append(fut)
+        if self.observer is not None:
+            self.observer.queue_depth(len(self._queue))
         self._wake.set()
         return futures
 
@@ -137,6 +156,8 @@ class Batcher:
             it = self._queue.popleft()
             if not it.future.done():
                 it.future.set_exception(exc)
+        if self.observer is not None:
+            self.observer.queue_depth(0)
 
     async def _loop(self) -> None:
         try:
@@ -153,6 +174,8 @@ class Batcher:
                 ):
                     await self._gather_more()
                 batch = self._form()
+                if self.observer is not None:
+                    self.observer.queue_depth(len(self._queue))
                 if not batch:
                     self._slots.release()
                     continue
@@ -252,10 +275,19 @@ class Batcher:
             self.stats.sequences += len(seqs)
             self.stats.padded_tokens += width * len(seqs)
             self.stats.real_tokens += sum(len(s) for s in seqs)
+            t0 = time.monotonic()
             vecs = await self._embed(seqs, self.config.batch_timeout_s)
+            t1 = time.monotonic()
             for i, it in enumerate(batch):
+                tk = it.ticket
+                if tk.dispatched == 0.0 or t0 < tk.dispatched:
+                    tk.dispatched = t0
+                if t1 > tk.done:
+                    tk.done = t1
                 if not it.future.done():
                     it.future.set_result(vecs[i])
+            if self.observer is not None:
+                self.observer.batch(len(seqs), width * len(seqs), t1 - t0)
         except EmbedhostError as exc:
             for it in batch:
                 if not it.future.done():

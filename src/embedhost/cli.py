@@ -66,7 +66,10 @@ def serve(
     except ConfigError as exc:
         typer.echo(exc.message, err=True)
         raise typer.Exit(2) from None
-    logging.getLogger().setLevel(settings.server.log_level.upper())
+    from embedhost.logs import setup_logging
+    from embedhost.server import EmbedhostServer
+
+    setup_logging(settings.server.log_level, settings.server.log_format)
     s = settings.server
     try:
         app = create_app(settings)
@@ -109,7 +112,7 @@ def serve(
         s.host,
         s.port,
     )
-    uvicorn.Server(uv).run()
+    EmbedhostServer(uv, app.state, s.shutdown_delay_s).run()
 
 
 @cli.command("check-config")

@@ -194,6 +194,15 @@ class ServerConfig(_Strict):
     ssl_certfile: str | None = Field(default=None, description="TLS certificate (PEM).")
     ssl_keyfile: str | None = Field(default=None, description="TLS private key (PEM).")
     ssl_keyfile_password: SecretStr | None = None
+    shutdown_delay_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=300,
+        description=(
+            "On SIGTERM, /ready answers 503 at once but new requests are still taken for this "
+            "long, so that a load balancer without a preStop hook stops sending first."
+        ),
+    )
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -329,6 +338,37 @@ class WorkerConfig(_Strict):
     retry_after_s: int = Field(default=2, ge=1, description="Retry-After on 503 answers.")
 
 
+class MetricsConfig(_Strict):
+    """``GET /metrics`` (Prometheus)."""
+
+    enabled: bool = Field(default=True, description="Collect metrics and serve /metrics.")
+    key_id_label: bool = Field(
+        default=True,
+        description="Label request and token counters with the API key's id (never the key).",
+    )
+
+
+class LogsConfig(_Strict):
+    """Request logging (format and level are server.log_format and server.log_level)."""
+
+    requests: bool = Field(
+        default=True, description="One line per request: id, route, model, status, timings."
+    )
+    log_inputs: bool = Field(
+        default=False,
+        description="Debugging only: put input texts in request lines. Never in production.",
+    )
+
+
+class TracingConfig(_Strict):
+    """OpenTelemetry tracing (``pip install 'embedhost[otel]'``); exporters by OTEL_* variables."""
+
+    enabled: bool = False
+    service_name: str = Field(
+        default="embedhost", min_length=1, description="Unless OTEL_SERVICE_NAME is set."
+    )
+
+
 class Settings(BaseSettings):
     """The whole configuration."""
 
@@ -345,6 +385,9 @@ class Settings(BaseSettings):
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     rate_limits: RateLimitsConfig = Field(default_factory=RateLimitsConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    logs: LogsConfig = Field(default_factory=LogsConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
     models: list[ModelConfig] = Field(default_factory=lambda: [default_model()], min_length=1)
 
     @model_validator(mode="after")

@@ -341,11 +341,14 @@ class RateLimiter:
                     self.denied += 1
                     what = "requests" if kind.endswith("requests") else "tokens"
                     who = "this API key" if kind.startswith("key") else "this client address"
-                    raise RateLimited(
+                    err = RateLimited(
                         f"rate limit exceeded: {amount} {what} per minute for {who}",
                         retry_after=max(1.0, math.ceil(state.reset_s)),
                         headers=state.headers(),
                     )
+                    err.limit = kind
+                    err.key_id = ident if kind.startswith("key") else None
+                    raise err
                 if first is None:
                     stats = await limiter.get_window_stats(item, ident)
                     first = LimitState(amount, stats.remaining, stats.reset_time - time.time())

@@ -8,7 +8,9 @@ Both HTTP routes (OpenAI and native) call :meth:`EmbeddingService.embed`.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +23,9 @@ from embedhost.protocol import Truncate
 from embedhost.security import Admission
 from embedhost.tokenization import Policy, Tokenized, prepare_ids, prepare_texts
 
+if TYPE_CHECKING:
+    from embedhost.tracing import Tracing
+
 # Below this many characters, tokenizing inline costs less than a hop to a thread
 # (tens of microseconds); above it, the Rust tokenizer runs in a thread, off the loop.
 _INLINE_CHARS = 8192
@@ -31,12 +36,20 @@ class EmbedResult:
     model: ModelHandle
     vectors: Vectors
     tokens: Tokenized
+    # Where the time went, in seconds: tokenizing, waiting for the first batch to run,
+    # and from then until the last batch answered.
+    tokenize_s: float = 0.0
+    queue_s: float = 0.0
+    inference_s: float = 0.0
 
 
 class EmbeddingService:
-    def __init__(self, registry: ModelRegistry, limits: LimitsConfig) -> None:
+    def __init__(
+        self, registry: ModelRegistry, limits: LimitsConfig, *, tracing: Tracing | None = None
+    ) -> None:
         self.registry = registry
         self.limits = limits
+        self.tracing = tracing
 
     def resolve(self, model: str | None) -> ModelHandle:
         return self.registry.get(model)
@@ -73,7 +86,14 @@ class EmbeddingService:
                 param="dimensions",
             )
         policy = _policy(handle.config.truncation, truncate)
-        tokens = await self._tokenize(handle, inputs, info.max_tokens, policy)
+        t_tok = time.monotonic()
+        if self.tracing is None:
+            tokens = await self._tokenize(handle, inputs, info.max_tokens, policy)
+        else:
+            with self.tracing.span("tokenize", inputs=len(inputs)) as span:
+                tokens = await self._tokenize(handle, inputs, info.max_tokens, policy)
+                span.set_attribute("tokens", tokens.total)
+        tokenize_s = time.monotonic() - t_tok
         if tokens.total > self.limits.max_request_tokens:
             raise PayloadTooLarge(
                 f"the request has {tokens.total} tokens; the limit is "
@@ -84,6 +104,7 @@ class EmbeddingService:
             await admission.charge_tokens(tokens.total)
         ticket = ticket or Ticket()
         futures = replica.batcher.submit(tokens.ids, ticket)
+        t_submit = time.monotonic()
         try:
             results = await asyncio.gather(*futures, return_exceptions=True)
         except asyncio.CancelledError:
@@ -95,6 +116,12 @@ class EmbeddingService:
                 if isinstance(r, EmbedhostError):
                     raise r
                 raise r
+        # Every item resolved with a result, so its batch stamped the ticket.
+        dispatched = max(ticket.dispatched, t_submit)
+        done = max(ticket.done, dispatched)
+        if self.tracing is not None:
+            self.tracing.record("queue", t_submit, dispatched, model=handle.config.ref)
+            self.tracing.record("inference", dispatched, done, model=handle.config.ref)
         vectors = np.stack(results)  # type: ignore[arg-type]
         if dimensions is not None and dimensions < vectors.shape[1]:
             vectors = vectors[:, :dimensions]
@@ -102,7 +129,14 @@ class EmbeddingService:
         if do_norm:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             vectors = vectors / np.maximum(norms, 1e-12)
-        return EmbedResult(handle, np.ascontiguousarray(vectors, dtype=np.float32), tokens)
+        return EmbedResult(
+            handle,
+            np.ascontiguousarray(vectors, dtype=np.float32),
+            tokens,
+            tokenize_s=tokenize_s,
+            queue_s=dispatched - t_submit,
+            inference_s=done - dispatched,
+        )
 
     async def _tokenize(
         self,

@@ -9,7 +9,8 @@ vectors. The API process side, :class:`EngineWorker`:
   pipe so the engine never idles waiting for the next one;
 * notices death (EOF on the pipe, whatever the cause, SIGSEGV and SIGKILL included), fails
   every in-flight batch with :class:`WorkerCrashed` (503 + Retry-After) and restarts the
-  process with exponential backoff; after ``max_restarts`` crashes within
+  process with exponential backoff (tenacity's ``wait_exponential``; only the process is
+  restarted, a client's batch is never retried); after ``max_restarts`` crashes within
   ``restart_window_s`` it marks the replica failed, with the reason, instead of looping;
 * treats a batch that outlives ``batch_timeout_s`` as a wedged worker: that batch gets
   :class:`WorkerTimeout` (504), the process is killed and restarted.
@@ -34,9 +35,10 @@ import traceback
 from collections import deque
 from enum import StrEnum
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+import tenacity
 
 from embedhost.config import ModelConfig, WorkerConfig
 from embedhost.engines.base import EngineInfo, Vectors
@@ -67,14 +69,26 @@ def _warm(engine: Any, info: EngineInfo, vocab_floor: int = 1000) -> None:
         engine.embed(batch)
 
 
-def worker_main(conn: Connection, config_json: str) -> None:
+def worker_main(
+    conn: Connection, config_json: str, log_config: dict[str, str] | None = None
+) -> None:
     """Entry point of the worker process."""
-    # The API process owns shutdown: Ctrl-C in a terminal reaches the whole process group.
+    # The API process owns shutdown: Ctrl-C in a terminal, or a SIGTERM sent to the whole
+    # process group (systemd's default), must not kill batches that the API process is
+    # still draining. The worker exits when told to, or when the pipe closes (parent gone).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from embedhost.config import verify_checksum
     from embedhost.engines import create_engine
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
+    if log_config is not None:
+        from embedhost.logs import setup_logging
+
+        setup_logging(log_config["level"], log_config["format"], process="worker")
+    else:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s"
+        )
     config = ModelConfig.model_validate_json(config_json)
     try:
         digest = verify_checksum(config)
@@ -92,6 +106,15 @@ def worker_main(conn: Connection, config_json: str) -> None:
     except BaseException as exc:
         conn.send(("load_failed", False, f"{type(exc).__name__}: {exc}"))
         return
+    log.info(
+        "worker pid %d: model %s loaded (%s, %d dims, %s on %s)",
+        os.getpid(),
+        config.ref,
+        info.engine,
+        info.dims,
+        info.dtype,
+        info.device,
+    )
     conn.send(("ready", info.to_dict()))
 
     # A reader thread keeps the pipe drained so the API process never blocks on a send.
@@ -132,6 +155,14 @@ class WorkerState(StrEnum):
     STOPPED = "stopped"
 
 
+class WorkerObserver(Protocol):
+    """Receives the supervisor's events (``metrics.WorkerObserver`` implements it)."""
+
+    def restarted(self) -> None: ...
+
+    def ready(self, load_seconds: float, info: dict[str, str]) -> None: ...
+
+
 class EngineWorker:
     """Supervises one worker process for one model replica."""
 
@@ -141,10 +172,16 @@ class EngineWorker:
         settings: WorkerConfig,
         *,
         replica: int = 0,
+        observer: WorkerObserver | None = None,
     ) -> None:
         self.config = config
         self.settings = settings
         self.replica = replica
+        self.observer = observer
+        self._backoff = tenacity.wait_exponential(
+            multiplier=settings.restart_backoff_initial_s,
+            max=settings.restart_backoff_max_s,
+        )
         self.state = WorkerState.STARTING
         self.reason: str | None = None
         self.info: EngineInfo | None = None
@@ -187,9 +224,11 @@ class EngineWorker:
         self.state = WorkerState.STARTING if self.restarts == 0 else WorkerState.RESTARTING
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe(duplex=True)
+        from embedhost.logs import worker_log_config
+
         proc = ctx.Process(
             target=worker_main,
-            args=(child, self.config.model_dump_json()),
+            args=(child, self.config.model_dump_json(), worker_log_config()),
             name=f"embedhost-worker-{self.config.name}-{self.replica}",
             daemon=True,
         )
@@ -254,6 +293,10 @@ class EngineWorker:
                 self.ready_at - (self.started_at or self.ready_at),
             )
             self._ready_event.set()
+            if self.observer is not None:
+                self.observer.ready(
+                    self.ready_at - (self.started_at or self.ready_at), self._labels()
+                )
             if self._start_future is not None and not self._start_future.done():
                 self._start_future.set_result(None)
         elif kind == "load_failed":
@@ -298,17 +341,36 @@ class EngineWorker:
             return
         self.state = WorkerState.RESTARTING
         self.reason = why
-        delay = min(
-            self.settings.restart_backoff_initial_s * (2 ** (len(self._crashes) - 1)),
-            self.settings.restart_backoff_max_s,
-        )
+        delay = self.restart_delay(len(self._crashes))
         self._restart_task = asyncio.get_running_loop().create_task(self._restart(delay))
+
+    def restart_delay(self, crashes: int) -> float:
+        """Backoff before the restart that follows the ``crashes``-th recent crash."""
+        state = tenacity.RetryCallState(tenacity.Retrying(), None, (), {})
+        state.attempt_number = max(crashes, 1)
+        return float(self._backoff(state))
+
+    def _labels(self) -> dict[str, str]:
+        """The model's identity for the info metric."""
+        info = self.info
+        details = info.details if info is not None else {}
+        return {
+            "version": self.config.version,
+            "engine": self.config.engine,
+            "dimensions": str(info.dims) if info is not None else "",
+            "max_input_tokens": str(info.max_tokens) if info is not None else "",
+            "dtype": info.dtype if info is not None else self.config.dtype,
+            "device": self.config.device,
+            "checksum": str(details.get("checksum") or self.config.checksum or ""),
+        }
 
     async def _restart(self, delay: float) -> None:
         await asyncio.sleep(delay)
         if self._stopping:
             return
         self.restarts += 1
+        if self.observer is not None:
+            self.observer.restarted()
         log.info("model %s replica %d: restarting worker", self.config.ref, self.replica)
         await self._spawn()
 

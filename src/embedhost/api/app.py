@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
@@ -27,9 +27,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedhost import __version__
+from embedhost.api.deps import require_scope
+from embedhost.api.observability import TIMING_HEADERS, ObservabilityMiddleware
 from embedhost.api.routes import embeddings, ops
+from embedhost.api.routes import metrics as metrics_routes
 from embedhost.config import Settings
 from embedhost.errors import EmbedhostError, Overloaded, error_body, status_for
+from embedhost.metrics import Metrics, StateSnapshot, WorkerSnapshot
 from embedhost.models.registry import ModelRegistry
 from embedhost.security import RATE_LIMIT_HEADERS, UNLIMITED_PATHS, Admission, Security
 from embedhost.service import EmbeddingService
@@ -55,6 +59,7 @@ def _json_error(
 
 async def _embedhost_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, EmbedhostError)
+    request.state.error = exc  # for the errors metric and the request log line
     headers = dict(exc.headers)
     if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
@@ -308,9 +313,15 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        registry = ModelRegistry(settings)
+        tracing = None
+        if settings.tracing.enabled:
+            from embedhost.tracing import Tracing
+
+            tracing = Tracing(settings.tracing.service_name)
+        app.state.tracing = tracing
+        registry = ModelRegistry(settings, app.state.metrics)
         app.state.registry = registry
-        app.state.service = EmbeddingService(registry, settings.limits)
+        app.state.service = EmbeddingService(registry, settings.limits, tracing=tracing)
         app.state.draining = False
         registry.start()
         try:
@@ -319,6 +330,8 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.draining = True
             await registry.stop(settings.server.graceful_shutdown_s)
             await security.limiter.close()
+            if tracing is not None:
+                await asyncio.to_thread(tracing.shutdown)
 
     app = FastAPI(
         title="embedhost",
@@ -354,8 +367,48 @@ def create_app(settings: Settings) -> FastAPI:
             allow_origins=settings.server.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type"],
-            expose_headers=["X-Embedhost-Model", "Retry-After", *RATE_LIMIT_HEADERS],
+            expose_headers=[
+                "X-Embedhost-Model",
+                "Retry-After",
+                *RATE_LIMIT_HEADERS,
+                *TIMING_HEADERS,
+            ],
         )
     app.include_router(ops.router)
     app.include_router(embeddings.router)
+    _add_observability(app, settings)
     return app
+
+
+def _add_observability(app: FastAPI, settings: Settings) -> None:
+    """Metrics (on a registry of this app's own), /metrics, and the request middleware,
+    added last so that it is the outermost and sees every response."""
+    app.state.tracing = None
+    app.state.metrics = None
+    if settings.metrics.enabled:
+        metrics = Metrics(version=__version__)
+        app.state.metrics = metrics
+
+        def snapshot() -> StateSnapshot:
+            registry: ModelRegistry | None = getattr(app.state, "registry", None)
+            security: Security = app.state.security
+            snap = StateSnapshot(
+                ready=False,
+                draining=bool(getattr(app.state, "draining", False)),
+                overloaded_requests=security.overloaded,
+                rate_limit_storage_errors=security.limiter.storage_errors,
+            )
+            if registry is None:
+                return snap
+            snap.ready = registry.ready
+            snap.workers = [
+                WorkerSnapshot(h.name, r.worker.replica, r.worker.state == "ready", r.worker.pid)
+                for h in registry.handles.values()
+                for r in h.replicas
+            ]
+            return snap
+
+        metrics.add_state(snapshot)
+        # auth.metrics_open lets it through without the scope (security.py decides).
+        app.include_router(metrics_routes.router, dependencies=[Depends(require_scope("metrics"))])
+    app.add_middleware(ObservabilityMiddleware, state=app.state)

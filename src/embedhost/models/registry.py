@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from embedhost.batching import Batcher
 from embedhost.config import ModelConfig, Settings
@@ -18,6 +18,9 @@ from embedhost.engines.base import EngineInfo
 from embedhost.errors import ModelNotFound, ModelNotReady
 from embedhost.tokenization import Tokenizer, load_tokenizer
 from embedhost.worker import EngineWorker, WorkerState
+
+if TYPE_CHECKING:
+    from embedhost.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +36,30 @@ class Replica:
 
 
 class ModelHandle:
-    def __init__(self, config: ModelConfig, settings: Settings) -> None:
+    def __init__(
+        self, config: ModelConfig, settings: Settings, metrics: Metrics | None = None
+    ) -> None:
         self.config = config
         self.settings = settings
         self.tokenizer: Tokenizer = load_tokenizer(config)
         self.created = int(time.time())
         self.replicas: list[Replica] = []
         for i in range(config.replicas):
-            worker = EngineWorker(config, settings.worker, replica=i)
+            worker = EngineWorker(
+                config,
+                settings.worker,
+                replica=i,
+                observer=metrics.worker_observer(config.name, i) if metrics else None,
+            )
             batcher = Batcher(
-                worker.embed, config.batching, retry_after_s=settings.worker.retry_after_s
+                worker.embed,
+                config.batching,
+                retry_after_s=settings.worker.retry_after_s,
+                observer=(
+                    metrics.batch_observer(config.name, i, config.batching.max_queue_items)
+                    if metrics
+                    else None
+                ),
             )
             self.replicas.append(Replica(worker, batcher))
 
@@ -137,12 +154,12 @@ class ModelHandle:
 
 
 class ModelRegistry:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.handles: dict[str, ModelHandle] = {}
         for m in settings.models:
             # Only one version per name is configured in this release; name@version pins it.
-            self.handles.setdefault(m.name, ModelHandle(m, settings))
+            self.handles.setdefault(m.name, ModelHandle(m, settings, metrics))
         self.default = self.handles[settings.models[0].name]
         self._start_task: asyncio.Task[Any] | None = None
 

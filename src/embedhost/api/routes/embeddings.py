@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from embedhost.api.deps import AdmissionDep, ServiceDep, require_scope
+from embedhost.api.observability import note_inputs, timing_headers
 from embedhost.batching import Ticket
 from embedhost.errors import InvalidRequest
 from embedhost.protocol import (
@@ -83,6 +84,7 @@ async def create_embeddings(
 ) -> Response:
     inputs = _as_batch(body.input)
     handle = service.resolve(body.model)
+    note_inputs(request, handle.name, inputs)
     ticket = Ticket()
     async with watch_disconnect(request, ticket):
         result = await service.embed(
@@ -117,7 +119,7 @@ async def create_embeddings(
     return Response(
         orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY),
         media_type="application/json",
-        headers=_headers(result),
+        headers={**_headers(result), **timing_headers(request, result)},
     )
 
 
@@ -136,6 +138,7 @@ async def embed(
         raise InvalidRequest("give exactly one of 'text' or 'texts'", param="text")
     texts = [body.text] if body.text is not None else list(body.texts or [])
     handle = service.resolve(body.model)
+    note_inputs(request, handle.name, texts)
     ticket = Ticket()
     async with watch_disconnect(request, ticket):
         result = await service.embed(
@@ -161,5 +164,5 @@ async def embed(
     return Response(
         orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY),
         media_type="application/json",
-        headers=_headers(result),
+        headers={**_headers(result), **timing_headers(request, result)},
     )

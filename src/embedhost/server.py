@@ -1,0 +1,59 @@
+"""The uvicorn server, with embedhost's shutdown sequence.
+
+On SIGTERM (or SIGINT):
+
+1. ``app.state.draining`` is set in the signal handler itself, so ``/ready`` answers 503
+   from that instant;
+2. if ``server.shutdown_delay_s`` is set, requests are still taken for that long (a load
+   balancer that polls /ready stops sending meanwhile); a second signal skips the wait;
+3. uvicorn stops accepting connections, closes idle keep-alive ones and waits up to
+   ``server.graceful_shutdown_s`` for the requests it accepted;
+4. the app's lifespan drains the batch queues and stops the workers;
+5. the process exits with status 0. (uvicorn would re-raise the signal after a graceful
+   shutdown, which makes the exit status -15; a drained shutdown is a success.)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from types import FrameType
+
+import uvicorn
+from starlette.datastructures import State
+
+log = logging.getLogger(__name__)
+
+
+class EmbedhostServer(uvicorn.Server):
+    def __init__(
+        self, config: uvicorn.Config, app_state: State, shutdown_delay_s: float = 0.0
+    ) -> None:
+        super().__init__(config)
+        self.app_state = app_state
+        self.shutdown_delay_s = shutdown_delay_s
+        self._exit_at: float | None = None
+        self._announced = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Runs in a signal handler: set flags only (logging could deadlock on its lock).
+        self.app_state.draining = True
+        if self._exit_at is None and self.shutdown_delay_s > 0 and not self.should_exit:
+            self._exit_at = time.monotonic() + self.shutdown_delay_s
+            return
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()
+
+    async def on_tick(self, counter: int) -> bool:
+        if getattr(self.app_state, "draining", False) and not self._announced:
+            self._announced = True
+            left = max(0.0, (self._exit_at or 0.0) - time.monotonic())
+            log.info(
+                "shutdown requested: /ready answers 503; %s",
+                f"requests still taken for {left:.1f}s (shutdown_delay_s), then drained"
+                if left
+                else "draining accepted requests",
+            )
+        if self._exit_at is not None and time.monotonic() >= self._exit_at:
+            self.should_exit = True
+        return await super().on_tick(counter)

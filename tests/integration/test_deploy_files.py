@@ -1,0 +1,110 @@
+"""deploy/prometheus and deploy/grafana: valid for promtool and Grafana, and every query
+names a metric that embedhost exports."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from embedhost.metrics import Metrics, StateSnapshot, WorkerSnapshot
+
+ROOT = Path(__file__).resolve().parents[2]
+PROM = ROOT / "deploy" / "prometheus"
+DASHBOARD = ROOT / "deploy" / "grafana" / "embedhost.json"
+_NAME = re.compile(r"\b((?:embedhost|process)_[a-z0-9_]+)\b")
+
+
+def promtool(*args: str, cwd: Path) -> str:
+    exe = shutil.which("promtool")
+    assert exe, "promtool is missing: run scripts/system-deps (Debian package prometheus)"
+    r = subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+def exported_names() -> set[str]:
+    """Every sample name /metrics can carry (series appear once labelled, so use families)."""
+    m = Metrics(version="test")
+    m.add_state(
+        lambda: StateSnapshot(
+            ready=True, draining=False, workers=[WorkerSnapshot("m", 0, True, None)]
+        )
+    )
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_count", "_sum", "_created"),
+        "info": ("_info",),
+        "gauge": ("",),
+    }
+    names: set[str] = set()
+    for registry in {id(r): r for r in (m.registry, m.local)}.values():
+        for family in registry.collect():
+            names.update(family.name + s for s in suffixes.get(family.type, ("",)))
+    return names
+
+
+def test_promtool_check_config(tmp_path: Path) -> None:
+    for f in ("prometheus.yml", "alerts.yml"):
+        shutil.copy(PROM / f, tmp_path / f)
+    # The scrape config reads the metrics API key from this file; promtool checks it exists.
+    (tmp_path / "embedhost-metrics.key").write_text("key-with-metrics-scope\n")
+    out = promtool("check", "config", "prometheus.yml", cwd=tmp_path)
+    assert "SUCCESS" in out
+
+
+def test_promtool_check_and_test_rules() -> None:
+    out = promtool("check", "rules", "alerts.yml", cwd=PROM)
+    assert "SUCCESS" in out
+    promtool("test", "rules", "alerts_test.yml", cwd=PROM)
+
+
+def test_alerts_cover_the_issue() -> None:
+    rules = yaml.safe_load((PROM / "alerts.yml").read_text())["groups"][0]["rules"]
+    names = {r["alert"] for r in rules}
+    assert {
+        "EmbedhostHighErrorRatio",
+        "EmbedhostHighLatencyP99",
+        "EmbedhostQueueSaturated",
+        "EmbedhostWorkerRestarts",
+        "EmbedhostNotReady",
+    } <= names
+
+
+def _exprs() -> list[tuple[str, str]]:
+    out = [
+        (f"alert {r['alert']}", r["expr"])
+        for r in yaml.safe_load((PROM / "alerts.yml").read_text())["groups"][0]["rules"]
+    ]
+    dash = json.loads(DASHBOARD.read_text())
+    for panel in dash["panels"]:
+        for target in panel.get("targets", []):
+            out.append((f"panel {panel['title']!r}", target["expr"]))
+    for var in dash["templating"]["list"]:
+        if var["type"] == "query":
+            out.append((f"variable {var['name']}", var["definition"]))
+    return out
+
+
+@pytest.mark.parametrize(("where", "expr"), _exprs())
+def test_queries_name_exported_metrics(where: str, expr: str) -> None:
+    used = set(_NAME.findall(expr))
+    # `up` is Prometheus' own series for the scrape.
+    assert used or re.match(r"up\{", expr), f"{where}: no embedhost metric in {expr!r}"
+    missing = used - exported_names()
+    assert not missing, f"{where}: {sorted(missing)} are not exported"
+
+
+def test_dashboard_shape() -> None:
+    dash = json.loads(DASHBOARD.read_text())
+    assert dash["uid"] == "embedhost"
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    for p in dash["panels"]:
+        g = p["gridPos"]
+        assert 0 <= g["x"] and g["x"] + g["w"] <= 24
