@@ -10,6 +10,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
 
 from embedhost.security import new_key_entry
 from tests.conftest import app_client, fake_model, make_settings
@@ -318,3 +319,48 @@ async def test_metrics_scope_key_labels_and_rate_limited_counter() -> None:
     assert value(samples, "embedhost_input_tokens_total", model="fake", key_id="team-a") == 6
     assert value(samples, "embedhost_overloaded_requests_total") == 0
     assert value(samples, "embedhost_rate_limit_storage_errors_total") == 0
+
+
+async def test_unhandled_error_is_a_generic_500_with_request_id() -> None:
+    settings = make_settings([fake_model("fake")])
+    async with app_client(settings) as (app, client):
+
+        async def broken() -> None:
+            raise RuntimeError("internal detail /etc/secret-path")
+
+        app.add_api_route("/t/broken", broken, methods=["GET"])
+        r = await client.get("/t/broken", headers={"X-Request-Id": "boom-1"})
+        assert r.status_code == 500
+        assert r.headers["x-request-id"] == "boom-1"
+        assert r.json()["error"]["code"] == "internal_error"
+        assert "secret-path" not in r.text
+        assert "RuntimeError" not in r.text
+        samples = await scrape(client)
+        assert value(samples, "embedhost_errors_total", code="internal_error", model="") == 1
+        # The server goes on serving.
+        assert (await client.post("/v1/embeddings", json={"input": "x"})).status_code == 200
+
+
+async def test_request_line_fields_and_input_texts_only_when_asked(
+    obs_client: httpx.AsyncClient,
+) -> None:
+    text = "private words 123"
+    with capture_logs() as logs:
+        r = await obs_client.post("/embed", json={"text": text, "model": "fake"})
+    assert r.status_code == 200
+    (line,) = [e for e in logs if e["event"] == "request"]
+    assert line["route"] == "/embed"
+    assert line["status"] == 200
+    assert line["model"] == "fake"
+    assert line["key_id"] == "anonymous"
+    assert line["inputs"] == 1
+    assert line["input_chars"] == len(text)
+    assert line["tokens"] == r.json()["usage"]["prompt_tokens"]
+    assert text not in repr(logs)
+
+    settings = make_settings([fake_model("fake")], logs={"log_inputs": True})
+    async with app_client(settings) as (_, client):
+        with capture_logs() as logs:
+            r = await client.post("/embed", json={"text": text})
+    (line,) = [e for e in logs if e["event"] == "request"]
+    assert line["input_texts"] == [text]

@@ -33,7 +33,11 @@ def exported_names() -> set[str]:
     m = Metrics(version="test")
     m.add_state(
         lambda: StateSnapshot(
-            ready=True, draining=False, workers=[WorkerSnapshot("m", 0, True, None)]
+            ready=True,
+            draining=False,
+            workers=[WorkerSnapshot("m", 0, True, None)],
+            overloaded_requests=0,
+            rate_limit_storage_errors=0,
         )
     )
     suffixes = {
