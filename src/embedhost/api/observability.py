@@ -23,13 +23,12 @@ import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import structlog
 from fastapi import Request
 from starlette.datastructures import State
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from embedhost.errors import EmbedhostError, RateLimited, error_body
+from embedhost.errors import EmbedhostError, RateLimited
 from embedhost.metrics import ANONYMOUS
 
 if TYPE_CHECKING:
@@ -116,7 +115,17 @@ class ObservabilityMiddleware:
                     rstate["error_code"] = "internal_error"
                     rstate.pop("error", None)
                     if not started:
-                        await _send_500(send, rid_header)
+                        # (app.py imports this module; its sender is imported when needed.)
+                        from embedhost.api.app import send_error
+
+                        await send_error(
+                            send_with_id,
+                            500,
+                            "internal server error",
+                            "server_error",
+                            "internal_error",
+                            {},
+                        )
                 if span is not None and tracing is not None:
                     self._end_span(tracing, span, scope, rstate, status)
         finally:
@@ -243,22 +252,6 @@ class ObservabilityMiddleware:
             access.warning("request", **fields)
         else:
             access.info("request", **fields)
-
-
-async def _send_500(send: Send, rid_header: tuple[bytes, bytes]) -> None:
-    body = orjson.dumps(error_body("internal server error", "server_error", "internal_error"))
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 500,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                rid_header,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 # -- called by the embedding routes -----------------------------------------------------------
