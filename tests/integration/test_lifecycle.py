@@ -14,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import fake_model, start_server, stop_server
+from tests.fakes import SLOW
 
 pytestmark = pytest.mark.slow
 
@@ -29,13 +30,15 @@ def in_flight(url: str) -> float:
     raise AssertionError("no embedhost_requests_in_flight")
 
 
-def post_in_thread(url: str, i: int, results: dict[int, Any]) -> threading.Thread:
+def post_in_thread(
+    url: str, i: int, results: dict[int, Any], inputs: Any = None
+) -> threading.Thread:
     def run() -> None:
         try:
             with httpx.Client(timeout=60) as c:
                 r = c.post(
                     f"{url}/v1/embeddings",
-                    json={"input": [f"{SECRET_TEXT} number {i}", "second input"]},
+                    json={"input": inputs or [f"{SECRET_TEXT} number {i}", "second input"]},
                     headers={"Authorization": f"Bearer {SECRET_KEY}", "X-Request-Id": f"load-{i}"},
                 )
                 results[i] = r
@@ -66,7 +69,7 @@ def test_sigterm_under_load_finishes_every_accepted_request(tmp_path: Path) -> N
             "models": [
                 fake_model(
                     "fake",
-                    engine_options={"delay_s": 0.5},
+                    engine_options={"slow_s": 4.0},
                     batching={"max_batch_size": 4, "max_wait_ms": 0},
                 )
             ],
@@ -76,12 +79,16 @@ def test_sigterm_under_load_finishes_every_accepted_request(tmp_path: Path) -> N
     )
     try:
         results: dict[int, Any] = {}
-        threads = [post_in_thread(server.url, i, results) for i in range(n)]
+        # A slow batch (4 s) holds the engine, so that the others queue up behind it.
+        threads = [post_in_thread(server.url, -1, results, [101, SLOW, 102])]
+        while in_flight(server.url) < 1:
+            time.sleep(0.02)
+        threads += [post_in_thread(server.url, i, results) for i in range(n)]
         deadline = time.monotonic() + 60
-        while (pending := in_flight(server.url)) + len(results) < n:
+        while (pending := in_flight(server.url)) + len(results) < n + 1:
             assert time.monotonic() < deadline, "the requests never all arrived"
             time.sleep(0.02)
-        # Every request is accepted; most wait in the queue (4 per batch, 0.5 s a batch).
+        # Every request is accepted, and most are still queued.
         server.proc.send_signal(signal.SIGTERM)
         assert pending >= 4, "too few requests were still pending to test the drain"
         for t in threads:
@@ -92,10 +99,10 @@ def test_sigterm_under_load_finishes_every_accepted_request(tmp_path: Path) -> N
     statuses = {
         i: (r.status_code if isinstance(r, httpx.Response) else repr(r)) for i, r in results.items()
     }
-    assert statuses == dict.fromkeys(range(n), 200)
+    assert statuses == dict.fromkeys(range(-1, n), 200)
     for i, r in results.items():
         assert r.headers["x-request-id"] == f"load-{i}"
-        assert len(r.json()["data"]) == 2
+        assert len(r.json()["data"]) == (1 if i < 0 else 2)
     # Stopped listening.
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{server.url}/health", timeout=5)
@@ -108,7 +115,7 @@ def test_sigterm_under_load_finishes_every_accepted_request(tmp_path: Path) -> N
     requests = [
         ln for ln in lines if ln.get("event") == "request" and ln.get("route") == "/v1/embeddings"
     ]
-    assert {ln["request_id"] for ln in requests} == {f"load-{i}" for i in range(n)}
+    assert {ln["request_id"] for ln in requests} == {f"load-{i}" for i in range(-1, n)}
     for ln in requests:
         assert ln["logger"] == "embedhost.access"
         assert ln["level"] == "info"
@@ -116,8 +123,7 @@ def test_sigterm_under_load_finishes_every_accepted_request(tmp_path: Path) -> N
         assert ln["model"] == "fake"
         assert ln["key_id"] == "anonymous"
         assert ln["tokens"] > 0
-        assert ln["inputs"] == 2
-        assert ln["input_chars"] > 0
+        assert ln["inputs"] == (1 if ln["request_id"] == "load--1" else 2)
         assert ln["duration_ms"] >= ln["queue_ms"] + ln["inference_ms"]
         assert "timestamp" in ln
     access = [ln for ln in lines if ln.get("logger") == "uvicorn.access"]
