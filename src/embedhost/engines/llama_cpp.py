@@ -1,0 +1,462 @@
+"""GGUF models on llama.cpp (llama-cpp-python's low-level API), and the GGUF tokenizer.
+
+:class:`LlamaCppEngine` runs in the worker. It packs several sequences into one
+``llama_batch`` (one seq_id each) per decode and reads one pooled vector per sequence, so a
+batch of short texts costs one graph evaluation instead of one per text. The token budget
+per decode (``n_batch``) stays small by default: attention spans the whole ubatch, so very
+large ubatches of many short sequences are slower per text than several small ones.
+
+Encoder models (BERT-class, non-causal) need a whole decode in one ubatch, so for them
+``n_ubatch`` = ``n_batch``. Decoder embedding models (Qwen-class, causal, last-token
+pooling) use a unified KV cache that is cleared before every decode.
+
+:class:`GGUFTokenizer` runs in the API process: it loads only the vocabulary
+(``vocab_only``), so the API process stays small, and tokenizes with llama.cpp's own
+tokenizer, so counting and truncation agree with what the engine sees.
+
+The GGUF metadata (architecture, dimensions, context length, pooling, ``general.file_type``)
+is shown on ``/info`` through ``EngineInfo.details``; a configured quantization or a file
+name that disagrees with ``general.file_type`` is logged as a warning and shown there too.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embedhost.config import ModelConfig
+from embedhost.engines.base import EngineInfo, MissingExtra, Vectors
+from embedhost.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Measured on this project's CI CPU with MiniLM f16 (bench/RESULTS.md, issue 3): per-text
+# throughput peaks around 256-512 tokens per decode; beyond it attention over the whole
+# ubatch grows quadratically and many-sequence batches get slower than a few small ones.
+DEFAULT_BATCH_TOKENS = 512
+DEFAULT_SEQ_MAX = 64
+# llama.cpp's LLAMA_MAX_SEQ.
+_MAX_SEQ = 256
+
+_POOLING_TO_LLAMA = {"none": 0, "mean": 1, "cls": 2, "last": 3, "rank": 4}
+_LLAMA_TO_POOLING = {v: k for k, v in _POOLING_TO_LLAMA.items()}
+
+# general.file_type values (llama_ftype) and their usual names in file names.
+FILE_TYPES: dict[int, str] = {
+    0: "f32",
+    1: "f16",
+    2: "q4_0",
+    3: "q4_1",
+    7: "q8_0",
+    8: "q5_0",
+    9: "q5_1",
+    10: "q2_k",
+    11: "q3_k_s",
+    12: "q3_k_m",
+    13: "q3_k_l",
+    14: "q4_k_s",
+    15: "q4_k_m",
+    16: "q5_k_s",
+    17: "q5_k_m",
+    18: "q6_k",
+    19: "iq2_xxs",
+    20: "iq2_xs",
+    21: "q2_k_s",
+    22: "iq3_xs",
+    23: "iq3_xxs",
+    24: "iq1_s",
+    25: "iq4_nl",
+    26: "iq3_s",
+    27: "iq3_m",
+    28: "iq2_s",
+    29: "iq2_m",
+    30: "iq4_xs",
+    31: "iq1_m",
+    32: "bf16",
+    36: "tq1_0",
+    37: "tq2_0",
+}
+_QUANT_IN_NAME = re.compile(
+    r"(?<![a-z0-9])(" + "|".join(sorted(FILE_TYPES.values(), key=len, reverse=True)) + r")(?![a-z0-9])",
+    re.IGNORECASE,
+)
+
+# engine_options understood by this engine (anything else is a config error, not a silent no-op).
+OPTIONS = {
+    "n_gpu_layers": int,
+    "n_ctx": int,
+    "n_batch": int,
+    "n_ubatch": int,
+    "n_seq_max": int,
+    "n_threads": int,
+    "n_threads_batch": int,
+    "use_mmap": bool,
+    "use_mlock": bool,
+    "flash_attn": bool,
+    "verbose": bool,
+    "tokenizer": str,  # read by the API process (tokenization.load_tokenizer)
+}
+
+_lib_lock = threading.Lock()
+_backend_ready = False
+
+
+def _llama() -> Any:
+    """llama_cpp's ctypes module, imported lazily, with llama.cpp's log chatter quieted."""
+    global _backend_ready
+    try:
+        import llama_cpp
+    except ImportError:
+        raise MissingExtra("llama-cpp-python", "gguf") from None
+    with _lib_lock:
+        if not _backend_ready:
+            # llama-cpp-python prints every llama.cpp log line unless its logger says otherwise.
+            logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+            llama_cpp.llama_backend_init()
+            _backend_ready = True
+    return llama_cpp
+
+
+def check_options(options: dict[str, Any]) -> dict[str, Any]:
+    """engine_options, type-checked; raises ConfigError naming the bad key."""
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        kind = OPTIONS.get(key)
+        if kind is None:
+            raise ConfigError(
+                f"engine_options.{key} is not a llama_cpp option; use one of {', '.join(sorted(OPTIONS))}"
+            )
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"engine_options.{key} must be an integer, not {value!r}")
+        if kind is bool and not isinstance(value, bool):
+            raise ConfigError(f"engine_options.{key} must be true or false, not {value!r}")
+        out[key] = value
+    return out
+
+
+def quantization_of(file_type: int | None) -> str | None:
+    if file_type is None:
+        return None
+    return FILE_TYPES.get(file_type & ~1024, f"type {file_type}")
+
+
+def quantization_mismatches(path: Path, configured: str | None, file_type: int | None) -> list[str]:
+    """Warnings when the config or the file name disagree with the file's general.file_type."""
+    actual = quantization_of(file_type)
+    if actual is None:
+        return []
+    out = []
+    if configured and configured.lower() != actual:
+        out.append(
+            f"{path.name}: quantization is configured as {configured!r} but the file's "
+            f"general.file_type says {actual!r}"
+        )
+    found = _QUANT_IN_NAME.search(path.name)
+    if found and found.group(1).lower() != actual:
+        out.append(
+            f"{path.name}: the file name says {found.group(1).lower()!r} but the file's "
+            f"general.file_type says {actual!r}"
+        )
+    return out
+
+
+class _GGUFModel:
+    """A loaded llama_model (weights, or only the vocabulary) and its metadata."""
+
+    def __init__(self, path: Path, *, vocab_only: bool, params: dict[str, Any] | None = None) -> None:
+        llama = _llama()
+        self._llama = llama
+        if not path.is_file():
+            raise ConfigError(f"{path} is not a file; llama_cpp needs a .gguf file")
+        mparams = llama.llama_model_default_params()
+        mparams.vocab_only = vocab_only
+        for key, value in (params or {}).items():
+            setattr(mparams, key, value)
+        model = llama.llama_model_load_from_file(str(path).encode(), mparams)
+        if not model:
+            raise ConfigError(f"{path}: llama.cpp could not load this GGUF file (see the worker log)")
+        self.ptr = model
+        self.vocab = llama.llama_model_get_vocab(model)
+        self.metadata = self._read_metadata()
+        self.n_vocab = int(llama.llama_vocab_n_tokens(self.vocab))
+        self._buf = (llama.llama_token * 1024)()
+
+    def _read_metadata(self) -> dict[str, str]:
+        llama = self._llama
+        out: dict[str, str] = {}
+        buf = ctypes.create_string_buffer(4096)
+        for i in range(int(llama.llama_model_meta_count(self.ptr))):
+            n = llama.llama_model_meta_key_by_index(self.ptr, i, buf, len(buf))
+            if n < 0:
+                continue
+            key = buf.value.decode("utf-8", "replace")
+            n = llama.llama_model_meta_val_str_by_index(self.ptr, i, buf, len(buf))
+            if n < 0:
+                continue
+            out[key] = buf.value.decode("utf-8", "replace")
+        return out
+
+    def meta_int(self, key: str) -> int | None:
+        value = self.metadata.get(key)
+        try:
+            return int(value) if value is not None else None
+        except ValueError:
+            return None
+
+    @property
+    def architecture(self) -> str:
+        return self.metadata.get("general.architecture", "?")
+
+    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        # parse_special=False: text that looks like a special token ("[SEP]", "<|im_end|>")
+        # from a client stays text; only the model's own BOS/EOS/SEP are added.
+        n = self._llama.llama_tokenize(
+            self.vocab, data, len(data), self._buf, len(self._buf), add_special, False
+        )
+        if n < 0:
+            self._buf = (self._llama.llama_token * (-n + 16))()
+            n = self._llama.llama_tokenize(
+                self.vocab, data, len(data), self._buf, len(self._buf), add_special, False
+            )
+        return list(self._buf[:n])
+
+    def free(self) -> None:
+        if self.ptr:
+            self._llama.llama_model_free(self.ptr)
+            self.ptr = None
+
+
+class GGUFTokenizer:
+    """The model's own llama.cpp tokenizer, vocabulary only (no weights)."""
+
+    def __init__(self, path: Path) -> None:
+        self._model = _GGUFModel(path, vocab_only=True)
+        self._lock = threading.Lock()  # one token buffer per model
+        self.vocab_size = self._model.n_vocab
+        with_specials = self._model.tokenize("a", add_special=True)
+        content = self._model.tokenize("a", add_special=False)
+        self.prefix_specials, self.suffix_specials = _special_counts(with_specials, content)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        with self._lock:
+            return [self._model.tokenize(t, add_special=True) for t in texts]
+
+    def __del__(self) -> None:
+        model = getattr(self, "_model", None)
+        if model is not None:
+            model.free()
+
+
+def _special_counts(with_specials: list[int], content: list[int]) -> tuple[int, int]:
+    """How many special tokens the model adds before and after the content."""
+    n = len(content)
+    for start in range(len(with_specials) - n + 1):
+        if with_specials[start : start + n] == content:
+            return start, len(with_specials) - start - n
+    return 0, 0
+
+
+class LlamaCppEngine:
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+        self._model: _GGUFModel | None = None
+        self._ctx: Any = None
+        self._llama: Any = None
+        self._dims = 0
+        self._pool_max = False
+        self._has_memory = False
+        self._n_batch = DEFAULT_BATCH_TOKENS
+        self._n_seq_max = DEFAULT_SEQ_MAX
+
+    def load(self) -> EngineInfo:
+        cfg = self.config
+        opts = check_options(cfg.engine_options)
+        llama = _llama()
+        self._llama = llama
+        if opts.get("verbose"):
+            logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG)
+        path = cfg.resolved_path()
+        on_gpu = cfg.device != "cpu"
+        model = _GGUFModel(
+            path,
+            vocab_only=False,
+            params={
+                "n_gpu_layers": int(opts.get("n_gpu_layers", -1 if on_gpu else 0)),
+                "use_mmap": bool(opts.get("use_mmap", True)),
+                "use_mlock": bool(opts.get("use_mlock", False)),
+            },
+        )
+        self._model = model
+        arch = model.architecture
+        n_ctx_train = int(llama.llama_model_n_ctx_train(model.ptr))
+        self._dims = int(llama.llama_model_n_embd_out(model.ptr) or llama.llama_model_n_embd(model.ptr))
+        file_pooling = model.meta_int(f"{arch}.pooling_type")
+        causal = model.metadata.get(f"{arch}.attention.causal", "true").lower() != "false"
+        if arch in ("bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "modern-bert", "neo-bert", "t5encoder"):
+            causal = False
+        if cfg.pooling == "auto":
+            pooling = _LLAMA_TO_POOLING.get(file_pooling or -1, "last" if causal else "mean")
+        else:
+            pooling = cfg.pooling
+        if pooling in ("none", "rank"):
+            raise ConfigError(
+                f"{path.name} has pooling {pooling!r}, not an embedding pooling; set pooling: mean, cls or last"
+            )
+        self._pool_max = pooling == "max"
+
+        self._n_batch = int(opts.get("n_batch", DEFAULT_BATCH_TOKENS))
+        # llama.cpp 0.3.36 aborts (GGML_ASSERT in build_pooling) while reserving the graph
+        # when n_seq_max is not a power of two: round down instead of crashing the worker.
+        seq_max = max(1, min(int(opts.get("n_seq_max", DEFAULT_SEQ_MAX)), _MAX_SEQ))
+        self._n_seq_max = 1 << (seq_max.bit_length() - 1)
+        max_tokens = min(cfg.max_input_tokens or n_ctx_train, n_ctx_train, opts.get("n_ctx", n_ctx_train))
+        # One sequence must fit in one decode: the budget is at least the longest input.
+        self._n_batch = max(self._n_batch, max_tokens)
+        n_ubatch = int(opts.get("n_ubatch", min(self._n_batch, DEFAULT_BATCH_TOKENS)))
+        if not causal:
+            # Non-causal attention needs every token of a decode in one ubatch.
+            n_ubatch = self._n_batch
+        n_ctx = int(opts.get("n_ctx", max(self._n_batch, max_tokens)))
+        if n_ctx < self._n_batch:
+            raise ConfigError(
+                f"engine_options.n_ctx ({n_ctx}) is smaller than n_batch ({self._n_batch}); raise n_ctx"
+            )
+        threads = int(opts.get("n_threads", cfg.threads or _cpu_count()))
+
+        cparams = llama.llama_context_default_params()
+        cparams.embeddings = True
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = self._n_batch
+        cparams.n_ubatch = n_ubatch
+        cparams.n_seq_max = self._n_seq_max
+        cparams.n_threads = threads
+        cparams.n_threads_batch = int(opts.get("n_threads_batch", threads))
+        # Every sequence of a decode shares one KV cache (instead of n_ctx / n_seq_max each).
+        cparams.kv_unified = True
+        cparams.pooling_type = 0 if self._pool_max else _POOLING_TO_LLAMA[pooling]
+        if "flash_attn" in opts:
+            cparams.flash_attn_type = 1 if opts["flash_attn"] else 0
+        ctx = llama.llama_init_from_model(model.ptr, cparams)
+        if not ctx:
+            raise RuntimeError(f"{path.name}: llama.cpp could not create a context (n_ctx={n_ctx})")
+        self._ctx = ctx
+        self._has_memory = bool(llama.llama_get_memory(ctx))
+
+        file_type = model.meta_int("general.file_type")
+        warnings = quantization_mismatches(path, cfg.quantization, file_type)
+        for w in warnings:
+            log.warning("model %s: %s", cfg.ref, w)
+        details: dict[str, Any] = {
+            "architecture": arch,
+            "gguf_name": model.metadata.get("general.name"),
+            "quantization": quantization_of(file_type),
+            "file_type": file_type,
+            "context_length": n_ctx_train,
+            "embedding_length": self._dims,
+            "pooling_in_file": _LLAMA_TO_POOLING.get(file_pooling) if file_pooling is not None else None,
+            "causal": causal,
+            "n_ctx": int(llama.llama_n_ctx(ctx)),
+            "n_batch": self._n_batch,
+            "n_ubatch": n_ubatch,
+            "n_seq_max": self._n_seq_max,
+            "n_threads": threads,
+            "n_gpu_layers": int(opts.get("n_gpu_layers", -1 if on_gpu else 0)),
+            "vocab_size": model.n_vocab,
+        }
+        if warnings:
+            details["warnings"] = warnings
+        dtype = quantization_of(file_type) or "?"
+        return EngineInfo(
+            engine="llama_cpp",
+            dims=self._dims,
+            max_tokens=max_tokens,
+            pooling=pooling,
+            normalize=True if cfg.normalize is None else cfg.normalize,
+            dtype=dtype,
+            device=cfg.device,
+            details=details,
+        )
+
+    def embed(self, batch: list[list[int]]) -> Vectors:
+        out = np.empty((len(batch), self._dims), dtype=np.float32)
+        start = 0
+        while start < len(batch):
+            end, tokens = start, 0
+            while (
+                end < len(batch)
+                and end - start < self._n_seq_max
+                and (end == start or tokens + len(batch[end]) <= self._n_batch)
+            ):
+                tokens += len(batch[end])
+                end += 1
+            out[start:end] = self._decode(batch[start:end])
+            start = end
+        return out
+
+    def _decode(self, seqs: list[list[int]]) -> Vectors:
+        """One llama_decode over several sequences; one pooled vector per sequence."""
+        llama, ctx = self._llama, self._ctx
+        lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+        n = int(lengths.sum())
+        if n > self._n_batch:
+            raise ValueError(f"a sequence of {n} tokens exceeds n_batch={self._n_batch}")
+        tokens = np.fromiter((t for s in seqs for t in s), dtype=np.int32, count=n)
+        seq_ids = np.repeat(np.arange(len(seqs), dtype=np.int32), lengths)
+        starts = np.cumsum(lengths) - lengths
+        pos = (np.arange(n, dtype=np.int64) - np.repeat(starts, lengths)).astype(np.int32)
+        n_seq_id = np.ones(n, dtype=np.int32)
+        logits = np.ones(n, dtype=np.int8)  # embedding mode outputs every token
+        seq_ptrs = (seq_ids.ctypes.data + 4 * np.arange(n, dtype=np.uintp)).astype(np.uintp)
+
+        b = llama.llama_batch()
+        b.n_tokens = n
+        b.token = tokens.ctypes.data_as(ctypes.POINTER(llama.llama_token))
+        b.embd = ctypes.POINTER(ctypes.c_float)()
+        b.pos = pos.ctypes.data_as(ctypes.POINTER(llama.llama_pos))
+        b.n_seq_id = n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+        b.seq_id = seq_ptrs.ctypes.data_as(ctypes.POINTER(ctypes.POINTER(llama.llama_seq_id)))
+        b.logits = logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+
+        if self._has_memory:
+            llama.llama_memory_clear(llama.llama_get_memory(ctx), True)
+            rc = llama.llama_decode(ctx, b)
+        else:
+            rc = llama.llama_encode(ctx, b)
+        if rc != 0:
+            raise RuntimeError(f"llama.cpp decode failed with code {rc}")
+
+        dims = self._dims
+        if self._pool_max:
+            ptr = llama.llama_get_embeddings(ctx)
+            flat = np.ctypeslib.as_array(ptr, shape=(n * dims,)).reshape(n, dims)
+            return np.stack([seg.max(axis=0) for seg in np.split(flat, np.cumsum(lengths)[:-1])])
+        out = np.empty((len(seqs), dims), dtype=np.float32)
+        for i in range(len(seqs)):
+            ptr = llama.llama_get_embeddings_seq(ctx, i)
+            if not ptr:
+                raise RuntimeError(f"llama.cpp returned no embedding for sequence {i}")
+            out[i] = np.ctypeslib.as_array(ptr, shape=(dims,))
+        return out
+
+    def close(self) -> None:
+        if self._ctx is not None:
+            self._llama.llama_free(self._ctx)
+            self._ctx = None
+        if self._model is not None:
+            self._model.free()
+            self._model = None
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
