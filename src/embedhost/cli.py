@@ -231,3 +231,28 @@ def version() -> None:
 
 def main() -> None:
     cli()
+
+
+@cli.command("export-onnx")
+def export_onnx_cmd(
+    hf_dir: Annotated[
+        str, typer.Argument(help="Hugging Face model directory (or pkg:PYTHON_PACKAGE).")
+    ],
+    out_dir: Annotated[Path, typer.Argument(help="Output directory, servable by engine onnx.")],
+    optimize: Annotated[
+        bool, typer.Option(help="Run ONNX Runtime's transformer optimizer on the export.")
+    ] = False,
+    opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 18,
+) -> None:
+    """Export a Hugging Face model to ONNX (model.onnx + tokenizer + pooling config)."""
+    from embedhost.config import resolve_model_path, sha256_of
+    from embedhost.engines.onnx import export_onnx
+
+    _setup_logging("warning")
+    try:
+        target = export_onnx(resolve_model_path(hf_dir), out_dir, optimize=optimize, opset=opset)
+    except (ConfigError, FileNotFoundError, ImportError) as exc:
+        typer.echo(getattr(exc, "message", str(exc)), err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"wrote {target} (sha256:{sha256_of(target)})")
+    typer.echo(f"serve it with: engine: onnx, path: {out_dir}")

