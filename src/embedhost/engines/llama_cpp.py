@@ -2,9 +2,10 @@
 
 :class:`LlamaCppEngine` runs in the worker. It packs several sequences into one
 ``llama_batch`` (one seq_id each) per decode and reads one pooled vector per sequence, so a
-batch of short texts costs one graph evaluation instead of one per text. The token budget
-per decode (``n_batch``) stays small by default: attention spans the whole ubatch, so very
+batch of short texts costs one graph evaluation instead of one per text. The tokens packed
+per decode (``batch_tokens``) stay few by default: attention spans the whole ubatch, so very
 large ubatches of many short sequences are slower per text than several small ones.
+``n_batch``/``n_ubatch`` are the context's capacity: at least the longest input.
 
 Encoder models (BERT-class, non-causal) need a whole decode in one ubatch, so for them
 ``n_ubatch`` = ``n_batch``. Decoder embedding models (Qwen-class, causal, last-token
@@ -37,10 +38,13 @@ from embedhost.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-# Measured on this project's CI CPU with MiniLM f16 (bench/RESULTS.md, issue 3): per-text
-# throughput peaks around 256-512 tokens per decode; beyond it attention over the whole
-# ubatch grows quadratically and many-sequence batches get slower than a few small ones.
-DEFAULT_BATCH_TOKENS = 512
+# Measured on a 2-core x86 CPU with MiniLM f16 (bench/RESULTS.md, issue 3): short texts
+# (~17 tokens) ran about 1.3-1.6x faster per text at 64-128 tokens per decode than one per
+# decode, and 512-1024 tokens per decode were no better than 128: attention spans the whole
+# ubatch, so packing more short sequences adds quadratic work. Passages (~120 tokens) go
+# one per decode either way.
+DEFAULT_BATCH_TOKENS = 128
+"""Tokens packed into one decode (``engine_options.batch_tokens``); a longer sequence goes alone."""
 DEFAULT_SEQ_MAX = 64
 # llama.cpp's LLAMA_MAX_SEQ.
 _MAX_SEQ = 256
@@ -94,6 +98,7 @@ _QUANT_IN_NAME = re.compile(
 OPTIONS = {
     "n_gpu_layers": int,
     "n_ctx": int,
+    "batch_tokens": int,
     "n_batch": int,
     "n_ubatch": int,
     "n_seq_max": int,
@@ -281,6 +286,7 @@ class LlamaCppEngine:
         self._pool_max = False
         self._has_memory = False
         self._n_batch = DEFAULT_BATCH_TOKENS
+        self._budget = DEFAULT_BATCH_TOKENS
         self._n_seq_max = DEFAULT_SEQ_MAX
 
     def load(self) -> EngineInfo:
@@ -330,7 +336,8 @@ class LlamaCppEngine:
             )
         self._pool_max = pooling == "max"
 
-        self._n_batch = int(opts.get("n_batch", DEFAULT_BATCH_TOKENS))
+        self._budget = max(1, int(opts.get("batch_tokens", DEFAULT_BATCH_TOKENS)))
+        self._n_batch = int(opts.get("n_batch", self._budget))
         # llama.cpp 0.3.36 aborts (GGML_ASSERT in build_pooling) while reserving the graph
         # when n_seq_max is not a power of two: round down instead of crashing the worker.
         seq_max = max(1, min(int(opts.get("n_seq_max", DEFAULT_SEQ_MAX)), _MAX_SEQ))
@@ -338,8 +345,9 @@ class LlamaCppEngine:
         max_tokens = min(
             cfg.max_input_tokens or n_ctx_train, n_ctx_train, opts.get("n_ctx", n_ctx_train)
         )
-        # One sequence must fit in one decode: the budget is at least the longest input.
+        # One sequence must fit in one decode: the capacity is at least the longest input.
         self._n_batch = max(self._n_batch, max_tokens)
+        self._budget = min(self._budget, self._n_batch)
         n_ubatch = int(opts.get("n_ubatch", min(self._n_batch, DEFAULT_BATCH_TOKENS)))
         if not causal:
             # Non-causal attention needs every token of a decode in one ubatch.
@@ -387,6 +395,7 @@ class LlamaCppEngine:
             else None,
             "causal": causal,
             "n_ctx": int(llama.llama_n_ctx(ctx)),
+            "batch_tokens": self._budget,
             "n_batch": self._n_batch,
             "n_ubatch": n_ubatch,
             "n_seq_max": self._n_seq_max,
@@ -416,7 +425,7 @@ class LlamaCppEngine:
             while (
                 end < len(batch)
                 and end - start < self._n_seq_max
-                and (end == start or tokens + len(batch[end]) <= self._n_batch)
+                and (end == start or tokens + len(batch[end]) <= self._budget)
             ):
                 tokens += len(batch[end])
                 end += 1
