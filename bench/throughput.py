@@ -53,6 +53,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # with the API process and wrk, two spinning ggml threads lose more than they gain.
     "llama_cpp-f16": {"engine": "llama_cpp", "path": "gguf:f16", "threads": 1},
     "onnx-float32": {"engine": "onnx", "path": "onnx:minilm"},
+    "onnx-float32-1thread": {"engine": "onnx", "path": "onnx:minilm", "threads": 1},
     # A peer, not an embedhost engine: llama.cpp's own llama-server on the same GGUF.
     # Its binary comes from --llama-server or $LLAMA_SERVER; skipped with a note if absent.
     "llama-server-f16": {"peer": "llama-server", "path": "gguf:f16", "threads": 1},
@@ -271,6 +272,8 @@ def resolve_entry(entry: dict[str, Any]) -> dict[str, Any]:
     """Build (or reuse) the model files named by the gguf:/onnx: placeholders."""
     path = str(entry.get("path", ""))
     if path.startswith("gguf:"):
+        if str(ROOT) not in sys.path:
+            sys.path.insert(0, str(ROOT))
         from tests.engines.gguf_build import minilm_gguf
 
         return {**entry, "path": str(minilm_gguf(path.split(":", 1)[1]))}

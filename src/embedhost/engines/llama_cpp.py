@@ -348,7 +348,7 @@ class LlamaCppEngine:
         # One sequence must fit in one decode: the capacity is at least the longest input.
         self._n_batch = max(self._n_batch, max_tokens)
         self._budget = min(self._budget, self._n_batch)
-        n_ubatch = int(opts.get("n_ubatch", min(self._n_batch, DEFAULT_BATCH_TOKENS)))
+        n_ubatch = int(opts.get("n_ubatch", min(self._n_batch, 512)))
         if not causal:
             # Non-causal attention needs every token of a decode in one ubatch.
             n_ubatch = self._n_batch
