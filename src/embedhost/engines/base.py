@@ -51,6 +51,17 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
+def pad_batch(batch: list[list[int]]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Right-padded token ids and the attention mask, [batch, longest] int64 each."""
+    n, width = len(batch), max(len(s) for s in batch)
+    ids = np.zeros((n, width), dtype=np.int64)
+    mask = np.zeros((n, width), dtype=np.int64)
+    for i, s in enumerate(batch):
+        ids[i, : len(s)] = s
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
 class MissingExtra(ImportError):
     """A heavy optional library is not installed."""
 

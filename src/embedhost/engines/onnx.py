@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from embedhost.config import ModelConfig
-from embedhost.engines.base import EngineInfo, MissingExtra, Vectors
+from embedhost.engines.base import EngineInfo, MissingExtra, Vectors, pad_batch
 from embedhost.engines.transformers import read_st_config
 from embedhost.errors import ConfigError
 
@@ -183,13 +183,8 @@ class OnnxEngine:
         )
 
     def embed(self, batch: list[list[int]]) -> Vectors:
-        n = len(batch)
-        width = max(len(s) for s in batch)
-        ids = np.zeros((n, width), dtype=np.int64)
-        mask = np.zeros((n, width), dtype=np.int64)
-        for i, s in enumerate(batch):
-            ids[i, : len(s)] = s
-            mask[i, : len(s)] = 1
+        ids, mask = pad_batch(batch)
+        n, width = ids.shape
         feeds: dict[str, np.ndarray] = {}
         for name, meta in self._inputs.items():
             kind = _NUMPY_TYPES.get(meta.type, np.int64)

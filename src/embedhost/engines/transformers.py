@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from embedhost.config import ModelConfig
-from embedhost.engines.base import EngineInfo, Vectors
+from embedhost.engines.base import EngineInfo, Vectors, pad_batch
 
 log = logging.getLogger(__name__)
 
@@ -120,13 +120,7 @@ class TransformersEngine:
 
     def embed(self, batch: list[list[int]]) -> Vectors:
         torch = self._torch
-        n = len(batch)
-        width = max(len(s) for s in batch)
-        ids = np.zeros((n, width), dtype=np.int64)
-        mask = np.zeros((n, width), dtype=np.int64)
-        for i, s in enumerate(batch):
-            ids[i, : len(s)] = s
-            mask[i, : len(s)] = 1
+        ids, mask = pad_batch(batch)
         with torch.inference_mode():
             t_ids = torch.from_numpy(ids).to(self._device)
             t_mask = torch.from_numpy(mask).to(self._device)
