@@ -110,7 +110,10 @@ class ModelConfig(_Strict):
     version: str = Field(default="1", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
     checksum: str | None = Field(
         default=None,
-        description="sha256:<hex> of the weights file (or of every weight file, sorted, in a directory).",
+        description=(
+            "sha256:<hex> of the weights file (or of every weight file, sorted, in a "
+            "directory), or manifest:FILE, a sha256sum-format list of the model's files."
+        ),
     )
     quantization: str | None = Field(default=None, description="GGUF quantization, e.g. q4_0.")
     pooling: Literal["auto", "mean", "cls", "last", "max"] = "auto"
@@ -133,6 +136,18 @@ class ModelConfig(_Strict):
     warmup: bool = True
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     engine_options: dict[str, Any] = Field(default_factory=dict)
+    traffic: float | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "A/B split: this version's share of unpinned traffic, relative to the other "
+            "versions of the same name that set one. Unset everywhere: all to the first."
+        ),
+    )
+    shadow: bool = Field(
+        default=False,
+        description="Receives a mirrored copy of this name's traffic; never answers a client.",
+    )
 
     @field_validator("engine")
     @classmethod
@@ -151,9 +166,12 @@ class ModelConfig(_Strict):
     def _checksum_form(cls, v: str | None) -> str | None:
         if v is None:
             return v
+        if v.startswith("manifest:") and len(v) > len("manifest:"):
+            return v
         if not re.fullmatch(r"sha256:[0-9a-fA-F]{64}", v):
             raise ValueError(
-                "checksum must look like sha256:<64 hex digits>; compute it with `sha256sum FILE`"
+                "checksum must look like sha256:<64 hex digits> (compute it with "
+                "`sha256sum FILE`) or manifest:FILE (a sha256sum output)"
             )
         return v.lower()
 
@@ -369,6 +387,46 @@ class TracingConfig(_Strict):
     )
 
 
+class LifecycleConfig(_Strict):
+    """Versions loaded at run time (admin API, SIGHUP): memory guard, drain, shadow."""
+
+    memory_guard: bool = Field(
+        default=True, description="Refuse a run-time load that would not fit in available memory."
+    )
+    memory_headroom_mb: int = Field(
+        default=512, ge=0, description="Memory that must stay available after the load."
+    )
+    memory_factor: float = Field(
+        default=1.2,
+        ge=0.1,
+        le=100,
+        description="Estimated resident bytes per replica = weight file bytes x this.",
+    )
+    worker_overhead_mb: int = Field(
+        default=400, ge=0, description="Estimated resident memory of a worker process itself."
+    )
+    drain_timeout_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=3600,
+        description="How long a retired version may take to finish the requests it holds.",
+    )
+    keep_previous: bool = Field(
+        default=False,
+        description="After a promote, keep the previous version loaded for an instant rollback.",
+    )
+    allow_plugin_engines: bool = Field(
+        default=False,
+        description="Allow run-time loads of plugin engines the config does not already use.",
+    )
+    shadow_max_in_flight: int = Field(
+        default=4,
+        ge=1,
+        le=1024,
+        description="Mirrored requests in flight per model; copies beyond are dropped, not queued.",
+    )
+
+
 class Settings(BaseSettings):
     """The whole configuration."""
 
@@ -389,6 +447,7 @@ class Settings(BaseSettings):
     logs: LogsConfig = Field(default_factory=LogsConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
     models: list[ModelConfig] = Field(default_factory=lambda: [default_model()], min_length=1)
+    lifecycle: LifecycleConfig = Field(default_factory=LifecycleConfig)
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:
@@ -399,6 +458,30 @@ class Settings(BaseSettings):
                     f"model {m.ref} is configured twice; give each entry a distinct name or version"
                 )
             seen.add(m.ref)
+        return self
+
+    @model_validator(mode="after")
+    def _versions_consistent(self) -> Settings:
+        firsts: dict[str, ModelConfig] = {}
+        shadows: dict[str, str] = {}
+        for m in self.models:
+            first = firsts.setdefault(m.name, m)
+            if not m.shadow:
+                continue
+            if m is first:
+                raise ValueError(
+                    f"model {m.ref} is the current version of {m.name} (listed first) and "
+                    "cannot be its shadow; list the current version first"
+                )
+            if m.traffic:
+                raise ValueError(
+                    f"model {m.ref} is a shadow and also has traffic; a shadow never answers"
+                )
+            if m.name in shadows:
+                raise ValueError(
+                    f"model {m.name} has two shadows ({shadows[m.name]}, {m.version}); keep one"
+                )
+            shadows[m.name] = m.version
         return self
 
     @classmethod
@@ -625,6 +708,8 @@ def verify_checksum(model: ModelConfig) -> str | None:
     if model.checksum is None:
         return None
     path = model.resolved_path()
+    if model.checksum.startswith("manifest:"):
+        return verify_manifest(model, path)
     actual = "sha256:" + sha256_of(path)
     if actual != model.checksum:
         files = ", ".join(str(p) for p in weight_files(path))
@@ -633,3 +718,44 @@ def verify_checksum(model: ModelConfig) -> str | None:
             f"actual {actual}. Fix models[].checksum or restore the file."
         )
     return actual
+
+
+def verify_manifest(model: ModelConfig, path: Path) -> str:
+    """Check every file a sha256sum-format manifest lists, and that it covers every weight
+    file. A relative manifest path is taken inside the model directory. Returns the digest
+    of the manifest itself (``sha256:...``)."""
+    base = path if path.is_dir() else path.parent
+    manifest = Path((model.checksum or "").removeprefix("manifest:"))
+    manifest = manifest if manifest.is_absolute() else base / manifest
+    try:
+        lines = manifest.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ChecksumMismatch(
+            f"model {model.ref}: cannot read manifest {manifest}: {exc}"
+        ) from None
+    listed: set[Path] = set()
+    for n, line in enumerate(lines, 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        digest, _, name = line.strip().partition(" ")
+        name = name.strip().lstrip("*")
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", digest) or not name:
+            raise ChecksumMismatch(f"model {model.ref}: {manifest}:{n}: not a sha256sum line")
+        file = (base / name).resolve()
+        listed.add(file)
+        if not file.is_file():
+            raise ChecksumMismatch(f"model {model.ref}: {file} is listed in {manifest} but missing")
+        actual = sha256_of(file)
+        if actual != digest.lower():
+            raise ChecksumMismatch(
+                f"model {model.ref}: checksum mismatch for {file}: "
+                f"expected sha256:{digest.lower()}, actual sha256:{actual}. "
+                "Fix the manifest or restore the file."
+            )
+    unlisted = [p for p in weight_files(path) if p.resolve() not in listed]
+    if unlisted:
+        raise ChecksumMismatch(
+            f"model {model.ref}: weight file(s) {', '.join(map(str, unlisted))} not covered by "
+            f"{manifest}; add them to the manifest"
+        )
+    return "sha256:" + sha256_of(manifest)

@@ -169,6 +169,30 @@ class ModelLoadError(EmbedhostError):
     code = "model_load_failed"
 
 
+# --- model lifecycle (admin API) ------------------------------------------------------------
+
+
+class Conflict(InvalidRequest):
+    """The operation does not fit the version's state (promote a version still loading,
+    unload the current version, load a version that is already loaded)."""
+
+    code = "conflict"
+
+
+class VersionLoadFailed(InvalidRequest):
+    """A version given to the admin API could not be loaded (checksum mismatch, corrupt or
+    unreadable files); the current version keeps serving."""
+
+    code = "model_load_failed"
+
+
+class InsufficientMemory(EmbedhostError):
+    """Loading this version would not fit in the host's available memory."""
+
+    type = "server_error"
+    code = "insufficient_memory"
+
+
 STATUS: dict[type[EmbedhostError], int] = {
     ConfigError: 500,
     InvalidRequest: 400,
@@ -191,6 +215,9 @@ STATUS: dict[type[EmbedhostError], int] = {
     WorkerTimeout: 504,
     EngineError: 500,
     ModelLoadError: 503,
+    Conflict: 409,
+    VersionLoadFailed: 422,
+    InsufficientMemory: 507,
 }
 
 

@@ -120,6 +120,9 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "embedhost"
+    version: str | None = Field(
+        default=None, description="Extension: the version that serves this id."
+    )
 
 
 class ModelList(BaseModel):

@@ -2,12 +2,17 @@
 refuse, check limits, queue on a replica's batcher, await the vectors, then apply
 Matryoshka ``dimensions`` and normalization.
 
-Both HTTP routes (OpenAI and native) call :meth:`EmbeddingService.embed`.
+Both HTTP routes (OpenAI and native) call :meth:`EmbeddingService.embed`. It holds a
+lease on the version for the whole call (a retiring version drains until none is left),
+counts the call on the version's stats, and, when the model has a shadow version, sends
+a copy of the texts there in the background: only the shadow's latency and its cosine
+agreement with the answer are recorded, the client never waits for it or sees it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -22,6 +27,8 @@ from embedhost.models.registry import ModelHandle, ModelRegistry
 from embedhost.protocol import Truncate
 from embedhost.security import Admission
 from embedhost.tokenization import Policy, Tokenized, prepare_ids, prepare_texts
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from embedhost.tracing import Tracing
@@ -51,8 +58,9 @@ class EmbeddingService:
         self.limits = limits
         self.tracing = tracing
 
-    def resolve(self, model: str | None) -> ModelHandle:
-        return self.registry.get(model)
+    def resolve(self, model: str | None, key: str | None = None) -> ModelHandle:
+        """The version that serves ``model`` for caller ``key`` (sticky A/B)."""
+        return self.registry.route(model, key)
 
     async def embed(
         self,
@@ -69,6 +77,79 @@ class EmbeddingService:
         the model is resolved, and its token budget is charged once the tokens are counted."""
         if admission is not None:
             admission.check_model(handle.name)
+        start = time.perf_counter()
+        with handle.lease():
+            try:
+                result = await self._embed(
+                    handle,
+                    inputs,
+                    truncate=truncate,
+                    dimensions=dimensions,
+                    normalize=normalize,
+                    ticket=ticket,
+                    admission=admission,
+                )
+            except EmbedhostError as exc:
+                handle.stats.error(exc.code)
+                raise
+            handle.stats.ok(time.perf_counter() - start, len(inputs), result.tokens.total)
+        self._mirror(handle, inputs, result, dimensions)
+        return result
+
+    def _mirror(
+        self,
+        handle: ModelHandle,
+        inputs: list[str] | list[list[int]],
+        result: EmbedResult,
+        dimensions: int | None,
+    ) -> None:
+        # Token ids belong to one vocabulary; only texts can be mirrored to another version.
+        if not isinstance(inputs[0], str):
+            return
+        target = self.registry.shadow_for(handle)
+        if target is None:
+            return
+        if target.shadow_in_flight >= self.registry.settings.lifecycle.shadow_max_in_flight:
+            target.stats.shadow_dropped += 1
+            return
+        target.shadow_in_flight += 1
+        texts: list[str] = inputs  # type: ignore[assignment,unused-ignore]
+        self.registry.spawn(
+            self._shadow(target, texts, result.vectors, dimensions), name=f"shadow-{target.ref}"
+        )
+
+    async def _shadow(
+        self, target: ModelHandle, texts: list[str], answer: Vectors, dimensions: int | None
+    ) -> None:
+        start = time.perf_counter()
+        try:
+            with target.lease():
+                shadow = await self._embed(
+                    target, texts, dimensions=dimensions, normalize=True, ticket=Ticket()
+                )
+        except Exception as exc:
+            target.stats.shadow_errors += 1
+            log.debug("shadow %s failed: %s", target.ref, exc)
+            return
+        finally:
+            target.shadow_in_flight -= 1
+        cosines = None
+        if shadow.vectors.shape == answer.shape:
+            a = answer / np.maximum(np.linalg.norm(answer, axis=1, keepdims=True), 1e-12)
+            cosines = np.sum(a * shadow.vectors, axis=1)  # the shadow's are normalized
+        target.stats.shadow_ok(time.perf_counter() - start, cosines)
+
+    async def _embed(
+        self,
+        handle: ModelHandle,
+        inputs: list[str] | list[list[int]],
+        *,
+        truncate: Truncate | None = None,
+        dimensions: int | None = None,
+        normalize: bool | None = None,
+        ticket: Ticket | None = None,
+        admission: Admission | None = None,
+    ) -> EmbedResult:
         if not inputs:
             raise InvalidRequest("input must not be empty", param="input")
         if len(inputs) > self.limits.max_inputs_per_request:

@@ -16,8 +16,9 @@ vectors. The API process side, :class:`EngineWorker`:
   :class:`WorkerTimeout` (504), the process is killed and restarted.
 
 Protocol (pickled tuples). Parent to child: ``("embed", batch_id, [ids, ...])``,
-``("stop",)``. Child to parent: ``("ready", info)``, ``("load_failed", permanent, message)``,
-``("ok", batch_id, vectors)``, ``("error", batch_id, message)``.
+``("stop",)``. Child to parent: ``("phase", "verifying"|"loading"|"warming")``,
+``("ready", info)``, ``("load_failed", permanent, message)``, ``("ok", batch_id, vectors)``,
+``("error", batch_id, message)``.
 """
 
 from __future__ import annotations
@@ -91,11 +92,14 @@ def worker_main(
         )
     config = ModelConfig.model_validate_json(config_json)
     try:
+        conn.send(("phase", "verifying"))
         digest = verify_checksum(config)
+        conn.send(("phase", "loading"))
         engine = create_engine(config)
         info = engine.load()
         info.details["checksum"] = digest
         if config.warmup:
+            conn.send(("phase", "warming"))
             _warm(engine, info)
     except ConfigError as exc:
         conn.send(("load_failed", True, exc.message))
@@ -173,8 +177,14 @@ class EngineWorker:
         *,
         replica: int = 0,
         observer: WorkerObserver | None = None,
+        retry_failed_load: bool = True,
     ) -> None:
         self.config = config
+        # A version loaded at run time by an operator fails at once on a load error: the
+        # current version keeps serving and the operator sees why, instead of a retry loop.
+        self.retry_failed_load = retry_failed_load
+        self.phase = "starting"
+        self._ever_ready = False
         self.settings = settings
         self.replica = replica
         self.observer = observer
@@ -280,7 +290,11 @@ class EngineWorker:
             if fut is not None and not fut.done():
                 log.error("model %s: batch failed in the engine: %s", self.config.ref, msg[2])
                 fut.set_exception(EngineError("the engine failed to embed this batch"))
+        elif kind == "phase":
+            self.phase = str(msg[1])
         elif kind == "ready":
+            self.phase = "ready"
+            self._ever_ready = True
             self.info = EngineInfo.from_dict(msg[1])
             self.state = WorkerState.READY
             self.reason = None
@@ -302,7 +316,7 @@ class EngineWorker:
         elif kind == "load_failed":
             permanent, message = msg[1], msg[2]
             log.error("model %s failed to load: %s", self.config.ref, message)
-            if permanent:
+            if permanent or not (self.retry_failed_load or self._ever_ready):
                 self._fail_permanently(message)
             else:
                 self.reason = message

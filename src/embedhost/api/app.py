@@ -24,16 +24,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedhost import __version__
 from embedhost.api.deps import require_scope
 from embedhost.api.observability import TIMING_HEADERS, ObservabilityMiddleware
-from embedhost.api.routes import embeddings, ops
+from embedhost.api.routes import admin, embeddings, ops
 from embedhost.api.routes import metrics as metrics_routes
 from embedhost.config import Settings
 from embedhost.errors import EmbedhostError, Overloaded, error_body, status_for
 from embedhost.metrics import Metrics, StateSnapshot, WorkerSnapshot
+from embedhost.models.lifecycle import install_sighup
 from embedhost.models.registry import ModelRegistry
 from embedhost.security import RATE_LIMIT_HEADERS, UNLIMITED_PATHS, Admission, Security
 from embedhost.service import EmbeddingService
@@ -99,7 +101,20 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
     message = str(exc.detail) if exc.status_code != 404 else f"no route {request.url.path}"
     headers = dict(exc.headers) if exc.headers else None
+    if exc.status_code == 405:
+        headers = {**(headers or {}), "Allow": _allowed_methods(request)}
     return _json_error(exc.status_code, message, type_, code, headers=headers)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the path's routes take: Starlette names only the first route's, which
+    is wrong when several routes (GET and DELETE of one path) share a path."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
@@ -324,9 +339,11 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.service = EmbeddingService(registry, settings.limits, tracing=tracing)
         app.state.draining = False
         registry.start()
+        remove_sighup = install_sighup(app)
         try:
             yield {}
         finally:
+            remove_sighup()
             app.state.draining = True
             await registry.stop(settings.server.graceful_shutdown_s)
             await security.limiter.close()
@@ -377,6 +394,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(embeddings.router)
     _add_observability(app, settings)
+    app.include_router(admin.router)
     return app
 
 

@@ -1,21 +1,46 @@
-"""Loaded models: name → handle (tokenizer, replicas of worker + batcher, status).
+"""Loaded models: names, their versions, and the router between them.
 
-A request names a model as ``name`` or ``name@version``. An unknown name or version is a
-404, never a silent fallback to another model.
+A *model* (:class:`ModelGroup`) is a name clients send. It holds one or more *versions*
+(:class:`ModelHandle`: tokenizer, replicas of worker + batcher, state, counters), one of
+which is *current*. A request names ``name`` (the router picks: the current version, or
+a sticky A/B slice when a split is set) or pins ``name@version``. An unknown name or
+version is a 404, never a silent fallback.
+
+Version states: ``loading`` (checksum, weights), ``warming``, ``ready``, ``restarting``
+(its worker crashed and is coming back), ``draining`` (retired: the router sends it
+nothing new, it finishes what it holds), ``failed`` and ``stopped``.
+
+A swap (:meth:`ModelRegistry.promote`) changes ``current`` in one step of the event loop,
+so every request is routed either before or after it; the old version then drains: the
+requests that hold a lease on it finish on its own batcher and worker (no batch ever mixes
+versions), and only then are its batchers closed and its workers stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import random
 import time
-from dataclasses import dataclass
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from embedhost.batching import Batcher
 from embedhost.config import ModelConfig, Settings
 from embedhost.engines.base import EngineInfo
-from embedhost.errors import ModelNotFound, ModelNotReady
+from embedhost.errors import (
+    Conflict,
+    EmbedhostError,
+    InvalidRequest,
+    ModelNotFound,
+    ModelNotReady,
+    VersionLoadFailed,
+)
+from embedhost.models import router
+from embedhost.models.stats import VersionStats
 from embedhost.tokenization import Tokenizer, load_tokenizer
 from embedhost.worker import EngineWorker, WorkerState
 
@@ -23,6 +48,25 @@ if TYPE_CHECKING:
     from embedhost.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+# Requests routed just before a switch take their lease within a step or two of the loop;
+# a retiring version waits this long before it counts its leases down to zero.
+_SWITCH_GRACE_S = 0.05
+
+
+class VersionState(StrEnum):
+    LOADING = "loading"
+    WARMING = "warming"
+    READY = "ready"
+    RESTARTING = "restarting"
+    DRAINING = "draining"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+_GONE = (VersionState.DRAINING, VersionState.STOPPED)
+_DEAD = (VersionState.FAILED, VersionState.STOPPED)
+_NEVER_UP = (VersionState.LOADING, VersionState.WARMING, VersionState.FAILED)
 
 
 @dataclass(slots=True)
@@ -36,13 +80,29 @@ class Replica:
 
 
 class ModelHandle:
+    """One version of one model: its tokenizer, replicas, state and counters."""
+
     def __init__(
-        self, config: ModelConfig, settings: Settings, metrics: Metrics | None = None
+        self,
+        config: ModelConfig,
+        settings: Settings,
+        *,
+        tokenizer: Tokenizer | None = None,
+        runtime: bool = False,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.settings = settings
-        self.tokenizer: Tokenizer = load_tokenizer(config)
+        self.runtime = runtime
+        self.tokenizer: Tokenizer = tokenizer or load_tokenizer(config)
         self.created = int(time.time())
+        self.stats = VersionStats()
+        self.active = 0
+        self.shadow_in_flight = 0
+        self._retired: VersionState | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.start_task: asyncio.Task[None] | None = None
         self.replicas: list[Replica] = []
         for i in range(config.replicas):
             worker = EngineWorker(
@@ -50,6 +110,7 @@ class ModelHandle:
                 settings.worker,
                 replica=i,
                 observer=metrics.worker_observer(config.name, i) if metrics else None,
+                retry_failed_load=not runtime,
             )
             batcher = Batcher(
                 worker.embed,
@@ -72,6 +133,10 @@ class ModelHandle:
         return self.config.version
 
     @property
+    def ref(self) -> str:
+        return self.config.ref
+
+    @property
     def info(self) -> EngineInfo | None:
         for r in self.replicas:
             if r.worker.info is not None:
@@ -79,17 +144,25 @@ class ModelHandle:
         return None
 
     @property
-    def status(self) -> str:
+    def state(self) -> VersionState:
+        if self._retired is not None:
+            return self._retired
         states = {r.worker.state for r in self.replicas}
         if WorkerState.READY in states:
-            return "ready"
+            return VersionState.READY
         if states == {WorkerState.FAILED}:
-            return "failed"
+            return VersionState.FAILED
         if WorkerState.RESTARTING in states:
-            return "restarting"
+            return VersionState.RESTARTING
         if states == {WorkerState.STOPPED}:
-            return "stopped"
-        return "loading"
+            return VersionState.STOPPED
+        if any(r.worker.phase == "warming" for r in self.replicas):
+            return VersionState.WARMING
+        return VersionState.LOADING
+
+    @property
+    def status(self) -> str:
+        return self.state.value
 
     @property
     def reason(self) -> str | None:
@@ -113,23 +186,58 @@ class ModelHandle:
     def pick(self) -> Replica:
         """The ready replica with the least queued work."""
         ready = [r for r in self.replicas if r.worker.state is WorkerState.READY]
-        if not ready:
+        if not ready or self._retired is VersionState.STOPPED:
             self.replicas[0].worker.check_ready()  # raises the precise reason
             raise ModelNotReady(f"model {self.config.ref} is not ready")
         return min(ready, key=lambda r: r.load)
 
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[None]:
+        """Held by every request on this version from routing to answer; drain waits for 0."""
+        self.active += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.active -= 1
+            if self.active == 0:
+                self._idle.set()
+
+    async def retire(self, drain_timeout: float) -> None:
+        """Drain (no new work is routed here; finish what is held), then stop."""
+        if self._retired is VersionState.STOPPED:
+            return
+        self._retired = VersionState.DRAINING
+        log.info("model %s: draining (%d requests in flight)", self.ref, self.active)
+        await asyncio.sleep(_SWITCH_GRACE_S)
+        try:
+            await asyncio.wait_for(self._idle.wait(), drain_timeout)
+        except TimeoutError:
+            log.warning(
+                "model %s: %d requests still running after drain_timeout_s=%.0f; stopping",
+                self.ref,
+                self.active,
+                drain_timeout,
+            )
+        await self.stop(drain_timeout)
+        log.info("model %s: stopped", self.ref)
+
     async def stop(self, drain_timeout: float) -> None:
         await asyncio.gather(*(r.batcher.close(True, drain_timeout) for r in self.replicas))
         await asyncio.gather(*(r.worker.stop() for r in self.replicas))
+        self._retired = VersionState.STOPPED
 
     def describe(self) -> dict[str, Any]:
         info = self.info
+        state = self.state
         return {
             "name": self.name,
             "version": self.version,
+            "ref": self.ref,
             "engine": self.config.engine,
-            "status": self.status,
-            "reason": self.reason if self.status != "ready" else None,
+            "path": self.config.path,
+            "status": state.value,
+            "reason": self.reason if state is not VersionState.READY else None,
             "dimensions": info.dims if info else None,
             "max_input_tokens": self.max_tokens if info else self.config.max_input_tokens,
             "truncation": self.config.truncation,
@@ -137,11 +245,15 @@ class ModelHandle:
             "normalize": info.normalize if info else self.config.normalize,
             "dtype": info.dtype if info else self.config.dtype,
             "device": self.config.device,
+            "quantization": self.config.quantization,
             "checksum": self.config.checksum,
+            "loaded_at": self.created,
+            "active_requests": self.active,
             "replicas": [
                 {
                     "replica": r.worker.replica,
                     "state": r.worker.state.value,
+                    "phase": r.worker.phase,
                     "pid": r.worker.pid,
                     "restarts": r.worker.restarts,
                     "queued": r.batcher.queued,
@@ -149,50 +261,415 @@ class ModelHandle:
                 }
                 for r in self.replicas
             ],
+            "stats": self.stats.snapshot(),
             "details": info.details if info else {},
+        }
+
+
+@dataclass(slots=True)
+class ModelGroup:
+    """Every version of one model name, and how unpinned traffic is split between them."""
+
+    name: str
+    current: str
+    versions: dict[str, ModelHandle] = field(default_factory=dict)
+    history: list[str] = field(default_factory=list)
+    weights: dict[str, float] = field(default_factory=dict)
+    shadow: str | None = None
+    shadow_rate: float = 1.0
+
+    @property
+    def current_handle(self) -> ModelHandle:
+        return self.versions[self.current]
+
+    def choose(self, key: str | None) -> ModelHandle:
+        """The version for an unpinned request: the caller's A/B slice if it is ready,
+        else the current version."""
+        if self.weights and key is not None:
+            version = router.choose(self.name, key, self.weights)
+            handle = self.versions.get(version) if version else None
+            if handle is not None and handle.state is VersionState.READY:
+                return handle
+        return self.current_handle
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "current": self.current,
+            "previous": self.history[-1] if self.history else None,
+            "traffic": dict(self.weights),
+            "shadow": {"version": self.shadow, "sample_rate": self.shadow_rate}
+            if self.shadow
+            else None,
+            "versions": [h.describe() for h in self.versions.values()],
         }
 
 
 class ModelRegistry:
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
-        self.handles: dict[str, ModelHandle] = {}
+        self.groups: dict[str, ModelGroup] = {}
         for m in settings.models:
-            # Only one version per name is configured in this release; name@version pins it.
-            self.handles.setdefault(m.name, ModelHandle(m, settings, metrics))
-        self.default = self.handles[settings.models[0].name]
+            self._add_configured(m, ModelHandle(m, settings, metrics=metrics))
+        self.default_name = settings.models[0].name
+        self.metrics = metrics
         self._start_task: asyncio.Task[Any] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._reload_lock = asyncio.Lock()
+
+    def _add_configured(self, m: ModelConfig, handle: ModelHandle) -> ModelGroup:
+        """The first configured version of a name is its current one."""
+        group = self.groups.get(m.name)
+        if group is None:
+            group = self.groups[m.name] = ModelGroup(m.name, current=m.version)
+        group.versions[m.version] = handle
+        if m.traffic is not None:
+            group.weights[m.version] = m.traffic
+        if m.shadow:
+            group.shadow = m.version
+        return group
+
+    # -- views ------------------------------------------------------------------------------
+
+    @property
+    def handles(self) -> dict[str, ModelHandle]:
+        """Each model name's current version."""
+        return {name: g.current_handle for name, g in self.groups.items()}
+
+    @property
+    def default(self) -> ModelHandle:
+        return self.groups[self.default_name].current_handle
+
+    @property
+    def ready(self) -> bool:
+        """Every model's current version serves. Candidates loading, warming or failed
+        beside it do not make the instance unready, nor does a model name first loaded
+        through the admin API that has not come up (yet): the instance serves what it did."""
+        return all(
+            g.current_handle.state is VersionState.READY
+            or (g.current_handle.runtime and g.current_handle.state in _NEVER_UP)
+            for g in self.groups.values()
+        )
+
+    def group(self, name: str) -> ModelGroup:
+        group = self.groups.get(name)
+        if group is None:
+            raise ModelNotFound(f"model {name!r} is not served here; available: {self._known()}")
+        return group
+
+    def version(self, name: str, version: str) -> ModelHandle:
+        handle = self.group(name).versions.get(version)
+        if handle is None:
+            raise ModelNotFound(
+                f"model {name}@{version} is not loaded; available: {self._known()}",
+                param="model",
+            )
+        return handle
+
+    def _known(self) -> str:
+        return ", ".join(
+            sorted(
+                h.ref
+                for g in self.groups.values()
+                for h in g.versions.values()
+                if h.state not in _GONE
+            )
+        )
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Per model: the current version's description, plus every version and the split."""
+        out = []
+        for g in self.groups.values():
+            entry = g.current_handle.describe()
+            group = g.describe()
+            entry.update(
+                current=group["current"],
+                traffic=group["traffic"],
+                shadow=group["shadow"],
+                versions=[
+                    {k: v[k] for k in ("version", "status", "reason", "dtype", "checksum")}
+                    for v in group["versions"]
+                ],
+            )
+            out.append(entry)
+        return out
+
+    # -- routing ----------------------------------------------------------------------------
+
+    def route(self, ref: str | None, key: str | None = None) -> ModelHandle:
+        """The version that serves a request for ``ref`` from caller ``key``."""
+        if not ref:
+            return self.groups[self.default_name].choose(key)
+        name, _, version = ref.partition("@")
+        group = self.groups.get(name)
+        if group is None:
+            raise ModelNotFound(
+                f"model {ref!r} is not served here; available: {self._known()}", param="model"
+            )
+        if not version:
+            return group.choose(key)
+        handle = group.versions.get(version)
+        if handle is None or handle.state in _GONE:
+            raise ModelNotFound(
+                f"model {ref!r} is not served here"
+                + (" (retired)" if handle is not None else "")
+                + f"; available: {self._known()}",
+                param="model",
+            )
+        return handle
+
+    def get(self, ref: str | None) -> ModelHandle:
+        return self.route(ref, None)
+
+    def shadow_for(self, served: ModelHandle) -> ModelHandle | None:
+        """The ready shadow version that should get a copy of this request, if any."""
+        group = self.groups.get(served.name)
+        if group is None or group.shadow is None or group.shadow == served.version:
+            return None
+        target = group.versions.get(group.shadow)
+        if target is None or target.state is not VersionState.READY:
+            return None
+        if group.shadow_rate < 1.0 and random.random() >= group.shadow_rate:  # noqa: S311
+            return None
+        return target
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """A background task the registry keeps a reference to, and cancels on stop."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_failure)
+        return task
 
     def start(self) -> None:
-        """Start every model's workers in the background; /ready tells when they are up."""
+        """Start every configured version in the background; /ready tells when they are up."""
         self._start_task = asyncio.get_running_loop().create_task(
             self._start_all(), name="model-start"
         )
 
     async def _start_all(self) -> None:
-        await asyncio.gather(*(h.start() for h in self.handles.values()))
+        await asyncio.gather(
+            *(h.start() for g in self.groups.values() for h in g.versions.values())
+        )
 
     async def wait_started(self) -> None:
         if self._start_task is not None:
             await asyncio.shield(self._start_task)
 
-    def get(self, ref: str | None) -> ModelHandle:
-        if not ref:
-            return self.default
-        name, _, version = ref.partition("@")
-        handle = self.handles.get(name)
-        if handle is None or (version and version != handle.version):
-            known = ", ".join(sorted(f"{h.name}@{h.version}" for h in self.handles.values()))
-            raise ModelNotFound(
-                f"model {ref!r} is not served here; available: {known}", param="model"
-            )
+    async def load(self, config: ModelConfig, *, promote: bool = False) -> ModelHandle:
+        """Start loading a version (new name or new version of a name) in the background.
+
+        Refuses at once, before any process starts, when the version is already loaded,
+        its path is missing, its tokenizer unreadable or it would not fit in memory.
+        """
+        from embedhost.models.lifecycle import preflight
+
+        self._check_loadable(config)
+        self._check_engine(config)
+        await asyncio.to_thread(preflight, config, self.settings.lifecycle)
+        try:
+            tokenizer = await asyncio.to_thread(load_tokenizer, config)
+        except Exception as exc:
+            raise VersionLoadFailed(
+                f"model {config.ref}: cannot read its tokenizer: {type(exc).__name__}: {exc}",
+                param="path",
+            ) from None
+        self._check_loadable(config)  # again: another load may have won the race
+        group = self.groups.get(config.name)
+        if group is None:
+            group = self.groups[config.name] = ModelGroup(config.name, current=config.version)
+        old = group.versions.get(config.version)
+        if old is not None:  # a failed or stopped entry of the same version: replace it
+            self.spawn(old.stop(0), name=f"stop-{old.ref}")
+        handle = ModelHandle(
+            config, self.settings, tokenizer=tokenizer, runtime=True, metrics=self.metrics
+        )
+        group.versions[config.version] = handle
+        log.info("model %s: loading from %s", config.ref, config.path)
+        handle.start_task = self.spawn(
+            self._start_version(handle, promote), name=f"load-{config.ref}"
+        )
         return handle
 
-    @property
-    def ready(self) -> bool:
-        return all(h.status == "ready" for h in self.handles.values())
+    def _check_loadable(self, config: ModelConfig) -> None:
+        group = self.groups.get(config.name)
+        existing = group.versions.get(config.version) if group else None
+        if existing is not None and existing.state not in _DEAD:
+            raise Conflict(
+                f"model {config.ref} is already loaded ({existing.status}); unload it first "
+                "or give the new one another version",
+                param="version",
+            )
+
+    def _check_engine(self, config: ModelConfig) -> None:
+        # A plugin engine is arbitrary code imported by the worker: over the admin API only
+        # when allowed, or when the configuration already uses that same engine.
+        if (
+            config.engine.startswith("plugin:")
+            and not self.settings.lifecycle.allow_plugin_engines
+            and config.engine not in {m.engine for m in self.settings.models}
+        ):
+            raise InvalidRequest(
+                f"engine {config.engine!r} is a plugin; loading plugins at run time needs "
+                "lifecycle.allow_plugin_engines: true",
+                param="engine",
+            )
+
+    async def _start_version(self, handle: ModelHandle, promote: bool) -> None:
+        await handle.start()
+        if handle.state is VersionState.READY:
+            log.info("model %s: ready", handle.ref)
+            group = self.groups.get(handle.name)
+            if promote and group is not None and group.versions.get(handle.version) is handle:
+                self.promote(handle.name, handle.version)
+        else:
+            log.error("model %s: load failed: %s", handle.ref, handle.reason)
+
+    async def wait_loaded(self, handle: ModelHandle) -> ModelHandle:
+        """Wait for a version started by :meth:`load`; raise if it did not become ready."""
+        if handle.start_task is not None:
+            await asyncio.shield(handle.start_task)
+        state = handle.state
+        if state is VersionState.FAILED:
+            raise VersionLoadFailed(f"model {handle.ref} failed to load: {handle.reason}")
+        if state in _GONE:
+            raise Conflict(f"model {handle.ref} was unloaded while it loaded")
+        return handle
+
+    def promote(
+        self, name: str, version: str, *, keep_previous: bool | None = None
+    ) -> asyncio.Task[Any] | None:
+        """Make ``version`` the current one, in one step. The previous current version is
+        drained and stopped (returned: the task that does it) unless kept for rollback.
+        A/B weights are cleared: the split they described no longer exists."""
+        group = self.group(name)
+        handle = self.version(name, version)
+        if handle.state is not VersionState.READY:
+            raise Conflict(
+                f"model {handle.ref} is {handle.status}; only a ready version can be promoted",
+                param="version",
+            )
+        if group.current == version:
+            return None
+        previous = group.current_handle
+        group.history.append(group.current)
+        group.current = version
+        group.weights.clear()
+        if group.shadow == version:
+            group.shadow = None
+        log.info("model %s: promoted %s (was %s)", name, version, previous.version)
+        keep = self.settings.lifecycle.keep_previous if keep_previous is None else keep_previous
+        if keep:
+            return None
+        return self.retire(previous)
+
+    def retire(self, handle: ModelHandle) -> asyncio.Task[Any]:
+        group = self.groups.get(handle.name)
+        if group is not None:
+            group.weights.pop(handle.version, None)
+            if group.shadow == handle.version:
+                group.shadow = None
+        return self.spawn(
+            handle.retire(self.settings.lifecycle.drain_timeout_s), name=f"retire-{handle.ref}"
+        )
+
+    async def rollback(self, name: str) -> ModelHandle:
+        """Back to the version that was current before: at once when it is still loaded,
+        else it is loaded again from its config (checksum verified again) and promoted
+        when ready."""
+        group = self.group(name)
+        while group.history and group.history[-1] not in group.versions:
+            group.history.pop()
+        if not group.history:
+            raise Conflict(f"model {name} has no previous version to roll back to")
+        previous = group.versions[group.history[-1]]
+        if previous.state is VersionState.READY:
+            group.history.pop()
+            self.promote(name, previous.version)
+            # promote() pushed the version we left; a second rollback returns to it.
+            return previous
+        if previous.state in _DEAD:
+            group.history.pop()
+            return await self.load(previous.config, promote=True)
+        raise Conflict(f"model {previous.ref} is {previous.status}; retry when it settles")
+
+    def unload(self, name: str, version: str) -> asyncio.Task[Any] | None:
+        """Drain and stop a version that is not current; forget one already stopped."""
+        group = self.group(name)
+        handle = self.version(name, version)
+        if group.current == version and (len(group.versions) > 1 or name == self.default_name):
+            raise Conflict(
+                f"model {handle.ref} is the current version; promote another one first",
+                param="version",
+            )
+        if group.current == version:
+            # The only version of a name loaded at run time: the name goes with it.
+            self.groups.pop(name, None)
+        if handle.state in _DEAD:
+            group.versions.pop(version, None)
+            self.spawn(handle.stop(0), name=f"stop-{handle.ref}")
+            return None
+        return self.retire(handle)
+
+    def set_split(self, name: str, weights: dict[str, float]) -> ModelGroup:
+        """A/B weights between loaded versions of ``name``; empty clears the split."""
+        group = self.group(name)
+        for version, w in weights.items():
+            handle = self.version(name, version)
+            if handle.state in _GONE or handle.state is VersionState.FAILED:
+                raise Conflict(f"model {handle.ref} is {handle.status}; it cannot take traffic")
+            if not w >= 0:
+                raise InvalidRequest(f"weight of {version} must be >= 0", param="weights")
+            if version == group.shadow:
+                raise Conflict(f"model {handle.ref} is the shadow; it never answers")
+        if weights and sum(weights.values()) <= 0:
+            raise InvalidRequest("at least one weight must be positive", param="weights")
+        group.weights = dict(weights)
+        log.info("model %s: traffic split %s", name, group.weights or "cleared")
+        return group
+
+    def set_shadow(self, name: str, version: str | None, sample_rate: float = 1.0) -> ModelGroup:
+        group = self.group(name)
+        if version is not None:
+            handle = self.version(name, version)
+            if version == group.current:
+                raise Conflict(f"model {handle.ref} is current; a shadow must be another version")
+            if handle.state in _GONE or handle.state is VersionState.FAILED:
+                raise Conflict(f"model {handle.ref} is {handle.status}; it cannot be a shadow")
+            group.weights.pop(version, None)
+        if not 0 < sample_rate <= 1:
+            raise InvalidRequest("sample_rate must be in (0, 1]", param="sample_rate")
+        group.shadow = version
+        group.shadow_rate = sample_rate
+        log.info("model %s: shadow %s (rate %.2f)", name, version or "off", sample_rate)
+        return group
+
+    async def apply(self, settings: Settings) -> dict[str, list[str]]:
+        """Make the loaded versions match a new configuration (SIGHUP, /admin/reload)."""
+        from embedhost.models.lifecycle import apply_settings
+
+        async with self._reload_lock:
+            return await apply_settings(self, settings)
 
     async def stop(self, drain_timeout: float) -> None:
         if self._start_task is not None and not self._start_task.done():
             self._start_task.cancel()
-        await asyncio.gather(*(h.stop(drain_timeout) for h in self.handles.values()))
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(
+            *(h.stop(drain_timeout) for g in self.groups.values() for h in g.versions.values())
+        )
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is None:
+        return
+    if isinstance(exc, EmbedhostError):
+        log.error("%s: %s", task.get_name(), exc.message)
+    else:
+        log.error("%s failed", task.get_name(), exc_info=exc)

@@ -67,6 +67,24 @@ def _as_batch(inp: str | list[str] | list[int] | list[list[int]]) -> list[str] |
     return inp  # type: ignore[return-value]
 
 
+def routing_key(request: Request, user: str | None = None) -> str:
+    """Who is asking, for sticky A/B splits: the API key (and, within it, the ``user`` the
+    key's application names), else ``user``, else the client address.
+
+    ``request.state.key_id`` is set by API-key authentication; None without keys."""
+    key_id = getattr(request.state, "key_id", None)
+    if key_id:
+        return f"key:{key_id}" + (f"\x00user:{user}" if user else "")
+    if user:
+        return f"user:{user}"
+    # The admission's address honours server.trusted_proxies (X-Forwarded-For).
+    admission = getattr(request.state, "admission", None)
+    address = getattr(admission, "address", None) or (
+        request.client.host if request.client is not None else "unknown"
+    )
+    return f"addr:{address}"
+
+
 def _headers(result: EmbedResult) -> dict[str, str]:
     return {"X-Embedhost-Model": f"{result.model.name}@{result.model.version}"}
 
@@ -83,7 +101,7 @@ async def create_embeddings(
     body: EmbeddingRequest, request: Request, service: ServiceDep, admission: AdmissionDep
 ) -> Response:
     inputs = _as_batch(body.input)
-    handle = service.resolve(body.model)
+    handle = service.resolve(body.model, routing_key(request, body.user))
     note_inputs(request, handle.name, inputs)
     ticket = Ticket()
     async with watch_disconnect(request, ticket):
@@ -137,7 +155,7 @@ async def embed(
     if (body.text is None) == (body.texts is None):
         raise InvalidRequest("give exactly one of 'text' or 'texts'", param="text")
     texts = [body.text] if body.text is not None else list(body.texts or [])
-    handle = service.resolve(body.model)
+    handle = service.resolve(body.model, routing_key(request))
     note_inputs(request, handle.name, texts)
     ticket = Ticket()
     async with watch_disconnect(request, ticket):

@@ -91,7 +91,7 @@ async def info(request: Request, registry: RegistryDep) -> dict[str, Any]:
         "version": __version__,
         "environment": request.app.state.settings.environment,
         "default_model": registry.default.name,
-        "models": [h.describe() for h in registry.handles.values()],
+        "models": registry.describe(),
     }
 
 
@@ -104,10 +104,17 @@ async def info(request: Request, registry: RegistryDep) -> dict[str, Any]:
 )
 async def list_models(registry: RegistryDep, admission: AdmissionDep) -> ModelList:
     allowed = admission.key.models if admission and admission.key else None
-    return ModelList(
-        data=[
-            ModelCard(id=h.name, created=h.created)
-            for h in registry.handles.values()
-            if allowed is None or h.name in allowed
-        ]
-    )
+    # Each name (with the version that serves it), then the other ready versions, pinnable
+    # as name@version.
+    cards = [
+        ModelCard(id=h.name, created=h.created, version=h.version)
+        for h in registry.handles.values()
+        if allowed is None or h.name in allowed
+    ]
+    cards += [
+        ModelCard(id=h.ref, created=h.created, version=h.version)
+        for g in registry.groups.values()
+        for h in g.versions.values()
+        if h.status == "ready" and h.version != g.current and (allowed is None or g.name in allowed)
+    ]
+    return ModelList(data=cards)
