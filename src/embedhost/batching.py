@@ -33,6 +33,9 @@ from embedhost.errors import ClientGone, EmbedhostError, EngineError, QueueFull,
 
 log = logging.getLogger(__name__)
 
+# Below this many sequences a batch always grows: tiny batches cost more than padding.
+_MIN_BATCH_FOR_PADDING_RULE = 8
+
 EmbedFn = Callable[[list[list[int]], float], Awaitable[Vectors]]
 
 
@@ -224,6 +227,7 @@ class Batcher:
         lo, hi = pos, pos
         chosen = [oldest]
         width = len(oldest.ids)
+        real = width
         while len(chosen) < cfg.max_batch_size:
             cand_lo = order[lo - 1] if lo > 0 else None
             cand_hi = order[hi + 1] if hi + 1 < len(order) else None
@@ -248,7 +252,15 @@ class Batcher:
                         break
                 else:
                     break
+            n_real = real + len(window[idx].ids)
+            if (
+                len(chosen) >= _MIN_BATCH_FOR_PADDING_RULE
+                and new_width * (len(chosen) + 1) > cfg.max_padding_ratio * n_real
+            ):
+                # Padding would waste more compute than a smaller batch costs.
+                break
             chosen.append(window[idx])
+            real = n_real
             width = new_width
             if pick_hi:
                 hi += 1

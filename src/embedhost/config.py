@@ -79,6 +79,18 @@ class BatchingConfig(_Strict):
         le=1_000_000,
         description="Sequences waiting per replica; beyond it requests get 429 + Retry-After.",
     )
+    pipeline_depth: int = Field(
+        default=2,
+        ge=1,
+        le=8,
+        description="Batches in the worker's pipe at once: 2 keeps the engine busy during IPC; 1 forms bigger batches.",
+    )
+    max_padding_ratio: float = Field(
+        default=1.5,
+        ge=1.0,
+        le=100.0,
+        description="A batch stops growing when its padded tokens exceed this times its real tokens (once it holds 8 sequences).",
+    )
     batch_timeout_s: float = Field(
         default=60.0,
         gt=0,

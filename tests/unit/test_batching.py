@@ -161,3 +161,30 @@ async def test_oldest_item_is_never_starved() -> None:
     await asyncio.wait_for(long[0], 5)
     await asyncio.gather(*shorts)
     await b.close()
+
+
+async def test_padding_ratio_splits_mixed_lengths() -> None:
+    rec = Recorder()
+    rec.gate = asyncio.Event()
+    b = Batcher(rec, cfg(max_batch_size=32, max_batch_tokens=4096, max_padding_ratio=1.5), depth=1)
+    b.start()
+    first = b.submit([[1]], Ticket())
+    await asyncio.sleep(0.01)
+    seqs = [[2] * 4, [3] * 40] * 8
+    futs = b.submit(seqs, Ticket())
+    rec.gate.set()
+    await asyncio.gather(*first, *futs)
+    assert [sorted({len(s) for s in batch}) for batch in rec.batches[1:]] == [[4], [40]]
+
+
+async def test_without_padding_rule_one_batch() -> None:
+    rec = Recorder()
+    rec.gate = asyncio.Event()
+    b = Batcher(rec, cfg(max_batch_size=32, max_batch_tokens=4096, max_padding_ratio=100), depth=1)
+    b.start()
+    first = b.submit([[1]], Ticket())
+    await asyncio.sleep(0.01)
+    futs = b.submit([[2] * 4, [3] * 40] * 8, Ticket())
+    rec.gate.set()
+    await asyncio.gather(*first, *futs)
+    assert len(rec.batches) == 2

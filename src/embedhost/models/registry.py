@@ -116,6 +116,7 @@ class ModelHandle:
                 worker.embed,
                 config.batching,
                 retry_after_s=settings.worker.retry_after_s,
+                depth=config.batching.pipeline_depth,
                 observer=(
                     metrics.batch_observer(config.name, i, config.batching.max_queue_items)
                     if metrics
