@@ -14,18 +14,21 @@ from embedhost.security import Admission
 from embedhost.security import Security as SecurityLayer
 from embedhost.service import EmbeddingService
 
+# Dependencies are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in a
+# thread pool, a thread hop per dependency per request on the hot path.
 
-def get_settings(request: Request) -> Settings:
+
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_registry(request: Request) -> ModelRegistry:
+async def get_registry(request: Request) -> ModelRegistry:
     registry: ModelRegistry = request.app.state.registry
     return registry
 
 
-def get_service(request: Request) -> EmbeddingService:
+async def get_service(request: Request) -> EmbeddingService:
     service: EmbeddingService = request.app.state.service
     return service
 
@@ -72,7 +75,7 @@ def require_scope(scope: str) -> Callable[..., Awaitable[None]]:
     return dependency
 
 
-def get_admission(request: Request) -> Admission | None:
+async def get_admission(request: Request) -> Admission | None:
     """The admitted request's key and budgets (set by ``require_scope``), for the service."""
     admission: Admission | None = getattr(request.state, "admission", None)
     return admission

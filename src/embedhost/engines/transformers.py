@@ -87,6 +87,10 @@ class TransformersEngine:
     def load(self) -> EngineInfo:
         import torch
         from transformers import AutoConfig, AutoModel
+        from transformers.utils import logging as hf_logging
+
+        # A progress bar on stderr would break the worker's structured log lines.
+        hf_logging.disable_progress_bar()
 
         self._torch = torch
         cfg = self.config
