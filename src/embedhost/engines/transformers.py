@@ -90,7 +90,7 @@ class TransformersEngine:
         from transformers.utils import logging as hf_logging
 
         # A progress bar on stderr would break the worker's structured log lines.
-        hf_logging.disable_progress_bar()
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
         self._torch = torch
         cfg = self.config
