@@ -72,6 +72,7 @@ def multiprocess_dir() -> str | None:
 @dataclass(slots=True)
 class WorkerSnapshot:
     model: str
+    version: str
     replica: int
     up: bool
     pid: int | None
@@ -107,15 +108,15 @@ class _StateCollector(Collector):
         up = GaugeMetricFamily(
             "embedhost_worker_up",
             "1 when the replica's worker is ready",
-            labels=["model", "replica"],
+            labels=["model", "version", "replica"],
         )
         rss = GaugeMetricFamily(
             "embedhost_worker_resident_memory_bytes",
             "Resident memory of the replica's worker process",
-            labels=["model", "replica"],
+            labels=["model", "version", "replica"],
         )
         for w in s.workers:
-            labels = [w.model, str(w.replica)]
+            labels = [w.model, w.version, str(w.replica)]
             up.add_metric(labels, 1.0 if w.up else 0.0)
             mem = _rss(w.pid)
             if mem is not None:
@@ -154,13 +155,13 @@ class BatchObserver:
 
     __slots__ = ("_batch_size", "_batch_tokens", "_depth", "_inference")
 
-    def __init__(self, m: Metrics, model: str, replica: int, capacity: int) -> None:
+    def __init__(self, m: Metrics, model: str, version: str, replica: int, capacity: int) -> None:
         rep = str(replica)
-        self._depth = m.queue_depth.labels(model, rep)
-        self._batch_size = m.batch_size.labels(model)
-        self._batch_tokens = m.batch_tokens.labels(model)
-        self._inference = m.inference_seconds.labels(model)
-        m.queue_capacity.labels(model, rep).set(capacity)
+        self._depth = m.queue_depth.labels(model, version, rep)
+        self._batch_size = m.batch_size.labels(model, version)
+        self._batch_tokens = m.batch_tokens.labels(model, version)
+        self._inference = m.inference_seconds.labels(model, version)
+        m.queue_capacity.labels(model, version, rep).set(capacity)
 
     def queue_depth(self, n: int) -> None:
         self._depth.set(n)
@@ -174,20 +175,21 @@ class BatchObserver:
 class WorkerObserver:
     """Bound to one model replica; called by its worker supervisor."""
 
-    __slots__ = ("_load", "_m", "_model", "_restarts")
+    __slots__ = ("_load", "_m", "_model", "_restarts", "_version")
 
-    def __init__(self, m: Metrics, model: str, replica: int) -> None:
+    def __init__(self, m: Metrics, model: str, version: str, replica: int) -> None:
         self._m = m
         self._model = model
-        self._restarts = m.worker_restarts.labels(model)
-        self._load = m.model_load_seconds.labels(model, str(replica))
+        self._version = version
+        self._restarts = m.worker_restarts.labels(model, version)
+        self._load = m.model_load_seconds.labels(model, version, str(replica))
 
     def restarted(self) -> None:
         self._restarts.inc()
 
     def ready(self, load_seconds: float, info: dict[str, str]) -> None:
         self._load.set(load_seconds)
-        self._m.model_info.labels(self._model).info(info)
+        self._m.model_info.labels(self._model).info(info)  # the version is in info
 
 
 class Metrics:
@@ -236,35 +238,35 @@ class Metrics:
         self.inference_seconds = Histogram(
             "embedhost_inference_duration_seconds",
             "Time one batch spent in the engine worker, IPC included",
-            ["model"],
+            ["model", "version"],
             buckets=DURATION_BUCKETS,
             registry=r,
         )
         self.batch_size = Histogram(
             "embedhost_batch_size_sequences",
             "Sequences per batch sent to the engine",
-            ["model"],
+            ["model", "version"],
             buckets=BATCH_SIZE_BUCKETS,
             registry=r,
         )
         self.batch_tokens = Histogram(
             "embedhost_batch_tokens",
             "Padded tokens per batch (sequences x longest sequence)",
-            ["model"],
+            ["model", "version"],
             buckets=BATCH_TOKEN_BUCKETS,
             registry=r,
         )
         self.queue_depth = Gauge(
             "embedhost_queue_depth_sequences",
             "Sequences waiting in a replica's batch queue",
-            ["model", "replica"],
+            ["model", "version", "replica"],
             registry=r,
             multiprocess_mode="livesum",
         )
         self.queue_capacity = Gauge(
             "embedhost_queue_capacity_sequences",
             "A replica's queue bound (batching.max_queue_items); 429 beyond",
-            ["model", "replica"],
+            ["model", "version", "replica"],
             registry=r,
             multiprocess_mode="livesum",
         )
@@ -295,13 +297,13 @@ class Metrics:
         self.worker_restarts = Counter(
             "embedhost_worker_restarts",
             "Engine worker processes restarted after a crash or a wedge",
-            ["model"],
+            ["model", "version"],
             registry=r,
         )
         self.model_load_seconds = Gauge(
             "embedhost_model_load_seconds",
             "Time the replica's last worker took to verify, load and warm its model",
-            ["model", "replica"],
+            ["model", "version", "replica"],
             registry=r,
             multiprocess_mode="max",
         )
@@ -330,11 +332,13 @@ class Metrics:
         """Report readiness and worker state from ``snapshot`` at scrape time."""
         self.local.register(_StateCollector(snapshot))
 
-    def batch_observer(self, model: str, replica: int, capacity: int) -> BatchObserver:
-        return BatchObserver(self, model, replica, capacity)
+    def batch_observer(
+        self, model: str, version: str, replica: int, capacity: int
+    ) -> BatchObserver:
+        return BatchObserver(self, model, version, replica, capacity)
 
-    def worker_observer(self, model: str, replica: int) -> WorkerObserver:
-        return WorkerObserver(self, model, replica)
+    def worker_observer(self, model: str, version: str, replica: int) -> WorkerObserver:
+        return WorkerObserver(self, model, version, replica)
 
     # -- per request -------------------------------------------------------------------------
 

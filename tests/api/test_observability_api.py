@@ -155,11 +155,11 @@ async def test_metrics_move_with_requests(obs_client: httpx.AsyncClient) -> None
     assert delta("embedhost_queue_wait_seconds_count", model="fake") == 4
     assert delta("embedhost_tokenization_duration_seconds_count", model="fake") == 4
     # 3 single-text requests and one of 3 texts: 6 sequences in at least 4 batches.
-    assert delta("embedhost_batch_size_sequences_sum", model="fake") == 6
-    batches = delta("embedhost_batch_size_sequences_count", model="fake")
+    assert delta("embedhost_batch_size_sequences_sum", model="fake", version="1") == 6
+    batches = delta("embedhost_batch_size_sequences_count", model="fake", version="1")
     assert 4 <= batches <= 6
-    assert delta("embedhost_inference_duration_seconds_count", model="fake") == batches
-    assert delta("embedhost_batch_tokens_count", model="fake") == batches
+    assert delta("embedhost_inference_duration_seconds_count", model="fake", version="1") == batches
+    assert delta("embedhost_batch_tokens_count", model="fake", version="1") == batches
     # The histogram's buckets span 1 ms .. 30 s.
     assert (
         "embedhost_request_duration_seconds_bucket",
@@ -169,13 +169,23 @@ async def test_metrics_move_with_requests(obs_client: httpx.AsyncClient) -> None
         "embedhost_request_duration_seconds_bucket",
         frozenset({"route": "/v1/embeddings", "model": "fake", "le": "30.0"}.items()),
     ) in after
-    assert value(after, "embedhost_queue_depth_sequences", model="fake", replica="0") == 0
-    assert value(after, "embedhost_queue_capacity_sequences", model="fake", replica="0") == 4096
+    assert (
+        value(after, "embedhost_queue_depth_sequences", model="fake", version="1", replica="0") == 0
+    )
+    assert (
+        value(after, "embedhost_queue_capacity_sequences", model="fake", version="1", replica="0")
+        == 4096
+    )
     assert value(after, "embedhost_requests_in_flight") == 1  # the scrape itself
     assert value(after, "embedhost_ready") == 1
-    assert value(after, "embedhost_worker_up", model="fake", replica="0") == 1
-    assert value(after, "embedhost_worker_resident_memory_bytes", model="fake", replica="0") > 0
-    assert value(after, "embedhost_model_load_seconds", model="fake", replica="0") > 0
+    assert value(after, "embedhost_worker_up", model="fake", version="1", replica="0") == 1
+    assert (
+        value(
+            after, "embedhost_worker_resident_memory_bytes", model="fake", version="1", replica="0"
+        )
+        > 0
+    )
+    assert value(after, "embedhost_model_load_seconds", model="fake", version="1", replica="0") > 0
     info = [k for k in after if k[0] == "embedhost_model_info" and ("model", "fake") in k[1]]
     assert len(info) == 1
     labels = dict(info[0][1])
@@ -255,12 +265,12 @@ async def test_wedged_worker_is_killed_and_replaced(obs_client: httpx.AsyncClien
     r = await obs_client.post("/v1/embeddings", json={"input": "after", "model": "wedge"})
     assert r.status_code == 200
     samples = await scrape(obs_client)
-    assert value(samples, "embedhost_worker_restarts_total", model="wedge") == 1
+    assert value(samples, "embedhost_worker_restarts_total", model="wedge", version="1") == 1
     timeouts = 1 + (r_behind.status_code == 504)
     assert (
         value(samples, "embedhost_errors_total", code="worker_timeout", model="wedge") == timeouts
     )
-    assert value(samples, "embedhost_worker_up", model="wedge", replica="0") == 1
+    assert value(samples, "embedhost_worker_up", model="wedge", version="1", replica="0") == 1
 
 
 async def test_metrics_disabled() -> None:

@@ -35,7 +35,7 @@ def exported_names() -> set[str]:
         lambda: StateSnapshot(
             ready=True,
             draining=False,
-            workers=[WorkerSnapshot("m", 0, True, None)],
+            workers=[WorkerSnapshot("m", "1", 0, True, None)],
             overloaded_requests=0,
             rate_limit_storage_errors=0,
         )

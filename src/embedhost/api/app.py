@@ -420,7 +420,9 @@ def _add_observability(app: FastAPI, settings: Settings) -> None:
                 return snap
             snap.ready = registry.ready
             snap.workers = [
-                WorkerSnapshot(h.name, r.worker.replica, r.worker.state == "ready", r.worker.pid)
+                WorkerSnapshot(
+                    h.name, h.version, r.worker.replica, r.worker.state == "ready", r.worker.pid
+                )
                 for h in registry.handles.values()
                 for r in h.replicas
             ]

@@ -109,7 +109,9 @@ class ModelHandle:
                 config,
                 settings.worker,
                 replica=i,
-                observer=metrics.worker_observer(config.name, i) if metrics else None,
+                observer=metrics.worker_observer(config.name, config.version, i)
+                if metrics
+                else None,
                 retry_failed_load=not runtime,
             )
             batcher = Batcher(
@@ -118,7 +120,9 @@ class ModelHandle:
                 retry_after_s=settings.worker.retry_after_s,
                 depth=config.batching.pipeline_depth,
                 observer=(
-                    metrics.batch_observer(config.name, i, config.batching.max_queue_items)
+                    metrics.batch_observer(
+                        config.name, config.version, i, config.batching.max_queue_items
+                    )
                     if metrics
                     else None
                 ),
