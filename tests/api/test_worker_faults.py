@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 
-import pytest
-
 from tests.conftest import app_client, fake_model, make_settings
 from tests.fakes import CRASH, SLOW
 
@@ -120,7 +118,6 @@ async def test_full_queue_answers_429_fast() -> None:
         assert all(d.status_code == 200 for d in done)
 
 
-@pytest.mark.skipif(os.name != "posix", reason="signals")
 async def test_worker_runs_in_its_own_process() -> None:
     settings = make_settings([fake_model("f")])
     async with app_client(settings) as (_, client):

@@ -9,6 +9,7 @@ import yaml
 
 from embedhost.config import load_settings
 from embedhost.engines import llama_cpp, onnx
+from embedhost.engines.base import check_options
 from tests.conftest import ROOT
 
 
@@ -28,12 +29,12 @@ def test_readme_engine_examples_validate(gguf_f16: Path, onnx_dir: Path) -> None
         m["path"] = str(gguf_f16 if m["engine"] == "llama_cpp" else onnx_dir)
     settings = load_settings(None, {"models": models})
     gguf, onnx_model = settings.models
-    assert llama_cpp.check_options(gguf.engine_options) == gguf.engine_options
-    assert onnx.check_options(onnx_model.engine_options) == onnx_model.engine_options
+    assert check_options("llama_cpp", gguf.engine_options, llama_cpp.OPTIONS) == gguf.engine_options
+    assert onnx.check_onnx_options(onnx_model.engine_options) == onnx_model.engine_options
 
 
 def test_laptop_profile_uses_known_llama_cpp_options() -> None:
     settings = load_settings(ROOT / "configs" / "local_16gb.yaml", check_paths=False)
     model = settings.models[0]
     assert model.engine == "llama_cpp"
-    assert llama_cpp.check_options(model.engine_options)["n_gpu_layers"] == -1
+    assert check_options("llama_cpp", model.engine_options, llama_cpp.OPTIONS)["n_gpu_layers"] == -1

@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from embedhost.config import ModelConfig
+from embedhost.errors import ConfigError
 
 Vectors = npt.NDArray[np.float32]
 
@@ -69,3 +70,22 @@ class MissingExtra(ImportError):
         super().__init__(
             f"{package} is not installed; install it with: pip install 'embedhost[{extra}]'"
         )
+
+
+_KINDS = {int: "an integer", bool: "true or false", str: "a string", list: "a list"}
+
+
+def check_options(engine: str, options: dict[str, Any], allowed: dict[str, type]) -> dict[str, Any]:
+    """``engine_options`` checked against ``allowed`` (name -> type); the ConfigError names the key."""
+    for key, value in options.items():
+        kind = allowed.get(key)
+        if kind is None:
+            raise ConfigError(
+                f"engine_options.{key} is not a {engine} option; "
+                f"use one of {', '.join(sorted(allowed))}"
+            )
+        # bool is an int subclass: `n_ctx: true` must not pass as 1.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            what = _KINDS.get(kind, kind.__name__)
+            raise ConfigError(f"engine_options.{key} must be {what}, not {value!r}")
+    return dict(options)

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from embedhost.config import ModelConfig
-from embedhost.engines.base import EngineInfo, MissingExtra, Vectors
+from embedhost.engines.base import EngineInfo, MissingExtra, Vectors, check_options
 from embedhost.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -129,24 +129,6 @@ def _llama() -> Any:
             llama_cpp.llama_backend_init()
             _backend_ready = True
     return llama_cpp
-
-
-def check_options(options: dict[str, Any]) -> dict[str, Any]:
-    """engine_options, type-checked; raises ConfigError naming the bad key."""
-    out: dict[str, Any] = {}
-    for key, value in options.items():
-        kind = OPTIONS.get(key)
-        if kind is None:
-            raise ConfigError(
-                f"engine_options.{key} is not a llama_cpp option; "
-                f"use one of {', '.join(sorted(OPTIONS))}"
-            )
-        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-            raise ConfigError(f"engine_options.{key} must be an integer, not {value!r}")
-        if kind is bool and not isinstance(value, bool):
-            raise ConfigError(f"engine_options.{key} must be true or false, not {value!r}")
-        out[key] = value
-    return out
 
 
 def quantization_of(file_type: int | None) -> str | None:
@@ -291,7 +273,7 @@ class LlamaCppEngine:
 
     def load(self) -> EngineInfo:
         cfg = self.config
-        opts = check_options(cfg.engine_options)
+        opts = check_options("llama_cpp", cfg.engine_options, OPTIONS)
         llama = _llama()
         self._llama = llama
         if opts.get("verbose"):

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from embedhost.config import ModelConfig
-from embedhost.engines.base import EngineInfo, MissingExtra, Vectors, pad_batch
+from embedhost.engines.base import EngineInfo, MissingExtra, Vectors, check_options, pad_batch
 from embedhost.engines.transformers import read_st_config
 from embedhost.errors import ConfigError
 
@@ -63,16 +63,8 @@ def _ort() -> Any:
     return onnxruntime
 
 
-def check_options(options: dict[str, Any]) -> dict[str, Any]:
-    for key, value in options.items():
-        kind = OPTIONS.get(key)
-        if kind is None:
-            raise ConfigError(
-                f"engine_options.{key} is not an onnx option; "
-                f"use one of {', '.join(sorted(OPTIONS))}"
-            )
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ConfigError(f"engine_options.{key} must be a {kind.__name__}, not {value!r}")
+def check_onnx_options(options: dict[str, Any]) -> dict[str, Any]:
+    options = check_options("onnx", options, OPTIONS)
     level = options.get("graph_optimization_level", "all")
     if level not in OPT_LEVELS:
         raise ConfigError(
@@ -113,7 +105,7 @@ class OnnxEngine:
 
     def load(self) -> EngineInfo:
         cfg = self.config
-        opts = check_options(cfg.engine_options)
+        opts = check_onnx_options(cfg.engine_options)
         ort = _ort()
         path = cfg.resolved_path()
         file = path / str(opts.get("file", "model.onnx"))
