@@ -22,7 +22,8 @@ import yaml
 from fastapi import FastAPI
 
 from embedhost.api.app import create_app
-from embedhost.config import Settings, load_settings, resolve_model_path
+from embedhost.config import Settings, load_settings
+from embedhost.modelfiles import resolve_model_path
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_ENGINE = "plugin:tests.fakes:FakeEngine"

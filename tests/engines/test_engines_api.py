@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from embedhost.engines.llama_cpp import GGUFTokenizer
+from embedhost.tokenization import GGUFTokenizer
 from embedhost.engines.transformers import TransformersEngine
 from embedhost.tokenization import HFTokenizer
 from tests.conftest import app_client, make_settings

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from embedhost.config import ModelConfig
-from embedhost.engines.llama_cpp import GGUFTokenizer, LlamaCppEngine, quantization_mismatches
+from embedhost.engines.llama_cpp import LlamaCppEngine
+from embedhost.modelfiles import quantization_mismatches
+from embedhost.tokenization import GGUFTokenizer
 from embedhost.engines.transformers import TransformersEngine
 from embedhost.errors import ConfigError
 from embedhost.tokenization import HFTokenizer, prepare_texts

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from embedhost.config import ModelConfig
-from embedhost.engines.llama_cpp import GGUFTokenizer, LlamaCppEngine
+from embedhost.engines.llama_cpp import LlamaCppEngine
+from embedhost.tokenization import GGUFTokenizer
 from tests.engines.conftest import SENTENCES, cosine_rows
 from tests.engines.gguf_build import tiny_decoder_gguf
 

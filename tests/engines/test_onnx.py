@@ -11,7 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from embedhost.cli import cli
-from embedhost.config import ModelConfig, sha256_of
+from embedhost.config import ModelConfig
+from embedhost.modelfiles import sha256_of
 from embedhost.engines.onnx import OnnxEngine
 from embedhost.engines.transformers import TransformersEngine
 from embedhost.errors import ConfigError

@@ -10,14 +10,9 @@ import yaml
 from typer.testing import CliRunner
 
 from embedhost.cli import cli
-from embedhost.config import (
-    DEFAULT_MODEL_SHA256,
-    ModelConfig,
-    load_settings,
-    sha256_of,
-    verify_checksum,
-)
+from embedhost.config import DEFAULT_MODEL_SHA256, ModelConfig, load_settings
 from embedhost.errors import ChecksumMismatch, ConfigError
+from embedhost.modelfiles import sha256_of, verify_checksum
 
 ROOT = Path(__file__).resolve().parents[2]
 

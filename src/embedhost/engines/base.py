@@ -1,13 +1,20 @@
-"""The engine contract: load a model, embed batches of token ids, describe itself, close.
+"""The engine contract, and what several engines share.
 
-Engines run inside a worker process (see ``worker.py``), never in the API process. They
+An engine loads a model, embeds batches of token ids, describes itself and closes
+(:class:`Engine`). Also here: the sentence-transformers directory reader (pooling,
+normalize, max length; transformers and ONNX read it), the padding helper of the padded
+engines, the ``engine_options`` checker, and the missing-extra import error.
+
+Engines run inside a worker process (see ``worker/process.py``), never in the API process. They
 return pooled float32 vectors *before* normalization: the API process normalizes, so that
 per-request ``normalize`` and Matryoshka ``dimensions`` work on any engine.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -61,6 +68,34 @@ def pad_batch(batch: list[list[int]]) -> tuple[npt.NDArray[np.int64], npt.NDArra
         ids[i, : len(s)] = s
         mask[i, : len(s)] = 1
     return ids, mask
+
+
+def read_st_config(path: Path) -> dict[str, Any]:
+    """Pooling, normalize and max length from a sentence-transformers directory, if any."""
+    out: dict[str, Any] = {}
+    modules = path / "modules.json"
+    if modules.is_file():
+        mods = json.loads(modules.read_text())
+        out["normalize"] = any(m.get("type", "").endswith("Normalize") for m in mods)
+        for m in mods:
+            if m.get("type", "").endswith("Pooling"):
+                pconf = path / m.get("path", "") / "config.json"
+                if pconf.is_file():
+                    p = json.loads(pconf.read_text())
+                    if p.get("pooling_mode_cls_token"):
+                        out["pooling"] = "cls"
+                    elif p.get("pooling_mode_lasttoken"):
+                        out["pooling"] = "last"
+                    elif p.get("pooling_mode_max_tokens"):
+                        out["pooling"] = "max"
+                    else:
+                        out["pooling"] = "mean"
+    sbert = path / "sentence_bert_config.json"
+    if sbert.is_file():
+        s = json.loads(sbert.read_text())
+        if s.get("max_seq_length"):
+            out["max_tokens"] = int(s["max_seq_length"])
+    return out
 
 
 class MissingExtra(ImportError):

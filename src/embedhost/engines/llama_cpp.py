@@ -1,4 +1,4 @@
-"""GGUF models on llama.cpp (llama-cpp-python's low-level API), and the GGUF tokenizer.
+"""The llama.cpp engine: GGUF models through llama-cpp-python's low-level API (``engines/gguf.py``).
 
 :class:`LlamaCppEngine` runs in the worker. It packs several sequences into one
 ``llama_batch`` (one seq_id each) per decode and reads one pooled vector per sequence, so a
@@ -11,10 +11,6 @@ Encoder models (BERT-class, non-causal) need a whole decode in one ubatch, so fo
 ``n_ubatch`` = ``n_batch``. Decoder embedding models (Qwen-class, causal, last-token
 pooling) use a unified KV cache that is cleared before every decode.
 
-:class:`GGUFTokenizer` runs in the API process: it loads only the vocabulary
-(``vocab_only``), so the API process stays small, and tokenizes with llama.cpp's own
-tokenizer, so counting and truncation agree with what the engine sees.
-
 The GGUF metadata (architecture, dimensions, context length, pooling, ``general.file_type``)
 is shown on ``/info`` through ``EngineInfo.details``; a configured quantization or a file
 name that disagrees with ``general.file_type`` is logged as a warning and shown there too.
@@ -25,16 +21,15 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import re
-import threading
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from embedhost.config import ModelConfig
-from embedhost.engines.base import EngineInfo, MissingExtra, Vectors, check_options
+from embedhost.engines.base import EngineInfo, Vectors, check_options
+from embedhost.engines.gguf import GGUFModel, library
 from embedhost.errors import ConfigError
+from embedhost.modelfiles import quantization_mismatches, quantization_of
 
 log = logging.getLogger(__name__)
 
@@ -51,48 +46,6 @@ _MAX_SEQ = 256
 
 _POOLING_TO_LLAMA = {"none": 0, "mean": 1, "cls": 2, "last": 3, "rank": 4}
 _LLAMA_TO_POOLING = {v: k for k, v in _POOLING_TO_LLAMA.items()}
-
-# general.file_type values (llama_ftype) and their usual names in file names.
-FILE_TYPES: dict[int, str] = {
-    0: "f32",
-    1: "f16",
-    2: "q4_0",
-    3: "q4_1",
-    7: "q8_0",
-    8: "q5_0",
-    9: "q5_1",
-    10: "q2_k",
-    11: "q3_k_s",
-    12: "q3_k_m",
-    13: "q3_k_l",
-    14: "q4_k_s",
-    15: "q4_k_m",
-    16: "q5_k_s",
-    17: "q5_k_m",
-    18: "q6_k",
-    19: "iq2_xxs",
-    20: "iq2_xs",
-    21: "q2_k_s",
-    22: "iq3_xs",
-    23: "iq3_xxs",
-    24: "iq1_s",
-    25: "iq4_nl",
-    26: "iq3_s",
-    27: "iq3_m",
-    28: "iq2_s",
-    29: "iq2_m",
-    30: "iq4_xs",
-    31: "iq1_m",
-    32: "bf16",
-    36: "tq1_0",
-    37: "tq2_0",
-}
-_QUANT_IN_NAME = re.compile(
-    r"(?<![a-z0-9])("
-    + "|".join(sorted(FILE_TYPES.values(), key=len, reverse=True))
-    + r")(?![a-z0-9])",
-    re.IGNORECASE,
-)
 
 # engine_options understood by this engine (anything else is a config error, not a silent no-op).
 OPTIONS = {
@@ -111,157 +64,11 @@ OPTIONS = {
     "tokenizer": str,  # read by the API process (tokenization.load_tokenizer)
 }
 
-_lib_lock = threading.Lock()
-_backend_ready = False
-
-
-def _llama() -> Any:
-    """llama_cpp's ctypes module, imported lazily, with llama.cpp's log chatter quieted."""
-    global _backend_ready
-    try:
-        import llama_cpp
-    except ImportError:
-        raise MissingExtra("llama-cpp-python", "gguf") from None
-    with _lib_lock:
-        if not _backend_ready:
-            # llama-cpp-python prints every llama.cpp log line unless its logger says otherwise.
-            logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
-            llama_cpp.llama_backend_init()
-            _backend_ready = True
-    return llama_cpp
-
-
-def quantization_of(file_type: int | None) -> str | None:
-    if file_type is None:
-        return None
-    return FILE_TYPES.get(file_type & ~1024, f"type {file_type}")
-
-
-def quantization_mismatches(path: Path, configured: str | None, file_type: int | None) -> list[str]:
-    """Warnings when the config or the file name disagree with the file's general.file_type."""
-    actual = quantization_of(file_type)
-    if actual is None:
-        return []
-    out = []
-    if configured and configured.lower() != actual:
-        out.append(
-            f"{path.name}: quantization is configured as {configured!r} but the file's "
-            f"general.file_type says {actual!r}"
-        )
-    found = _QUANT_IN_NAME.search(path.name)
-    if found and found.group(1).lower() != actual:
-        out.append(
-            f"{path.name}: the file name says {found.group(1).lower()!r} but the file's "
-            f"general.file_type says {actual!r}"
-        )
-    return out
-
-
-class _GGUFModel:
-    """A loaded llama_model (weights, or only the vocabulary) and its metadata."""
-
-    def __init__(
-        self, path: Path, *, vocab_only: bool, params: dict[str, Any] | None = None
-    ) -> None:
-        llama = _llama()
-        self._llama = llama
-        if not path.is_file():
-            raise ConfigError(f"{path} is not a file; llama_cpp needs a .gguf file")
-        mparams = llama.llama_model_default_params()
-        mparams.vocab_only = vocab_only
-        for key, value in (params or {}).items():
-            setattr(mparams, key, value)
-        model = llama.llama_model_load_from_file(str(path).encode(), mparams)
-        if not model:
-            raise ConfigError(
-                f"{path}: llama.cpp could not load this GGUF file (see the worker log)"
-            )
-        self.ptr = model
-        self.vocab = llama.llama_model_get_vocab(model)
-        self.metadata = self._read_metadata()
-        self.n_vocab = int(llama.llama_vocab_n_tokens(self.vocab))
-        self._buf = (llama.llama_token * 1024)()
-
-    def _read_metadata(self) -> dict[str, str]:
-        llama = self._llama
-        out: dict[str, str] = {}
-        buf = ctypes.create_string_buffer(4096)
-        for i in range(int(llama.llama_model_meta_count(self.ptr))):
-            n = llama.llama_model_meta_key_by_index(self.ptr, i, buf, len(buf))
-            if n < 0:
-                continue
-            key = buf.value.decode("utf-8", "replace")
-            n = llama.llama_model_meta_val_str_by_index(self.ptr, i, buf, len(buf))
-            if n < 0:
-                continue
-            out[key] = buf.value.decode("utf-8", "replace")
-        return out
-
-    def meta_int(self, key: str) -> int | None:
-        value = self.metadata.get(key)
-        try:
-            return int(value) if value is not None else None
-        except ValueError:
-            return None
-
-    @property
-    def architecture(self) -> str:
-        return self.metadata.get("general.architecture", "?")
-
-    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
-        data = text.encode("utf-8")
-        # parse_special=False: text that looks like a special token ("[SEP]", "<|im_end|>")
-        # from a client stays text; only the model's own BOS/EOS/SEP are added.
-        n = self._llama.llama_tokenize(
-            self.vocab, data, len(data), self._buf, len(self._buf), add_special, False
-        )
-        if n < 0:
-            self._buf = (self._llama.llama_token * (-n + 16))()
-            n = self._llama.llama_tokenize(
-                self.vocab, data, len(data), self._buf, len(self._buf), add_special, False
-            )
-        return list(self._buf[:n])
-
-    def free(self) -> None:
-        if self.ptr:
-            self._llama.llama_model_free(self.ptr)
-            self.ptr = None
-
-
-class GGUFTokenizer:
-    """The model's own llama.cpp tokenizer, vocabulary only (no weights)."""
-
-    def __init__(self, path: Path) -> None:
-        self._model = _GGUFModel(path, vocab_only=True)
-        self._lock = threading.Lock()  # one token buffer per model
-        self.vocab_size = self._model.n_vocab
-        with_specials = self._model.tokenize("a", add_special=True)
-        content = self._model.tokenize("a", add_special=False)
-        self.prefix_specials, self.suffix_specials = _special_counts(with_specials, content)
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        with self._lock:
-            return [self._model.tokenize(t, add_special=True) for t in texts]
-
-    def __del__(self) -> None:
-        model = getattr(self, "_model", None)
-        if model is not None:
-            model.free()
-
-
-def _special_counts(with_specials: list[int], content: list[int]) -> tuple[int, int]:
-    """How many special tokens the model adds before and after the content."""
-    n = len(content)
-    for start in range(len(with_specials) - n + 1):
-        if with_specials[start : start + n] == content:
-            return start, len(with_specials) - start - n
-    return 0, 0
-
 
 class LlamaCppEngine:
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
-        self._model: _GGUFModel | None = None
+        self._model: GGUFModel | None = None
         self._ctx: Any = None
         self._llama: Any = None
         self._dims = 0
@@ -274,13 +81,13 @@ class LlamaCppEngine:
     def load(self) -> EngineInfo:
         cfg = self.config
         opts = check_options("llama_cpp", cfg.engine_options, OPTIONS)
-        llama = _llama()
+        llama = library()
         self._llama = llama
         if opts.get("verbose"):
             logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG)
         path = cfg.resolved_path()
         on_gpu = cfg.device != "cpu"
-        model = _GGUFModel(
+        model = GGUFModel(
             path,
             vocab_only=False,
             params={

@@ -17,37 +17,9 @@ from typing import Any
 import numpy as np
 
 from embedhost.config import ModelConfig
-from embedhost.engines.base import EngineInfo, Vectors, pad_batch
+from embedhost.engines.base import EngineInfo, Vectors, pad_batch, read_st_config
 
 log = logging.getLogger(__name__)
-
-
-def read_st_config(path: Path) -> dict[str, Any]:
-    """Pooling, normalize and max length from a sentence-transformers directory, if any."""
-    out: dict[str, Any] = {}
-    modules = path / "modules.json"
-    if modules.is_file():
-        mods = json.loads(modules.read_text())
-        out["normalize"] = any(m.get("type", "").endswith("Normalize") for m in mods)
-        for m in mods:
-            if m.get("type", "").endswith("Pooling"):
-                pconf = path / m.get("path", "") / "config.json"
-                if pconf.is_file():
-                    p = json.loads(pconf.read_text())
-                    if p.get("pooling_mode_cls_token"):
-                        out["pooling"] = "cls"
-                    elif p.get("pooling_mode_lasttoken"):
-                        out["pooling"] = "last"
-                    elif p.get("pooling_mode_max_tokens"):
-                        out["pooling"] = "max"
-                    else:
-                        out["pooling"] = "mean"
-    sbert = path / "sentence_bert_config.json"
-    if sbert.is_file():
-        s = json.loads(sbert.read_text())
-        if s.get("max_seq_length"):
-            out["max_tokens"] = int(s["max_seq_length"])
-    return out
 
 
 def cpu_has_native_bf16() -> bool:

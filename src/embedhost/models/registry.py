@@ -42,7 +42,7 @@ from embedhost.errors import (
 from embedhost.models import router
 from embedhost.models.stats import VersionStats
 from embedhost.tokenization import Tokenizer, load_tokenizer
-from embedhost.worker import EngineWorker, WorkerState
+from embedhost.worker.supervisor import EngineWorker, WorkerState
 
 if TYPE_CHECKING:
     from embedhost.metrics import Metrics

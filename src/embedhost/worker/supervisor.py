@@ -1,8 +1,8 @@
-"""The engine worker process, and its supervisor in the API process.
+"""The supervisor of one engine worker process, in the API process.
 
 Native inference code can segfault, leak or wedge. Each model replica therefore runs in its
-own process (``multiprocessing`` spawn), fed token ids over a pipe and answering float32
-vectors. The API process side, :class:`EngineWorker`:
+own process (``multiprocessing`` spawn, see :mod:`embedhost.worker.process`), fed token ids
+over a pipe and answering float32 vectors. :class:`EngineWorker`:
 
 * starts the process and waits for it to verify the checksum, load and warm up;
 * sends batches and resolves one future per batch; at most ``depth`` batches are in the
@@ -14,11 +14,6 @@ vectors. The API process side, :class:`EngineWorker`:
   ``restart_window_s`` it marks the replica failed, with the reason, instead of looping;
 * treats a batch that outlives ``batch_timeout_s`` as a wedged worker: that batch gets
   :class:`WorkerTimeout` (504), the process is killed and restarted.
-
-Protocol (pickled tuples). Parent to child: ``("embed", batch_id, [ids, ...])``,
-``("stop",)``. Child to parent: ``("phase", "verifying"|"loading"|"warming")``,
-``("ready", info)``, ``("load_failed", permanent, message)``, ``("ok", batch_id, vectors)``,
-``("error", batch_id, message)``.
 """
 
 from __future__ import annotations
@@ -28,127 +23,29 @@ import contextlib
 import logging
 import multiprocessing as mp
 import os
-import queue
 import signal
 import threading
 import time
-import traceback
 from collections import deque
 from enum import StrEnum
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
-import numpy as np
 import tenacity
 
 from embedhost.config import ModelConfig, WorkerConfig
 from embedhost.engines.base import EngineInfo, Vectors
 from embedhost.errors import (
-    ConfigError,
     EngineError,
     ModelNotReady,
     ShuttingDown,
     WorkerCrashed,
     WorkerTimeout,
 )
+from embedhost.logs import worker_log_config
+from embedhost.worker.process import worker_main
 
 log = logging.getLogger(__name__)
-
-_WARMUP_SHAPES = ((1, 8), (8, 16), (32, 16), (4, 128))
-
-
-# --------------------------------------------------------------------------------------------
-# child side
-
-
-def _warm(engine: Any, info: EngineInfo, vocab_floor: int = 1000) -> None:
-    """Run a few representative shapes so that the first real request is not the slow one."""
-    rng = np.random.default_rng(0)
-    for n, length in _WARMUP_SHAPES:
-        length = min(length, info.max_tokens)
-        batch = rng.integers(100, vocab_floor, size=(n, length)).tolist()
-        engine.embed(batch)
-
-
-def worker_main(
-    conn: Connection, config_json: str, log_config: dict[str, str] | None = None
-) -> None:
-    """Entry point of the worker process."""
-    # The API process owns shutdown: Ctrl-C in a terminal, or a SIGTERM sent to the whole
-    # process group (systemd's default), must not kill batches that the API process is
-    # still draining. The worker exits when told to, or when the pipe closes (parent gone).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from embedhost.config import verify_checksum
-    from embedhost.engines import create_engine
-
-    if log_config is not None:
-        from embedhost.logs import setup_logging
-
-        setup_logging(log_config["level"], log_config["format"], process="worker")
-    else:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s"
-        )
-    config = ModelConfig.model_validate_json(config_json)
-    try:
-        conn.send(("phase", "verifying"))
-        digest = verify_checksum(config)
-        conn.send(("phase", "loading"))
-        engine = create_engine(config)
-        info = engine.load()
-        info.details["checksum"] = digest
-        if config.warmup:
-            conn.send(("phase", "warming"))
-            _warm(engine, info)
-    except ConfigError as exc:
-        conn.send(("load_failed", True, exc.message))
-        return
-    except ImportError as exc:
-        conn.send(("load_failed", True, str(exc)))
-        return
-    except BaseException as exc:
-        conn.send(("load_failed", False, f"{type(exc).__name__}: {exc}"))
-        return
-    log.info(
-        "worker pid %d: model %s loaded (%s, %d dims, %s on %s)",
-        os.getpid(),
-        config.ref,
-        info.engine,
-        info.dims,
-        info.dtype,
-        info.device,
-    )
-    conn.send(("ready", info.to_dict()))
-
-    # A reader thread keeps the pipe drained so the API process never blocks on a send.
-    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-
-    def reader() -> None:
-        try:
-            while True:
-                inbox.put(conn.recv())
-        except (EOFError, OSError):
-            inbox.put(("stop",))
-
-    threading.Thread(target=reader, daemon=True, name="worker-reader").start()
-    while True:
-        msg = inbox.get()
-        if msg[0] == "stop":
-            break
-        _, batch_id, batch = msg
-        try:
-            vecs = engine.embed(batch)
-            conn.send(("ok", batch_id, vecs))
-        except Exception as exc:
-            log.error("batch %s failed: %s", batch_id, traceback.format_exc())
-            conn.send(("error", batch_id, f"{type(exc).__name__}: {exc}"))
-    with contextlib.suppress(Exception):
-        engine.close()
-
-
-# --------------------------------------------------------------------------------------------
-# parent side
 
 
 class WorkerState(StrEnum):
@@ -204,12 +101,10 @@ class EngineWorker:
         self._pending: dict[int, asyncio.Future[Vectors]] = {}
         self._next_id = 0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._ready_event = asyncio.Event()
         self._start_future: asyncio.Future[None] | None = None
         self._restart_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._generation = 0
-        self.ready_listeners: list[Any] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -234,8 +129,6 @@ class EngineWorker:
         self.state = WorkerState.STARTING if self.restarts == 0 else WorkerState.RESTARTING
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe(duplex=True)
-        from embedhost.logs import worker_log_config
-
         proc = ctx.Process(
             target=worker_main,
             args=(child, self.config.model_dump_json(), worker_log_config()),
@@ -306,7 +199,6 @@ class EngineWorker:
                 self.pid,
                 self.ready_at - (self.started_at or self.ready_at),
             )
-            self._ready_event.set()
             if self.observer is not None:
                 self.observer.ready(
                     self.ready_at - (self.started_at or self.ready_at), self._labels()
@@ -333,7 +225,6 @@ class EngineWorker:
                 retry_after=self.settings.retry_after_s,
             )
         )
-        self._ready_event.clear()
         if self._start_future is not None and not self._start_future.done():
             self._start_future.set_result(None)
         if self._stopping or self.state in (WorkerState.FAILED, WorkerState.STOPPED):
@@ -391,7 +282,6 @@ class EngineWorker:
     def _fail_permanently(self, reason: str) -> None:
         self.state = WorkerState.FAILED
         self.reason = reason
-        self._ready_event.clear()
         if self._start_future is not None and not self._start_future.done():
             self._start_future.set_result(None)
 

@@ -1,152 +1,12 @@
-"""The ``embedhost`` command: serve, check-config, embed, version."""
+"""Commands that call a running server over HTTP: ``embed`` and ``models ...`` (the admin API)."""
 
 from __future__ import annotations
 
 import json
-import logging
-import sys
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from embedhost import __version__
-from embedhost.errors import ConfigError
-
-cli = typer.Typer(
-    name="embedhost",
-    help="A production server for text-embedding models.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        envvar="EMBEDHOST_CONFIG",
-        help="YAML config file. Without it: the built-in default model on 127.0.0.1:8008.",
-    ),
-]
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
-@cli.command()
-def serve(
-    config: ConfigOpt = None,
-    host: Annotated[str | None, typer.Option(help="Bind address (server.host).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (server.port).")] = None,
-    log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
-) -> None:
-    """Start the HTTP server."""
-    import uvicorn
-
-    from embedhost.api.app import create_app
-    from embedhost.config import load_settings
-
-    server: dict[str, Any] = {}
-    if host is not None:
-        server["host"] = host
-    if port is not None:
-        server["port"] = port
-    if log_level is not None:
-        server["log_level"] = log_level
-    _setup_logging(log_level or "info")
-    try:
-        settings = load_settings(config, {"server": server} if server else None)
-    except ConfigError as exc:
-        typer.echo(exc.message, err=True)
-        raise typer.Exit(2) from None
-    from embedhost.logs import setup_logging
-    from embedhost.server import EmbedhostServer
-
-    setup_logging(settings.server.log_level, settings.server.log_format)
-    s = settings.server
-    try:
-        app = create_app(settings)
-        app.state.config_path = config  # SIGHUP and POST /admin/reload re-read it
-    except ConfigError as exc:
-        typer.echo(exc.message, err=True)
-        raise typer.Exit(2) from None
-    from embedhost.security import header_timeout_protocol
-
-    tls: dict[str, Any] = {}
-    if s.ssl_certfile and s.ssl_keyfile:
-        tls = {
-            "ssl_certfile": s.ssl_certfile,
-            "ssl_keyfile": s.ssl_keyfile,
-            "ssl_keyfile_password": (
-                s.ssl_keyfile_password.get_secret_value() if s.ssl_keyfile_password else None
-            ),
-        }
-    uv = uvicorn.Config(
-        app,
-        host=s.host,
-        port=s.port,
-        log_config=None,
-        log_level=s.log_level,
-        access_log=s.access_log,
-        timeout_keep_alive=int(s.timeout_keep_alive_s),
-        timeout_graceful_shutdown=int(s.graceful_shutdown_s),
-        lifespan="on",
-        # X-Forwarded-For is ours to judge (server.trusted_proxies), not uvicorn's.
-        proxy_headers=False,
-        forwarded_allow_ips=None,
-        server_header=False,
-        http=header_timeout_protocol(s.timeout_header_read_s),
-        **tls,
-    )
-    logging.getLogger(__name__).info(
-        "embedhost %s serving %s on %s://%s:%d",
-        __version__,
-        ", ".join(m.ref for m in settings.models),
-        "https" if tls else "http",
-        s.host,
-        s.port,
-    )
-    EmbedhostServer(uv, app.state, s.shutdown_delay_s).run()
-
-
-@cli.command("check-config")
-def check_config(
-    file: Annotated[Path, typer.Argument(help="YAML config file to validate.")],
-    verify_checksums: Annotated[
-        bool, typer.Option(help="Hash the model files and compare with their checksums.")
-    ] = True,
-) -> None:
-    """Validate a config file (and the model files it names) without serving."""
-    from embedhost.config import load_settings, quantization_warnings, verify_checksum
-
-    _setup_logging("warning")
-    try:
-        settings = load_settings(file)
-        if verify_checksums:
-            for m in settings.models:
-                verify_checksum(m)
-    except ConfigError as exc:
-        typer.echo(exc.message, err=True)
-        raise typer.Exit(2) from None
-    for w in quantization_warnings(settings):
-        typer.echo(f"warning: {w}", err=True)
-    for note in _serve_time_notes(settings):
-        typer.echo(f"note: {note}", err=True)
-    typer.echo(
-        f"{file}: OK ({len(settings.models)} model(s): "
-        + ", ".join(f"{m.ref} [{m.engine}]" for m in settings.models)
-        + ")"
-    )
-
-
-@cli.command()
 def embed(
     texts: Annotated[list[str], typer.Argument(help="Texts to embed.")],
     url: Annotated[str, typer.Option(help="Server base URL.")] = "http://127.0.0.1:8008",
@@ -169,103 +29,12 @@ def embed(
         raise typer.Exit(1)
 
 
-def _serve_time_notes(settings: Any) -> list[str]:
-    """What ``serve`` will need on the machine it runs on (keys, a keys file, a Redis URL):
-    reported, not failed, because the machine checking a file is often not that one."""
-    from embedhost.security import all_keys, serve_time_problems
-
-    notes: list[str] = []
-    try:
-        keys = all_keys(settings)
-    except ConfigError as exc:
-        notes.append(f"serve will refuse to start here: {exc.message}")
-        keys = None
-    notes += [f"serve will refuse to start here: {p}" for p in serve_time_problems(settings, keys)]
-    return notes
-
-
-keys_cli = typer.Typer(help="API keys: create them (the config stores only their hashes).")
-cli.add_typer(keys_cli, name="keys")
-
-
-@keys_cli.command("create")
-def keys_create(
-    name: Annotated[str, typer.Option("--name", help="The key's id: in logs, metrics, limits.")],
-    scopes: Annotated[
-        str, typer.Option("--scopes", help="Comma-separated: embed, admin, metrics.")
-    ] = "embed",
-    models: Annotated[
-        str | None, typer.Option("--models", help="Comma-separated models it may use (all).")
-    ] = None,
-) -> None:
-    """Create a key: print it once, and the config entry (its hash) to add."""
-    import yaml
-    from pydantic import ValidationError
-
-    from embedhost.security import new_key_entry
-
-    scope_list = [x.strip() for x in scopes.split(",") if x.strip()]
-    model_list = [x.strip() for x in models.split(",") if x.strip()] if models else None
-    try:
-        key, entry = new_key_entry(name, scope_list, model_list)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        typer.echo(f"invalid key: {problems}", err=True)
-        raise typer.Exit(2) from None
-    data = entry.model_dump(exclude_none=True, exclude_defaults=False)
-    data.pop("revoked", None)
-    typer.echo("API key (shown once; store it in your secret manager):\n")
-    typer.echo(f"  {key}\n")
-    typer.echo("Add this entry under auth.keys in the config, or to the auth.keys_file list:\n")
-    typer.echo(yaml.safe_dump([data], sort_keys=False).rstrip())
-    typer.echo("\nor in the environment (a JSON list; join several entries):\n")
-    typer.echo(f"  EMBEDHOST_API_KEYS='{json.dumps([data])}'")
-
-
-@cli.command()
-def version() -> None:
-    """Print the version."""
-    typer.echo(__version__)
-
-
-def main() -> None:
-    cli()
-
-
-@cli.command("export-onnx")
-def export_onnx_cmd(
-    hf_dir: Annotated[
-        str, typer.Argument(help="Hugging Face model directory (or pkg:PYTHON_PACKAGE).")
-    ],
-    out_dir: Annotated[Path, typer.Argument(help="Output directory, servable by engine onnx.")],
-    optimize: Annotated[
-        bool, typer.Option(help="Run ONNX Runtime's transformer optimizer on the export.")
-    ] = False,
-    opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 18,
-) -> None:
-    """Export a Hugging Face model to ONNX (model.onnx + tokenizer + pooling config)."""
-    from embedhost.config import resolve_model_path, sha256_of
-    from embedhost.engines.onnx import export_onnx
-
-    _setup_logging("warning")
-    try:
-        target = export_onnx(resolve_model_path(hf_dir), out_dir, optimize=optimize, opset=opset)
-    except (ConfigError, FileNotFoundError, ImportError) as exc:
-        typer.echo(getattr(exc, "message", str(exc)), err=True)
-        raise typer.Exit(2) from None
-    typer.echo(f"wrote {target} (sha256:{sha256_of(target)})")
-    typer.echo(f"serve it with: engine: onnx, path: {out_dir}")
-
-
 # --- embedhost models ... : the admin API over HTTP --------------------------------------
 
 models_cli = typer.Typer(
     help="Model versions on a running server: list, load, promote, rollback, unload, split.",
     no_args_is_help=True,
 )
-cli.add_typer(models_cli, name="models")
 
 UrlOpt = Annotated[str, typer.Option(envvar="EMBEDHOST_URL", help="Server base URL.")]
 KeyOpt = Annotated[

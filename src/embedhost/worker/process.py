@@ -1,0 +1,121 @@
+"""The worker process (child side): verify the checksum, load the engine, warm it up,
+then embed the batches the supervisor sends until told to stop.
+
+Protocol (pickled tuples). Parent to child: ``("embed", batch_id, [ids, ...])``,
+``("stop",)``. Child to parent: ``("phase", "verifying"|"loading"|"warming")``,
+``("ready", info)``, ``("load_failed", permanent, message)``, ``("ok", batch_id, vectors)``,
+``("error", batch_id, message)``.
+
+This module is the spawned process's entry point: it imports the engine (and so torch,
+llama.cpp or ONNX Runtime) only inside :func:`worker_main`, in the child.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import signal
+import threading
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+from embedhost.config import ModelConfig
+from embedhost.engines import create_engine
+from embedhost.engines.base import EngineInfo
+from embedhost.errors import ConfigError
+from embedhost.logs import setup_logging
+from embedhost.modelfiles import verify_checksum
+
+log = logging.getLogger(__name__)
+
+_WARMUP_SHAPES = ((1, 8), (8, 16), (32, 16), (4, 128))
+
+
+# --------------------------------------------------------------------------------------------
+# child side
+
+
+def _warm(engine: Any, info: EngineInfo, vocab_floor: int = 1000) -> None:
+    """Run a few representative shapes so that the first real request is not the slow one."""
+    rng = np.random.default_rng(0)
+    for n, length in _WARMUP_SHAPES:
+        length = min(length, info.max_tokens)
+        batch = rng.integers(100, vocab_floor, size=(n, length)).tolist()
+        engine.embed(batch)
+
+
+def worker_main(
+    conn: Connection, config_json: str, log_config: dict[str, str] | None = None
+) -> None:
+    """Entry point of the worker process."""
+    # The API process owns shutdown: Ctrl-C in a terminal, or a SIGTERM sent to the whole
+    # process group (systemd's default), must not kill batches that the API process is
+    # still draining. The worker exits when told to, or when the pipe closes (parent gone).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if log_config is not None:
+        setup_logging(log_config["level"], log_config["format"], process="worker")
+    else:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s"
+        )
+    config = ModelConfig.model_validate_json(config_json)
+    try:
+        conn.send(("phase", "verifying"))
+        digest = verify_checksum(config)
+        conn.send(("phase", "loading"))
+        engine = create_engine(config)
+        info = engine.load()
+        info.details["checksum"] = digest
+        if config.warmup:
+            conn.send(("phase", "warming"))
+            _warm(engine, info)
+    except ConfigError as exc:
+        conn.send(("load_failed", True, exc.message))
+        return
+    except ImportError as exc:
+        conn.send(("load_failed", True, str(exc)))
+        return
+    except BaseException as exc:
+        conn.send(("load_failed", False, f"{type(exc).__name__}: {exc}"))
+        return
+    log.info(
+        "worker pid %d: model %s loaded (%s, %d dims, %s on %s)",
+        os.getpid(),
+        config.ref,
+        info.engine,
+        info.dims,
+        info.dtype,
+        info.device,
+    )
+    conn.send(("ready", info.to_dict()))
+
+    # A reader thread keeps the pipe drained so the API process never blocks on a send.
+    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def reader() -> None:
+        try:
+            while True:
+                inbox.put(conn.recv())
+        except (EOFError, OSError):
+            inbox.put(("stop",))
+
+    threading.Thread(target=reader, daemon=True, name="worker-reader").start()
+    while True:
+        msg = inbox.get()
+        if msg[0] == "stop":
+            break
+        _, batch_id, batch = msg
+        try:
+            vecs = engine.embed(batch)
+            conn.send(("ok", batch_id, vecs))
+        except Exception as exc:
+            log.error("batch %s failed: %s", batch_id, traceback.format_exc())
+            conn.send(("error", batch_id, f"{type(exc).__name__}: {exc}"))
+    with contextlib.suppress(Exception):
+        engine.close()
