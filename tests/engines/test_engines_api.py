@@ -11,9 +11,8 @@ import httpx
 import numpy as np
 import pytest
 
-from embedhost.tokenization import GGUFTokenizer
 from embedhost.engines.transformers import TransformersEngine
-from embedhost.tokenization import HFTokenizer
+from embedhost.tokenization import GGUFTokenizer, HFTokenizer
 from tests.conftest import app_client, make_settings
 from tests.engines.conftest import SENTENCES, cosine_rows
 from tests.engines.crashing import TRIGGER

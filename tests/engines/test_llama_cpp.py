@@ -11,11 +11,10 @@ import pytest
 
 from embedhost.config import ModelConfig
 from embedhost.engines.llama_cpp import LlamaCppEngine
-from embedhost.modelfiles import quantization_mismatches
-from embedhost.tokenization import GGUFTokenizer
 from embedhost.engines.transformers import TransformersEngine
 from embedhost.errors import ConfigError
-from embedhost.tokenization import HFTokenizer, prepare_texts
+from embedhost.modelfiles import quantization_mismatches
+from embedhost.tokenization import GGUFTokenizer, HFTokenizer, prepare_texts
 from tests.engines.conftest import SENTENCES, cosine_rows
 
 

@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from embedhost.cli import cli
 from embedhost.config import ModelConfig
-from embedhost.modelfiles import sha256_of
 from embedhost.engines.onnx import OnnxEngine
 from embedhost.engines.transformers import TransformersEngine
 from embedhost.errors import ConfigError
+from embedhost.modelfiles import sha256_of
 from embedhost.tokenization import HFTokenizer
 from tests.engines.conftest import SENTENCES, cosine_rows
 

@@ -9,8 +9,7 @@ import pytest
 from sentence_transformers import SentenceTransformer
 
 from embedhost.config import ModelConfig
-from embedhost.engines.base import Vectors
-from embedhost.engines.base import read_st_config
+from embedhost.engines.base import Vectors, read_st_config
 from embedhost.engines.transformers import TransformersEngine, resolve_dtype
 from embedhost.tokenization import HFTokenizer, prepare_texts
 

@@ -101,6 +101,7 @@ def check_config(
         + ")"
     )
 
+
 def _serve_time_notes(settings: Any) -> list[str]:
     """What ``serve`` will need on the machine it runs on (keys, a keys file, a Redis URL):
     reported, not failed, because the machine checking a file is often not that one."""
@@ -114,6 +115,7 @@ def _serve_time_notes(settings: Any) -> list[str]:
         keys = None
     notes += [f"serve will refuse to start here: {p}" for p in serve_time_problems(settings, keys)]
     return notes
+
 
 keys_cli = typer.Typer(help="API keys: create them (the config stores only their hashes).")
 
@@ -152,9 +154,11 @@ def keys_create(
     typer.echo("\nor in the environment (a JSON list; join several entries):\n")
     typer.echo(f"  EMBEDHOST_API_KEYS='{json.dumps([data])}'")
 
+
 def version() -> None:
     """Print the version."""
     typer.echo(__version__)
+
 
 def export_onnx_cmd(
     hf_dir: Annotated[
@@ -178,5 +182,3 @@ def export_onnx_cmd(
         raise typer.Exit(2) from None
     typer.echo(f"wrote {target} (sha256:{sha256_of(target)})")
     typer.echo(f"serve it with: engine: onnx, path: {out_dir}")
-
-

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+
 def embed(
     texts: Annotated[list[str], typer.Argument(help="Texts to embed.")],
     url: Annotated[str, typer.Option(help="Server base URL.")] = "http://127.0.0.1:8008",

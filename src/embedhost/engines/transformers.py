@@ -9,7 +9,6 @@ it) and float32 elsewhere.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
