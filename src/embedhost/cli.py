@@ -77,7 +77,7 @@ def serve(
     except ConfigError as exc:
         typer.echo(exc.message, err=True)
         raise typer.Exit(2) from None
-    from embedhost.security import header_timeout_protocol
+    from embedhost.server import header_timeout_protocol
 
     tls: dict[str, Any] = {}
     if s.ssl_certfile and s.ssl_keyfile:
@@ -172,7 +172,8 @@ def embed(
 def _serve_time_notes(settings: Any) -> list[str]:
     """What ``serve`` will need on the machine it runs on (keys, a keys file, a Redis URL):
     reported, not failed, because the machine checking a file is often not that one."""
-    from embedhost.security import all_keys, serve_time_problems
+    from embedhost.security.admission import serve_time_problems
+    from embedhost.security.keys import all_keys
 
     notes: list[str] = []
     try:
@@ -202,7 +203,7 @@ def keys_create(
     import yaml
     from pydantic import ValidationError
 
-    from embedhost.security import new_key_entry
+    from embedhost.security.keys import new_key_entry
 
     scope_list = [x.strip() for x in scopes.split(",") if x.strip()]
     model_list = [x.strip() for x in models.split(",") if x.strip()] if models else None

@@ -25,7 +25,7 @@ from embedhost.engines.base import Vectors
 from embedhost.errors import EmbedhostError, InvalidRequest, PayloadTooLarge
 from embedhost.models.registry import ModelHandle, ModelRegistry
 from embedhost.protocol import Truncate
-from embedhost.security import Admission
+from embedhost.security.admission import Admission
 from embedhost.tokenization import Policy, Tokenized, prepare_ids, prepare_texts
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from fastapi import Depends, FastAPI, Request
 
 from embedhost.api.app import create_app
 from embedhost.api.deps import require_scope
-from embedhost.security import new_key_entry
+from embedhost.security.keys import new_key_entry
 from tests.conftest import app_client, fake_model, make_settings, wait_ready
 from tests.fakes import SLOW
 

@@ -37,10 +37,14 @@ from embedhost.errors import EmbedhostError, Overloaded, error_body, status_for
 from embedhost.metrics import Metrics, StateSnapshot, WorkerSnapshot
 from embedhost.models.lifecycle import install_sighup
 from embedhost.models.registry import ModelRegistry
-from embedhost.security import RATE_LIMIT_HEADERS, UNLIMITED_PATHS, Admission, Security
+from embedhost.security.admission import Admission, Security
+from embedhost.security.ratelimit import RATE_LIMIT_HEADERS
 from embedhost.service import EmbeddingService
 
 log = logging.getLogger(__name__)
+
+# Probes must answer while the server is saturated.
+UNLIMITED_PATHS = frozenset({"/health", "/ready", "/metrics"})
 
 
 def _json_error(
@@ -301,7 +305,7 @@ class ConcurrencyLimitMiddleware:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 admission = state.get("admission")
-                rl = admission.state.get("ratelimit") if isinstance(admission, Admission) else None
+                rl = admission.ratelimit if isinstance(admission, Admission) else None
                 if rl is not None:
                     present = {n.lower() for n, _ in message.get("headers", ())}
                     extra = [

@@ -10,8 +10,8 @@ from fastapi.security import APIKeyHeader, HTTPBearer
 
 from embedhost.config import SCOPES, Scope, Settings
 from embedhost.models.registry import ModelRegistry
-from embedhost.security import Admission
-from embedhost.security import Security as SecurityLayer
+from embedhost.security.admission import Admission
+from embedhost.security.admission import Security as SecurityLayer
 from embedhost.service import EmbeddingService
 
 # Dependencies are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in a
@@ -39,7 +39,8 @@ ServiceDep = Annotated[EmbeddingService, Depends(get_service)]
 
 
 # Declared for the OpenAPI schema (so /docs and generated clients know how to send a key);
-# the header parsing itself is ``security.presented_key``, which also refuses other schemes.
+# the header parsing itself is ``security.keys.presented_key``, which also refuses other
+# schemes.
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <key>")
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: <key>")
 
