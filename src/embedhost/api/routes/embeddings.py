@@ -6,10 +6,7 @@ is most of a response's cost on the hot path; the response models document them.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -19,7 +16,6 @@ from fastapi.responses import Response
 
 from embedhost.api.deps import AdmissionDep, ServiceDep, require_scope
 from embedhost.api.observability import note_inputs, timing_headers
-from embedhost.batching import Ticket
 from embedhost.errors import InvalidRequest
 from embedhost.protocol import (
     EmbeddingRequest,
@@ -28,7 +24,7 @@ from embedhost.protocol import (
     EmbedResponse,
     ErrorResponse,
 )
-from embedhost.service import EmbedResult
+from embedhost.service import EmbedOptions, EmbedResult
 
 router = APIRouter()
 
@@ -37,25 +33,15 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-@contextlib.asynccontextmanager
-async def watch_disconnect(request: Request, ticket: Ticket) -> AsyncIterator[None]:
-    """Mark the ticket gone if the client disconnects while its request waits.
+async def _client_gone(request: Request) -> None:
+    """Returns once the client has disconnected.
 
     Once the body is read, the server's ``receive`` only returns to say the client left.
     """
-
-    async def watcher() -> None:
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                ticket.gone = True
-                return
-
-    task = asyncio.get_running_loop().create_task(watcher())
-    try:
-        yield
-    finally:
-        task.cancel()
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
 
 
 def _as_batch(inp: str | list[str] | list[int] | list[list[int]]) -> list[str] | list[list[int]]:
@@ -103,16 +89,13 @@ async def create_embeddings(
     inputs = _as_batch(body.input)
     handle = service.resolve(body.model, routing_key(request, body.user))
     note_inputs(request, handle.name, inputs)
-    ticket = Ticket()
-    async with watch_disconnect(request, ticket):
-        result = await service.embed(
-            handle,
-            inputs,
-            truncate=body.truncate,
-            dimensions=body.dimensions,
-            ticket=ticket,
-            admission=admission,
-        )
+    result = await service.embed(
+        handle,
+        inputs,
+        EmbedOptions(truncate=body.truncate, dimensions=body.dimensions),
+        admission=admission,
+        disconnected=lambda: _client_gone(request),
+    )
     vecs = result.vectors
     data: list[dict[str, Any]]
     if body.encoding_format == "base64":
@@ -157,17 +140,13 @@ async def embed(
     texts = [body.text] if body.text is not None else list(body.texts or [])
     handle = service.resolve(body.model, routing_key(request))
     note_inputs(request, handle.name, texts)
-    ticket = Ticket()
-    async with watch_disconnect(request, ticket):
-        result = await service.embed(
-            handle,
-            texts,
-            truncate=body.truncate,
-            dimensions=body.dimensions,
-            normalize=body.normalize,
-            ticket=ticket,
-            admission=admission,
-        )
+    result = await service.embed(
+        handle,
+        texts,
+        EmbedOptions(truncate=body.truncate, dimensions=body.dimensions, normalize=body.normalize),
+        admission=admission,
+        disconnected=lambda: _client_gone(request),
+    )
     vecs: np.ndarray[Any, Any] = result.vectors
     total = result.tokens.total
     payload = {
