@@ -174,10 +174,6 @@ class Security:
         self.keys = KeyStore(keys)
         self.trusted = parse_networks(settings.server.trusted_proxies)
         self.limiter = RateLimiter(settings.rate_limits)
-        self.in_flight = 0
-        """Requests in flight under ``limits.max_concurrent_requests`` (for metrics)."""
-        self.overloaded = 0
-        """Requests refused with 503 for concurrency since start (for metrics)."""
         auth, host = settings.auth, settings.server.host
         self.enforce = auth.enabled and self.keys.active > 0
         if self.enforce:
