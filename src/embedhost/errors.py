@@ -68,10 +68,6 @@ class ModelNotFound(InvalidRequest):
     code = "model_not_found"
 
 
-class NotFound(InvalidRequest):
-    code = "not_found"
-
-
 class MethodNotAllowed(InvalidRequest):
     code = "method_not_allowed"
 
@@ -88,10 +84,6 @@ class Forbidden(EmbedhostError):
 
     type = "permission_error"
     code = "insufficient_permissions"
-
-
-class RequestTimeout(InvalidRequest):
-    code = "request_timeout"
 
 
 class ClientGone(EmbedhostError):
@@ -164,11 +156,6 @@ class EngineError(EmbedhostError):
     code = "engine_error"
 
 
-class ModelLoadError(EmbedhostError):
-    type = "server_error"
-    code = "model_load_failed"
-
-
 # --- model lifecycle (admin API) ------------------------------------------------------------
 
 
@@ -199,13 +186,11 @@ STATUS: dict[type[EmbedhostError], int] = {
     InputTooLong: 413,
     PayloadTooLarge: 413,
     ModelNotFound: 404,
-    NotFound: 404,
     MethodNotAllowed: 405,
     ClientGone: 499,
     QueueFull: 429,
     Unauthorized: 401,
     Forbidden: 403,
-    RequestTimeout: 408,
     RateLimited: 429,
     Overloaded: 503,
     RateLimiterUnavailable: 503,
@@ -214,7 +199,6 @@ STATUS: dict[type[EmbedhostError], int] = {
     ShuttingDown: 503,
     WorkerTimeout: 504,
     EngineError: 500,
-    ModelLoadError: 503,
     Conflict: 409,
     VersionLoadFailed: 422,
     InsufficientMemory: 507,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, TextIO
+from typing import TextIO
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
@@ -127,8 +127,3 @@ def _add_process(kind: str) -> Processor:
 def worker_log_config() -> dict[str, str] | None:
     """The level and format this process was set up with, for the worker processes it spawns."""
     return dict(_current) if _current is not None else None
-
-
-def get_logger(name: str) -> Any:
-    """A structlog logger writing through the stdlib pipeline."""
-    return structlog.stdlib.get_logger(name)

@@ -1,4 +1,5 @@
-"""The uvicorn server: its configuration, and embedhost's shutdown sequence.
+"""The uvicorn server: its configuration (:func:`run`), embedhost's shutdown sequence, and
+the HTTP protocol with a header-read timeout for slow clients (:func:`header_timeout_protocol`).
 
 On SIGTERM (or SIGINT):
 
@@ -15,6 +16,7 @@ On SIGTERM (or SIGINT):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from types import FrameType
@@ -26,7 +28,6 @@ from starlette.datastructures import State
 
 from embedhost import __version__
 from embedhost.config import Settings
-from embedhost.security import header_timeout_protocol
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,52 @@ class EmbedhostServer(uvicorn.Server):
         if self._exit_at is not None and time.monotonic() >= self._exit_at:
             self.should_exit = True
         return await super().on_tick(counter)
+
+
+def header_timeout_protocol(timeout_s: float) -> type[Any] | str:
+    """uvicorn's httptools protocol, closing connections that do not finish sending a
+    request's headers within ``timeout_s`` (slowloris). uvicorn has no such timeout of its
+    own: its keep-alive timer stops as soon as the first byte of a request arrives."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # httptools missing: uvicorn's h11 protocol, without the timeout
+        log.warning("httptools is not installed: no header-read timeout for slow clients")
+        return "auto"
+
+    class HeaderTimeoutProtocol(HttpToolsProtocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def _arm_header_timer(self) -> None:
+            if self._header_timer is None:
+                self._header_timer = self.loop.call_later(timeout_s, self._header_timed_out)
+
+        def _disarm_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _header_timed_out(self) -> None:
+            self._header_timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm_header_timer()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm_header_timer()
+
+        def on_headers_complete(self) -> None:
+            self._disarm_header_timer()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm_header_timer()
+            super().connection_lost(exc)
+
+    return HeaderTimeoutProtocol
 
 
 def run(app: FastAPI, settings: Settings) -> None:

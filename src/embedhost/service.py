@@ -7,6 +7,14 @@ lease on the version for the whole call (a retiring version drains until none is
 counts the call on the version's stats, and, when the model has a shadow version, sends
 a copy of the texts there in the background: only the shadow's latency and its cosine
 agreement with the answer are recorded, the client never waits for it or sees it.
+
+How to embed is one :class:`EmbedOptions` value (truncation, ``dimensions``,
+normalization); who is asking is the ``admission`` (its allowed models and token budget).
+The service makes the batch :class:`~embedhost.batching.Ticket` of each call itself. The
+caller, which alone knows its transport, may pass ``disconnected``: an awaitable factory
+that returns once the client has gone (for HTTP, the server's ``receive`` saying
+``http.disconnect``). The service awaits it in a task for the length of the call and marks
+the ticket gone when it returns, so the batcher skips what nobody will read.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,7 +34,7 @@ from embedhost.engines.base import Vectors
 from embedhost.errors import EmbedhostError, InvalidRequest, PayloadTooLarge
 from embedhost.models.registry import ModelHandle, ModelRegistry
 from embedhost.protocol import Truncate
-from embedhost.security import Admission
+from embedhost.security.admission import Admission
 from embedhost.tokenization import Policy, Tokenized, prepare_ids, prepare_texts
 
 log = logging.getLogger(__name__)
@@ -36,6 +45,19 @@ if TYPE_CHECKING:
 # Below this many characters, tokenizing inline costs less than a hop to a thread
 # (tens of microseconds); above it, the Rust tokenizer runs in a thread, off the loop.
 _INLINE_CHARS = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedOptions:
+    """How to embed, as the request asks (None: the model's configured behaviour)."""
+
+    truncate: Truncate | None = None
+    dimensions: int | None = None
+    """Keep the first ``dimensions`` of each vector (Matryoshka)."""
+    normalize: bool | None = None
+
+
+_DEFAULT = EmbedOptions()
 
 
 @dataclass(slots=True)
@@ -66,34 +88,33 @@ class EmbeddingService:
         self,
         handle: ModelHandle,
         inputs: list[str] | list[list[int]],
+        options: EmbedOptions = _DEFAULT,
         *,
-        truncate: Truncate | None = None,
-        dimensions: int | None = None,
-        normalize: bool | None = None,
-        ticket: Ticket | None = None,
         admission: Admission | None = None,
+        disconnected: Callable[[], Awaitable[object]] | None = None,
     ) -> EmbedResult:
         """``admission`` (from ``require_scope``): the key's allowed models are checked once
-        the model is resolved, and its token budget is charged once the tokens are counted."""
-        if admission is not None:
-            admission.check_model(handle.name)
-        start = time.perf_counter()
-        with handle.lease():
-            try:
-                result = await self._embed(
-                    handle,
-                    inputs,
-                    truncate=truncate,
-                    dimensions=dimensions,
-                    normalize=normalize,
-                    ticket=ticket,
-                    admission=admission,
-                )
-            except EmbedhostError as exc:
-                handle.stats.error(exc.code)
-                raise
-            handle.stats.ok(time.perf_counter() - start, len(inputs), result.tokens.total)
-        self._mirror(handle, inputs, result, dimensions)
+        the model is resolved, and its token budget is charged once the tokens are counted.
+        ``disconnected``: see the module docstring."""
+        ticket = Ticket()
+        watcher = None
+        if disconnected is not None:
+            watcher = asyncio.get_running_loop().create_task(_mark_gone(ticket, disconnected))
+        try:
+            if admission is not None:
+                admission.check_model(handle.name)
+            start = time.perf_counter()
+            with handle.lease():
+                try:
+                    result = await self._embed(handle, inputs, options, ticket, admission)
+                except EmbedhostError as exc:
+                    handle.stats.error(exc.code)
+                    raise
+                handle.stats.ok(time.perf_counter() - start, len(inputs), result.tokens.total)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+        self._mirror(handle, inputs, result, options.dimensions)
         return result
 
     def _mirror(
@@ -124,9 +145,8 @@ class EmbeddingService:
         start = time.perf_counter()
         try:
             with target.lease():
-                shadow = await self._embed(
-                    target, texts, dimensions=dimensions, normalize=True, ticket=Ticket()
-                )
+                options = EmbedOptions(dimensions=dimensions, normalize=True)
+                shadow = await self._embed(target, texts, options, Ticket())
         except Exception as exc:
             target.stats.shadow_errors += 1
             log.debug("shadow %s failed: %s", target.ref, exc)
@@ -143,13 +163,11 @@ class EmbeddingService:
         self,
         handle: ModelHandle,
         inputs: list[str] | list[list[int]],
-        *,
-        truncate: Truncate | None = None,
-        dimensions: int | None = None,
-        normalize: bool | None = None,
-        ticket: Ticket | None = None,
+        options: EmbedOptions,
+        ticket: Ticket,
         admission: Admission | None = None,
     ) -> EmbedResult:
+        dimensions = options.dimensions
         if not inputs:
             raise InvalidRequest("input must not be empty", param="input")
         if len(inputs) > self.limits.max_inputs_per_request:
@@ -166,7 +184,7 @@ class EmbeddingService:
                 f"dimensions={dimensions} is larger than this model's {info.dims}",
                 param="dimensions",
             )
-        policy = _policy(handle.config.truncation, truncate)
+        policy = _policy(handle.config.truncation, options.truncate)
         t_tok = time.monotonic()
         if self.tracing is None:
             tokens = await self._tokenize(handle, inputs, info.max_tokens, policy)
@@ -183,7 +201,6 @@ class EmbeddingService:
             )
         if admission is not None:
             await admission.charge_tokens(tokens.total)
-        ticket = ticket or Ticket()
         futures = replica.batcher.submit(tokens.ids, ticket)
         t_submit = time.monotonic()
         try:
@@ -206,7 +223,7 @@ class EmbeddingService:
         vectors = np.stack(results)  # type: ignore[arg-type]
         if dimensions is not None and dimensions < vectors.shape[1]:
             vectors = vectors[:, :dimensions]
-        do_norm = info.normalize if normalize is None else normalize
+        do_norm = info.normalize if options.normalize is None else options.normalize
         if do_norm:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             vectors = vectors / np.maximum(norms, 1e-12)
@@ -238,6 +255,11 @@ class EmbeddingService:
             )
         seqs: list[list[int]] = inputs
         return prepare_ids(handle.tokenizer, seqs, max_tokens, policy)
+
+
+async def _mark_gone(ticket: Ticket, disconnected: Callable[[], Awaitable[object]]) -> None:
+    await disconnected()
+    ticket.gone = True
 
 
 def _policy(configured: Policy, requested: Truncate | None) -> Policy:

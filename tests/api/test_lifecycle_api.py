@@ -13,7 +13,7 @@ import pytest
 import pytest_asyncio
 
 from embedhost.api.app import create_app
-from embedhost.security import new_key_entry
+from embedhost.security.keys import new_key_entry
 from tests.conftest import MINILM, app_client, fake_model, make_settings, wait_ready
 
 ADMIN, ADMIN_E = new_key_entry("ops", ["embed", "admin"])

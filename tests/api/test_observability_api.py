@@ -12,7 +12,7 @@ import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from embedhost.security import new_key_entry
+from embedhost.security.keys import new_key_entry
 from tests.conftest import app_client, fake_model, make_settings
 from tests.fakes import HANG, RAISE
 

@@ -14,7 +14,8 @@ from fastapi import Depends, FastAPI, Request
 
 from embedhost.api.app import create_app
 from embedhost.api.deps import require_scope
-from embedhost.security import new_key_entry
+from embedhost.api.record import record_of
+from embedhost.security.keys import new_key_entry
 from tests.conftest import app_client, fake_model, make_settings, wait_ready
 from tests.fakes import SLOW
 
@@ -40,7 +41,7 @@ def add_probe_routes(app: FastAPI) -> None:
     """Routes as the admin and metrics branches declare them, and one that shows key_id."""
 
     async def whoami(request: Request) -> dict[str, Any]:
-        return {"key_id": request.state.key_id}
+        return {"key_id": record_of(request).key_id}
 
     app.add_api_route("/t/admin", whoami, dependencies=[Depends(require_scope("admin"))])
     app.add_api_route("/t/metrics", whoami, dependencies=[Depends(require_scope("metrics"))])
@@ -391,8 +392,8 @@ async def test_concurrency_limit_fast_503() -> None:
         err = assert_error(r, 503, "server_error", "server_overloaded")
         assert "limit of 1 concurrent requests" in err["message"]
         assert r.headers["retry-after"] == "2"
-        assert app.state.security.overloaded >= 1
-        assert app.state.security.in_flight == 1
+        assert app.state.concurrency.overloaded >= 1
+        assert app.state.concurrency.in_flight == 1
         # Probes still answer.
         assert (await client.get("/health")).status_code == 200
         assert (await slow).status_code == 200

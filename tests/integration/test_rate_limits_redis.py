@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from embedhost.config import Settings
-from embedhost.security import new_key_entry
+from embedhost.security.keys import new_key_entry
 from tests.conftest import app_client, fake_model, make_settings
 from tests.integration.conftest import RedisServer, start_redis
 

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from schemathesis.core.warnings import SchemathesisWarning
 
-from embedhost.security import new_key_entry
+from embedhost.security.keys import new_key_entry
 from tests.conftest import ROOT, LiveServer, fake_model, free_port, start_server, stop_server
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""security.py and its config: keys, hashing, header parsing, client addresses, the start
+"""security/ and its config: keys, hashing, header parsing, client addresses, the start
 rule, JSON depth, the keys CLI."""
 
 from __future__ import annotations
@@ -12,22 +12,24 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from embedhost.api.app import json_too_deep
+from embedhost.api.limits import json_too_deep
 from embedhost.cli import cli
 from embedhost.config import ApiKeyConfig, load_settings
 from embedhost.errors import ConfigError, Unauthorized
-from embedhost.security import (
-    KeyStore,
+from embedhost.security.admission import (
     Security,
-    all_keys,
     client_address,
+    is_loopback,
+    parse_networks,
+    serve_time_problems,
+)
+from embedhost.security.keys import (
+    KeyStore,
+    all_keys,
     generate_key,
     hash_key,
-    is_loopback,
     new_key_entry,
-    parse_networks,
     presented_key,
-    serve_time_problems,
 )
 from tests.conftest import ROOT, fake_model
 

@@ -1,4 +1,5 @@
-"""Dependencies: the objects the lifespan put on ``app.state``, typed for the routes."""
+"""Dependencies: the objects the lifespan put on ``app.state``, and the admitted request,
+typed for the routes."""
 
 from __future__ import annotations
 
@@ -8,19 +9,15 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPBearer
 
-from embedhost.config import SCOPES, Scope, Settings
+from embedhost.api.record import record_of
+from embedhost.config import SCOPES, Scope
 from embedhost.models.registry import ModelRegistry
-from embedhost.security import Admission
-from embedhost.security import Security as SecurityLayer
+from embedhost.security.admission import Admission
+from embedhost.security.admission import Security as SecurityLayer
 from embedhost.service import EmbeddingService
 
 # Dependencies are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in a
 # thread pool, a thread hop per dependency per request on the hot path.
-
-
-async def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
 
 
 async def get_registry(request: Request) -> ModelRegistry:
@@ -33,13 +30,13 @@ async def get_service(request: Request) -> EmbeddingService:
     return service
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 ServiceDep = Annotated[EmbeddingService, Depends(get_service)]
 
 
 # Declared for the OpenAPI schema (so /docs and generated clients know how to send a key);
-# the header parsing itself is ``security.presented_key``, which also refuses other schemes.
+# the header parsing itself is ``security.keys.presented_key``, which also refuses other
+# schemes.
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <key>")
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: <key>")
 
@@ -49,12 +46,12 @@ def get_security(request: Request) -> SecurityLayer:
     return security
 
 
-def require_scope(scope: str) -> Callable[..., Awaitable[None]]:
+def require_scope(scope: str) -> Callable[..., Awaitable[Admission]]:
     """A dependency that admits a request only when its API key holds ``scope``.
 
     401 without a valid key, 403 without the scope, 429 over the key's or the address's
-    request budget. Puts the key id on ``request.state.key_id`` (None when the server runs
-    without keys) and the :class:`Admission` on ``request.state.admission``.
+    request budget. Its value is the :class:`Admission` (key None when the server runs
+    without keys), also noted on the request's record for the metrics and the log line.
     """
     if scope not in SCOPES:
         raise ValueError(f"unknown scope {scope!r}; one of {', '.join(SCOPES)}")
@@ -64,21 +61,18 @@ def require_scope(scope: str) -> Callable[..., Awaitable[None]]:
         request: Request,
         _bearer_doc: Annotated[object, Security(_bearer)] = None,
         _key_doc: Annotated[object, Security(_api_key_header)] = None,
-    ) -> None:
+    ) -> Admission:
         security = get_security(request)
         admission = await security.admit(
             request.scope, request.headers, request.query_params, required
         )
-        request.state.admission = admission
-        request.state.key_id = admission.key_id
+        record_of(request).admission = admission
+        return admission
 
     return dependency
 
 
-async def get_admission(request: Request) -> Admission | None:
-    """The admitted request's key and budgets (set by ``require_scope``), for the service."""
-    admission: Admission | None = getattr(request.state, "admission", None)
-    return admission
-
-
-AdmissionDep = Annotated[Admission | None, Depends(get_admission)]
+EmbedAdmission = Annotated[Admission, Depends(require_scope("embed"))]
+"""The admitted request of a route that needs the ``embed`` scope. Take it as a parameter
+instead of listing ``require_scope("embed")`` in the route's ``dependencies`` (both would
+be two dependencies, admitting, and charging, the request twice)."""

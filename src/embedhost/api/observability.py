@@ -8,9 +8,12 @@ included, carries ``X-Request-Id``. The id is the client's ``X-Request-Id`` when
 (1 to 128 characters of ``A-Z a-z 0-9 . _ : + = / -``), otherwise a new UUID. It is bound in
 structlog's context for every line logged while the request is served.
 
-Routes leave what they know in ``request.state`` (``model``, ``embed_result``, input counts;
-``key_id`` comes from the API-key dependency); the middleware turns it into metrics and
-one log line after the response, so the embedding path itself only sets attributes.
+The middleware creates the request's :class:`~embedhost.api.record.RequestRecord`;
+routes and dependencies fill it in (the admission and key id from ``require_scope``; the
+model, input counts and result from the embedding routes, through :func:`note_inputs` and
+:func:`timing_headers`; the error from the error handler), and the middleware turns it into
+metrics, one log line and the span's attributes after the response, so the embedding path
+itself only sets fields.
 """
 
 from __future__ import annotations
@@ -25,10 +28,13 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from fastapi import Request
-from starlette.datastructures import State
+from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from embedhost.errors import EmbedhostError, RateLimited
+from embedhost.api.errors import send_error
+from embedhost.api.limits import PROBE_PATHS
+from embedhost.api.record import RequestRecord, record_of
+from embedhost.errors import RateLimited
 from embedhost.metrics import ANONYMOUS
 
 if TYPE_CHECKING:
@@ -40,8 +46,6 @@ log = logging.getLogger(__name__)
 access = structlog.stdlib.get_logger("embedhost.access")
 
 _SANE_ID = re.compile(rb"[A-Za-z0-9._:+=/-]{1,128}")
-# Probes and scrapes arrive every few seconds; their lines are debug-level noise.
-_QUIET_ROUTES = frozenset({"/health", "/ready", "/metrics"})
 # Error responses produced outside the EmbedhostError handler, by status.
 _STATUS_CODES = {
     404: "not_found",
@@ -71,9 +75,11 @@ def _route(scope: Scope) -> str:
 
 
 class ObservabilityMiddleware:
-    def __init__(self, app: ASGIApp, state: State) -> None:
+    """Reads settings, metrics and tracing from the state of the app it serves
+    (``scope["app"]``): tracing only exists once the lifespan has started."""
+
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.state = state  # the FastAPI app's state: settings, metrics, tracing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -81,9 +87,8 @@ class ObservabilityMiddleware:
             return
         t0 = time.monotonic()
         rid = request_id_from(scope.get("headers", []))
-        rstate: dict[str, Any] = scope.setdefault("state", {})
-        rstate["request_id"] = rid
-        rstate["request_start"] = t0
+        record = RequestRecord(request_id=rid, start=t0)
+        scope.setdefault("state", {})["record"] = record
         rid_header = (b"x-request-id", rid.encode("ascii"))
         status = 500
         started = False
@@ -96,8 +101,9 @@ class ObservabilityMiddleware:
                 message = {**message, "headers": [*message.get("headers", ()), rid_header]}
             await send(message)
 
-        metrics: Metrics | None = getattr(self.state, "metrics", None)
-        tracing: Tracing | None = getattr(self.state, "tracing", None)
+        app: Starlette = scope["app"]
+        metrics: Metrics | None = getattr(app.state, "metrics", None)
+        tracing: Tracing | None = getattr(app.state, "tracing", None)
         bound = structlog.contextvars.bind_contextvars(request_id=rid)
         if metrics is not None:
             metrics.in_flight.inc()
@@ -112,12 +118,9 @@ class ObservabilityMiddleware:
                         "unhandled error on %s %s", scope.get("method"), scope.get("path")
                     )
                     status = 500
-                    rstate["error_code"] = "internal_error"
-                    rstate.pop("error", None)
+                    record.error_code = "internal_error"
+                    record.error = None
                     if not started:
-                        # (app.py imports this module; its sender is imported when needed.)
-                        from embedhost.api.app import send_error
-
                         await send_error(
                             send_with_id,
                             500,
@@ -127,12 +130,12 @@ class ObservabilityMiddleware:
                             {},
                         )
                 if span is not None and tracing is not None:
-                    self._end_span(tracing, span, scope, rstate, status)
+                    self._end_span(tracing, span, scope, record, status)
         finally:
             if metrics is not None:
                 metrics.in_flight.dec()
             try:
-                self._finish(scope, rstate, status, time.monotonic() - t0, metrics)
+                self._finish(app, scope, record, status, time.monotonic() - t0, metrics)
             finally:
                 structlog.contextvars.reset_contextvars(**bound)
 
@@ -154,7 +157,7 @@ class ObservabilityMiddleware:
 
     @staticmethod
     def _end_span(
-        tracing: Tracing, span: Any, scope: Scope, rstate: dict[str, Any], status: int
+        tracing: Tracing, span: Any, scope: Scope, record: RequestRecord, status: int
     ) -> None:
         route = _route(scope)
         span.update_name(f"{scope.get('method', 'HTTP')} {route}")
@@ -162,42 +165,41 @@ class ObservabilityMiddleware:
         span.set_attribute("http.route", route)
         span.set_attribute("url.path", str(scope.get("path", "")))
         span.set_attribute("http.response.status_code", status)
-        span.set_attribute("embedhost.request_id", rstate["request_id"])
-        if rstate.get("model"):
-            span.set_attribute("embedhost.model", rstate["model"])
-        result = rstate.get("embed_result")
+        span.set_attribute("embedhost.request_id", record.request_id)
+        if record.model:
+            span.set_attribute("embedhost.model", record.model)
+        result = record.embed_result
         if result is not None:
             span.set_attribute("embedhost.tokens", result.tokens.total)
             span.set_attribute("embedhost.inputs", len(result.tokens.counts))
         if status >= 500:
             tracing.set_error(span, f"HTTP {status}")
 
+    @staticmethod
     def _finish(
-        self,
+        app: Starlette,
         scope: Scope,
-        rstate: dict[str, Any],
+        record: RequestRecord,
         status: int,
         seconds: float,
         metrics: Metrics | None,
     ) -> None:
-        settings = self.state.settings
+        settings = app.state.settings
         route = _route(scope)
         method = str(scope.get("method", ""))
-        model = str(rstate.get("model") or "")
-        err: EmbedhostError | None = rstate.get("error")
-        # A key over its own budget is refused before request.state.key_id is set.
+        model = record.model or ""
+        err = record.error
+        # A key over its own budget is refused before it is admitted (no record.key_id).
         key_id = str(
-            rstate.get("key_id")
-            or (err.key_id if isinstance(err, RateLimited) else None)
-            or ANONYMOUS
+            record.key_id or (err.key_id if isinstance(err, RateLimited) else None) or ANONYMOUS
         )
         label_key = key_id if settings.metrics.key_id_label else ""
-        quiet = route in _QUIET_ROUTES
-        error_code = err.code if err is not None else rstate.get("error_code")
+        quiet = route in PROBE_PATHS
+        error_code = err.code if err is not None else record.error_code
         if error_code is None and status >= 400 and not quiet:
             # (A 503 from /ready while loading or draining is an answer, not an error.)
             error_code = _STATUS_CODES.get(status, f"http_{status}")
-        result: EmbedResult | None = rstate.get("embed_result")
+        result = record.embed_result
         if metrics is not None:
             metrics.observe_request(
                 route=route,
@@ -235,17 +237,17 @@ class ObservabilityMiddleware:
             fields["client"] = client[0]
         if error_code is not None:
             fields["error"] = error_code
-        if "inputs" in rstate:
-            fields["inputs"] = rstate["inputs"]
-            fields["input_chars"] = rstate.get("input_chars")
+        if record.inputs is not None:
+            fields["inputs"] = record.inputs
+            fields["input_chars"] = record.input_chars
         if result is not None:
             fields["tokens"] = result.tokens.total
             fields["truncated"] = sum(result.tokens.truncated)
             fields["tokenize_ms"] = round(result.tokenize_s * 1000, 3)
             fields["queue_ms"] = round(result.queue_s * 1000, 3)
             fields["inference_ms"] = round(result.inference_s * 1000, 3)
-        if "input_texts" in rstate:
-            fields["input_texts"] = rstate["input_texts"]
+        if record.input_texts is not None:
+            fields["input_texts"] = record.input_texts
         if quiet:
             access.debug("request", **fields)
         elif status >= 500:
@@ -259,15 +261,15 @@ class ObservabilityMiddleware:
 
 def note_inputs(request: Request, model: str, inputs: list[str] | list[list[int]]) -> None:
     """Record the resolved model and the inputs' size (texts only with ``logs.log_inputs``)."""
-    st = request.state
-    st.model = model
-    st.inputs = len(inputs)
+    record = record_of(request)
+    record.model = model
+    record.inputs = len(inputs)
     if inputs and isinstance(inputs[0], str):
-        st.input_chars = sum(len(t) for t in inputs)
+        record.input_chars = sum(len(t) for t in inputs)
         if request.app.state.settings.logs.log_inputs:
-            st.input_texts = list(inputs)
+            record.input_texts = list(inputs)
     else:
-        st.input_chars = None
+        record.input_chars = None
 
 
 TIMING_HEADERS = (
@@ -282,13 +284,11 @@ TIMING_HEADERS = (
 
 def timing_headers(request: Request, result: EmbedResult) -> dict[str, str]:
     """X-Tokenization/Queue/Inference/Total-Time-Ms of one embedding response."""
-    request.state.embed_result = result
-    headers = {
+    record = record_of(request)
+    record.embed_result = result
+    return {
         "X-Tokenization-Time-Ms": f"{result.tokenize_s * 1000:.3f}",
         "X-Queue-Time-Ms": f"{result.queue_s * 1000:.3f}",
         "X-Inference-Time-Ms": f"{result.inference_s * 1000:.3f}",
+        "X-Total-Time-Ms": f"{(time.monotonic() - record.start) * 1000:.3f}",
     }
-    start = getattr(request.state, "request_start", None)
-    if start is not None:
-        headers["X-Total-Time-Ms"] = f"{(time.monotonic() - start) * 1000:.3f}"
-    return headers

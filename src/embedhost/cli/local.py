@@ -105,7 +105,8 @@ def check_config(
 def _serve_time_notes(settings: Any) -> list[str]:
     """What ``serve`` will need on the machine it runs on (keys, a keys file, a Redis URL):
     reported, not failed, because the machine checking a file is often not that one."""
-    from embedhost.security import all_keys, serve_time_problems
+    from embedhost.security.admission import serve_time_problems
+    from embedhost.security.keys import all_keys
 
     notes: list[str] = []
     try:
@@ -135,7 +136,7 @@ def keys_create(
     from pydantic import ValidationError
 
     from embedhost.config import validation_problems
-    from embedhost.security import new_key_entry
+    from embedhost.security.keys import new_key_entry
 
     scope_list = [x.strip() for x in scopes.split(",") if x.strip()]
     model_list = [x.strip() for x in models.split(",") if x.strip()] if models else None

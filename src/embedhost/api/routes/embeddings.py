@@ -1,25 +1,26 @@
 """Embedding routes: ``POST /v1/embeddings`` (OpenAI-compatible) and ``POST /embed`` (native).
 
-Responses are written straight to bytes with orjson (numpy rows serialize natively), which
-is most of a response's cost on the hot path; the response models document them.
+Each route parses its body and shapes its payload; :func:`_embed_response` does the rest,
+the same for both: resolve the model, note the inputs on the request's record, call the
+service (which watches for the client going away), and answer with the model and timing
+headers. Responses are written straight to bytes with orjson (numpy rows serialize
+natively), which is most of a response's cost on the hot path; the response models
+document them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from embedhost.api.deps import AdmissionDep, ServiceDep, require_scope
+from embedhost.api.deps import EmbedAdmission, ServiceDep
 from embedhost.api.observability import note_inputs, timing_headers
-from embedhost.batching import Ticket
 from embedhost.errors import InvalidRequest
 from embedhost.protocol import (
     EmbeddingRequest,
@@ -28,7 +29,8 @@ from embedhost.protocol import (
     EmbedResponse,
     ErrorResponse,
 )
-from embedhost.service import EmbedResult
+from embedhost.security.admission import Admission
+from embedhost.service import EmbeddingService, EmbedOptions, EmbedResult
 
 router = APIRouter()
 
@@ -37,25 +39,15 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-@contextlib.asynccontextmanager
-async def watch_disconnect(request: Request, ticket: Ticket) -> AsyncIterator[None]:
-    """Mark the ticket gone if the client disconnects while its request waits.
+async def _client_gone(request: Request) -> None:
+    """Returns once the client has disconnected.
 
     Once the body is read, the server's ``receive`` only returns to say the client left.
     """
-
-    async def watcher() -> None:
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                ticket.gone = True
-                return
-
-    task = asyncio.get_running_loop().create_task(watcher())
-    try:
-        yield
-    finally:
-        task.cancel()
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
 
 
 def _as_batch(inp: str | list[str] | list[int] | list[list[int]]) -> list[str] | list[list[int]]:
@@ -67,26 +59,49 @@ def _as_batch(inp: str | list[str] | list[int] | list[list[int]]) -> list[str] |
     return inp  # type: ignore[return-value]
 
 
-def routing_key(request: Request, user: str | None = None) -> str:
+def routing_key(admission: Admission, user: str | None = None) -> str:
     """Who is asking, for sticky A/B splits: the API key (and, within it, the ``user`` the
-    key's application names), else ``user``, else the client address.
-
-    ``request.state.key_id`` is set by API-key authentication; None without keys."""
-    key_id = getattr(request.state, "key_id", None)
+    key's application names), else ``user``, else the client address (which honours
+    ``server.trusted_proxies``)."""
+    key_id = admission.key_id
     if key_id:
         return f"key:{key_id}" + (f"\x00user:{user}" if user else "")
     if user:
         return f"user:{user}"
-    # The admission's address honours server.trusted_proxies (X-Forwarded-For).
-    admission = getattr(request.state, "admission", None)
-    address = getattr(admission, "address", None) or (
-        request.client.host if request.client is not None else "unknown"
+    return f"addr:{admission.address}"
+
+
+async def _embed_response(
+    request: Request,
+    service: EmbeddingService,
+    admission: Admission,
+    *,
+    model: str | None,
+    user: str | None,
+    inputs: list[str] | list[list[int]],
+    options: EmbedOptions,
+    payload: Callable[[EmbedResult], dict[str, Any]],
+) -> Response:
+    """Embed ``inputs`` with the model ``model`` names for this caller and answer with
+    ``payload(result)``."""
+    handle = service.resolve(model, routing_key(admission, user))
+    note_inputs(request, handle.name, inputs)
+    result = await service.embed(
+        handle,
+        inputs,
+        options,
+        admission=admission,
+        disconnected=lambda: _client_gone(request),
     )
-    return f"addr:{address}"
-
-
-def _headers(result: EmbedResult) -> dict[str, str]:
-    return {"X-Embedhost-Model": f"{result.model.name}@{result.model.version}"}
+    body = orjson.dumps(payload(result), option=orjson.OPT_SERIALIZE_NUMPY)
+    return Response(
+        body,
+        media_type="application/json",
+        headers={
+            "X-Embedhost-Model": f"{result.model.name}@{result.model.version}",
+            **timing_headers(request, result),
+        },
+    )
 
 
 @router.post(
@@ -95,49 +110,44 @@ def _headers(result: EmbedResult) -> dict[str, str]:
     responses=_ERRORS,
     summary="Create embeddings (OpenAI-compatible)",
     tags=["embeddings"],
-    dependencies=[Depends(require_scope("embed"))],
 )
 async def create_embeddings(
-    body: EmbeddingRequest, request: Request, service: ServiceDep, admission: AdmissionDep
+    admission: EmbedAdmission, body: EmbeddingRequest, request: Request, service: ServiceDep
 ) -> Response:
-    inputs = _as_batch(body.input)
-    handle = service.resolve(body.model, routing_key(request, body.user))
-    note_inputs(request, handle.name, inputs)
-    ticket = Ticket()
-    async with watch_disconnect(request, ticket):
-        result = await service.embed(
-            handle,
-            inputs,
-            truncate=body.truncate,
-            dimensions=body.dimensions,
-            ticket=ticket,
-            admission=admission,
-        )
-    vecs = result.vectors
-    data: list[dict[str, Any]]
-    if body.encoding_format == "base64":
-        le = vecs.astype("<f4", copy=False)
-        data = [
-            {
-                "object": "embedding",
-                "index": i,
-                "embedding": base64.b64encode(le[i].tobytes()).decode(),
-            }
-            for i in range(len(le))
-        ]
-    else:
-        data = [{"object": "embedding", "index": i, "embedding": vecs[i]} for i in range(len(vecs))]
-    total = result.tokens.total
-    payload = {
-        "object": "list",
-        "data": data,
-        "model": body.model or handle.name,
-        "usage": {"prompt_tokens": total, "total_tokens": total},
-    }
-    return Response(
-        orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY),
-        media_type="application/json",
-        headers={**_headers(result), **timing_headers(request, result)},
+    def payload(result: EmbedResult) -> dict[str, Any]:
+        vecs = result.vectors
+        data: list[dict[str, Any]]
+        if body.encoding_format == "base64":
+            le = vecs.astype("<f4", copy=False)
+            data = [
+                {
+                    "object": "embedding",
+                    "index": i,
+                    "embedding": base64.b64encode(le[i].tobytes()).decode(),
+                }
+                for i in range(len(le))
+            ]
+        else:
+            data = [
+                {"object": "embedding", "index": i, "embedding": vecs[i]} for i in range(len(vecs))
+            ]
+        total = result.tokens.total
+        return {
+            "object": "list",
+            "data": data,
+            "model": body.model or result.model.name,
+            "usage": {"prompt_tokens": total, "total_tokens": total},
+        }
+
+    return await _embed_response(
+        request,
+        service,
+        admission,
+        model=body.model,
+        user=body.user,
+        inputs=_as_batch(body.input),
+        options=EmbedOptions(truncate=body.truncate, dimensions=body.dimensions),
+        payload=payload,
     )
 
 
@@ -147,40 +157,35 @@ async def create_embeddings(
     responses=_ERRORS,
     summary="Embed texts (native API)",
     tags=["embeddings"],
-    dependencies=[Depends(require_scope("embed"))],
 )
 async def embed(
-    body: EmbedRequest, request: Request, service: ServiceDep, admission: AdmissionDep
+    admission: EmbedAdmission, body: EmbedRequest, request: Request, service: ServiceDep
 ) -> Response:
     if (body.text is None) == (body.texts is None):
         raise InvalidRequest("give exactly one of 'text' or 'texts'", param="text")
-    texts = [body.text] if body.text is not None else list(body.texts or [])
-    handle = service.resolve(body.model, routing_key(request))
-    note_inputs(request, handle.name, texts)
-    ticket = Ticket()
-    async with watch_disconnect(request, ticket):
-        result = await service.embed(
-            handle,
-            texts,
-            truncate=body.truncate,
-            dimensions=body.dimensions,
-            normalize=body.normalize,
-            ticket=ticket,
-            admission=admission,
-        )
-    vecs: np.ndarray[Any, Any] = result.vectors
-    total = result.tokens.total
-    payload = {
-        "model": handle.name,
-        "version": handle.version,
-        "dimensions": int(vecs.shape[1]),
-        "embeddings": vecs,
-        "tokens": result.tokens.counts,
-        "truncated": result.tokens.truncated,
-        "usage": {"prompt_tokens": total, "total_tokens": total},
-    }
-    return Response(
-        orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY),
-        media_type="application/json",
-        headers={**_headers(result), **timing_headers(request, result)},
+
+    def payload(result: EmbedResult) -> dict[str, Any]:
+        vecs: np.ndarray[Any, Any] = result.vectors
+        total = result.tokens.total
+        return {
+            "model": result.model.name,
+            "version": result.model.version,
+            "dimensions": int(vecs.shape[1]),
+            "embeddings": vecs,
+            "tokens": result.tokens.counts,
+            "truncated": result.tokens.truncated,
+            "usage": {"prompt_tokens": total, "total_tokens": total},
+        }
+
+    return await _embed_response(
+        request,
+        service,
+        admission,
+        model=body.model,
+        user=None,
+        inputs=[body.text] if body.text is not None else list(body.texts or []),
+        options=EmbedOptions(
+            truncate=body.truncate, dimensions=body.dimensions, normalize=body.normalize
+        ),
+        payload=payload,
     )

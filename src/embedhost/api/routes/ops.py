@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from embedhost import __version__
-from embedhost.api.deps import AdmissionDep, RegistryDep, require_scope
+from embedhost.api.deps import EmbedAdmission, RegistryDep, require_scope
 from embedhost.protocol import ErrorResponse, ModelCard, ModelList
 
 router = APIRouter()
@@ -99,11 +99,10 @@ async def info(request: Request, registry: RegistryDep) -> dict[str, Any]:
     "/v1/models",
     tags=["ops"],
     summary="List models (OpenAI-compatible)",
-    dependencies=[Depends(require_scope("embed"))],
     responses=_AUTH_ERRORS,
 )
-async def list_models(registry: RegistryDep, admission: AdmissionDep) -> ModelList:
-    allowed = admission.key.models if admission and admission.key else None
+async def list_models(admission: EmbedAdmission, registry: RegistryDep) -> ModelList:
+    allowed = admission.key.models if admission.key else None
     # Each name (with the version that serves it), then the other ready versions, pinnable
     # as name@version.
     cards = [

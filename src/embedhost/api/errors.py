@@ -1,0 +1,137 @@
+"""Error responses: every error the API answers with has OpenAI's body
+``{"error": {"message", "type", "param", "code"}}``.
+
+The exception handlers turn an :class:`EmbedhostError` into that body with the status from
+``errors.STATUS`` (and its headers, Retry-After included); validation errors and unknown
+routes or methods get the same shape; anything else is a 500 whose text is logged, never
+sent. :func:`send_error` writes the same body from a raw ASGI middleware, before any
+route runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import orjson
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+from starlette.types import Send
+
+from embedhost.api.record import record_of
+from embedhost.errors import EmbedhostError, error_body, status_for
+
+log = logging.getLogger(__name__)
+
+
+def json_error(
+    status: int,
+    message: str,
+    type_: str,
+    code: str | None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    return Response(
+        orjson.dumps(error_body(message, type_, code, param)),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+async def embedhost_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, EmbedhostError)
+    record_of(request).error = exc  # for the errors metric and the request log line
+    headers = dict(exc.headers)
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    return json_error(status_for(exc), exc.message, exc.type, exc.code, exc.param, headers)
+
+
+def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
+    errors = exc.errors()
+    if not errors:
+        return "invalid request", None
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    field = loc[0] if loc else None
+    if first.get("type") == "json_invalid":
+        return "the request body is not valid JSON", None
+    if field == "input":
+        return (
+            "input must be a non-empty string, an array of strings, an array of token ids, "
+            "or an array of arrays of token ids",
+            "input",
+        )
+    if not loc and first.get("type") in ("model_attributes_type", "dict_type", "missing"):
+        return "the request body must be a JSON object", None
+    where = ".".join(loc) if loc else "body"
+    return f"{where}: {first.get('msg', 'invalid value')}", field
+
+
+async def validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    message, param = _describe_validation(exc)
+    return json_error(422, message, "invalid_request_error", "invalid_request", param)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    message = str(exc.detail) if exc.status_code != 404 else f"no route {request.url.path}"
+    headers = dict(exc.headers) if exc.headers else None
+    if exc.status_code == 405:
+        headers = {**(headers or {}), "Allow": _allowed_methods(request)}
+    return json_error(exc.status_code, message, type_, code, headers=headers)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the path's routes take: Starlette names only the first route's, which
+    is wrong when several routes (GET and DELETE of one path) share a path."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return json_error(500, "internal server error", "server_error", "internal_error")
+
+
+async def send_error(
+    send: Send, status: int, message: str, type_: str, code: str, headers: dict[str, str]
+) -> None:
+    """OpenAI's error body, sent straight from an ASGI middleware (before any route)."""
+    body = orjson.dumps(error_body(message, type_, code))
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *((k.encode(), v.encode()) for k, v in headers.items()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+Handler = Callable[[Request, Any], Coroutine[Any, Any, Response]]
+
+EXCEPTION_HANDLERS: dict[int | type[Exception], Handler] = {
+    EmbedhostError: embedhost_error,
+    RequestValidationError: validation_error,
+    StarletteHTTPException: http_error,
+    Exception: internal_error,
+}
+"""For ``FastAPI(exception_handlers=...)``."""

@@ -1,0 +1,227 @@
+"""Limits applied before a request reaches a route: body size, JSON nesting and body-read
+time (:class:`BodyLimitMiddleware`), requests in flight (:class:`ConcurrencyLimit`), and
+the ``X-RateLimit-*`` headers that tell an admitted client what is left of its budget
+(:class:`RateLimitHeadersMiddleware`; the budgets themselves are spent by
+``security/admission.py`` when ``require_scope`` admits the request).
+
+All are pure ASGI middleware: they answer with :func:`~embedhost.api.errors.send_error`
+before any route or exception handler runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from embedhost.api.errors import send_error
+from embedhost.api.record import record_in
+from embedhost.errors import Overloaded
+
+PROBE_PATHS = frozenset({"/health", "/ready", "/metrics"})
+"""Probes and scrapes: never refused for concurrency (they must answer while the server is
+saturated), and logged at debug level (they arrive every few seconds)."""
+
+
+# A JSON string (skipped whole, so brackets inside it do not count) or a bracket.
+_JSON_NESTING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+
+
+def json_too_deep(body: bytes, max_depth: int) -> bool:
+    """Whether a JSON document nests arrays/objects deeper than ``max_depth``.
+
+    Checked on the raw bytes before parsing: a parser recursing 10,000 levels deep costs
+    far more than this scan, and most bodies have too few brackets to need it at all.
+    """
+    if body.count(b"[") + body.count(b"{") <= max_depth:
+        return False
+    depth = 0
+    for m in _JSON_NESTING.finditer(body):
+        c = m.group()[0]
+        if c in b"[{":
+            depth += 1
+            if depth > max_depth:
+                return True
+        elif c in b"]}":
+            depth -= 1
+    return False
+
+
+class BodyLimitMiddleware:
+    """413 before parsing when a body is larger than ``max_body_bytes``; 400 when its JSON
+    nests deeper than ``max_json_depth``; 408 when it is not received within
+    ``timeout_body_read_s`` (a slow client holding a connection and a concurrency slot).
+
+    Checks Content-Length up front, and counts bodies (also chunked ones) as they arrive.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        max_depth: int | None = None,
+        timeout_s: float | None = None,
+    ) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.max_depth = max_depth
+        self.timeout_s = timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.max_bytes
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    await self._reject(send)
+                    return
+                break
+        if scope.get("method") not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        # Read the whole body here, within the limits, and replay it.
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                while more:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        await self._reject(send)
+                        return
+                    chunks.append(chunk)
+                    more = message.get("more_body", False)
+        except TimeoutError:
+            await self._send(
+                send,
+                408,
+                f"the request body was not received within {self.timeout_s:g} s",
+                "request_timeout",
+            )
+            return
+        body = b"".join(chunks)
+        if self.max_depth is not None and json_too_deep(body, self.max_depth):
+            await self._send(
+                send,
+                400,
+                f"the JSON body nests deeper than the limit of {self.max_depth} levels",
+                "json_too_deep",
+            )
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+    async def _reject(self, send: Send) -> None:
+        await self._send(
+            send,
+            413,
+            f"request body is larger than the limit of {self.max_bytes} bytes",
+            "payload_too_large",
+        )
+
+    async def _send(self, send: Send, status: int, message: str, code: str) -> None:
+        await send_error(
+            send, status, message, "invalid_request_error", code, {"connection": "close"}
+        )
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that yields an already-read body once, then defers to the server's."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+class ConcurrencyLimit:
+    """At most ``max_concurrent`` requests in flight (None: no limit), and the counters
+    the metrics read. Built by ``create_app`` (``app.state.concurrency``) and enforced by
+    :class:`ConcurrencyLimitMiddleware`."""
+
+    def __init__(self, max_concurrent: int | None, retry_after_s: int) -> None:
+        self.max_concurrent = max_concurrent
+        self.retry_after_s = retry_after_s
+        self.in_flight = 0
+        """Requests in flight under the limit (probes are not counted)."""
+        self.overloaded = 0
+        """Requests refused with 503 since start."""
+
+
+class ConcurrencyLimitMiddleware:
+    """An immediate 503 + Retry-After beyond the limit's ``max_concurrent`` requests in
+    flight, rather than a queue that grows until clients time out. Probes
+    (:data:`PROBE_PATHS`) are never refused."""
+
+    def __init__(self, app: ASGIApp, limit: ConcurrencyLimit) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limit = self.limit
+        if (
+            scope["type"] != "http"
+            or limit.max_concurrent is None
+            or scope.get("path") in PROBE_PATHS
+        ):
+            await self.app(scope, receive, send)
+            return
+        if limit.in_flight >= limit.max_concurrent:
+            limit.overloaded += 1
+            err = Overloaded(
+                f"the server is at its limit of {limit.max_concurrent} concurrent requests; "
+                "retry shortly",
+            )
+            retry = {"retry-after": str(limit.retry_after_s)}
+            await send_error(send, 503, err.message, err.type, err.code, retry)
+            return
+        limit.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            limit.in_flight -= 1
+
+
+class RateLimitHeadersMiddleware:
+    """Adds the ``X-RateLimit-*`` headers of an admitted request's request budget to its
+    response, whatever answers it (the route or an error handler), unless the response
+    already has them (a 429 carries the spent budget's own)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                admission = record_in(scope).admission
+                rl = admission.ratelimit if admission is not None else None
+                if rl is not None:
+                    present = {n.lower() for n, _ in message.get("headers", ())}
+                    extra = [
+                        (k.lower().encode(), v.encode())
+                        for k, v in rl.headers().items()
+                        if k.lower().encode() not in present
+                    ]
+                    message = {**message, "headers": [*message.get("headers", ()), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
