@@ -67,6 +67,7 @@ def serve(
         app.state.config_path = config  # SIGHUP and POST /admin/reload re-read it
     except ConfigError as exc:
         typer.echo(exc.message, err=True)
+        raise typer.Exit(2) from None
     from embedhost.server import run
 
     run(app, settings)
