@@ -116,7 +116,7 @@ async def apply_settings(registry: ModelRegistry, new: Settings) -> dict[str, li
     shadows, drain what it no longer names. A version whose load fails leaves the one
     it would replace serving. Versions are immutable: a changed entry under the same
     version is reported, not reloaded (give it a new version)."""
-    from embedhost.models.registry import VersionState
+    from embedhost.models.version import VersionState
 
     report: dict[str, list[str]] = {
         "loaded": [],
