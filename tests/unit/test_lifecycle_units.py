@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from embedhost.config import LifecycleConfig, ModelConfig
-from embedhost.modelfiles import verify_checksum
 from embedhost.errors import ChecksumMismatch, ConfigError, InsufficientMemory
-from embedhost.models.lifecycle import estimate_bytes, preflight
+from embedhost.modelfiles import verify_checksum
+from embedhost.models.preflight import estimate_bytes, preflight
 from embedhost.models.router import choose
 from tests.conftest import fake_model, make_settings
 

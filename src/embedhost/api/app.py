@@ -35,8 +35,8 @@ from embedhost.api.routes import metrics as metrics_routes
 from embedhost.config import Settings
 from embedhost.errors import EmbedhostError, Overloaded, error_body, status_for
 from embedhost.metrics import Metrics, StateSnapshot, WorkerSnapshot
-from embedhost.models.lifecycle import install_sighup
 from embedhost.models.registry import ModelRegistry
+from embedhost.models.reload import install_sighup
 from embedhost.security import RATE_LIMIT_HEADERS, UNLIMITED_PATHS, Admission, Security
 from embedhost.service import EmbeddingService
 

@@ -1,10 +1,15 @@
 """Loaded models: names, their versions, and the router between them.
 
-A *model* (:class:`ModelGroup`) is a name clients send. It holds one or more *versions*
-(:class:`~embedhost.models.version.ModelHandle`: tokenizer, replicas of worker + batcher,
-state, counters), one of which is *current*. A request names ``name`` (the router picks:
-the current version, or a sticky A/B slice when a split is set) or pins ``name@version``.
-An unknown name or version is a 404, never a silent fallback.
+A *model* (:class:`ModelGroup`) is a name clients send. It holds one or more versions
+(:class:`~embedhost.models.version.ModelHandle`), one of which is *current*. A request
+names ``name`` (the router picks: the current version, or a sticky A/B slice when a split
+is set) or pins ``name@version``. An unknown name or version is a 404, never a silent
+fallback.
+
+The registry owns every change to that picture, each through a method that checks it:
+load (after :func:`~embedhost.models.preflight.preflight`), promote, rollback, unload,
+split, shadow, and the few steps a config reload (:mod:`embedhost.models.reload`) takes.
+It also owns the background tasks those start, and cancels them on stop.
 
 A swap (:meth:`ModelRegistry.promote`) changes ``current`` in one step of the event loop,
 so every request is routed either before or after it; the old version then drains (see
@@ -29,6 +34,7 @@ from embedhost.errors import (
     VersionLoadFailed,
 )
 from embedhost.models import router
+from embedhost.models.preflight import check_engine, preflight
 from embedhost.models.version import DEAD, GONE, NEVER_UP, ModelHandle, VersionState
 from embedhost.tokenization import load_tokenizer
 
@@ -78,6 +84,8 @@ class ModelGroup:
 
 
 class ModelRegistry:
+    """Every served model name, the default one, and the background tasks of changes."""
+
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.groups: dict[str, ModelGroup] = {}
@@ -87,7 +95,9 @@ class ModelRegistry:
         self.metrics = metrics
         self._start_task: asyncio.Task[Any] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._reload_lock = asyncio.Lock()
+        # Held by a config reload (embedhost.models.reload) for its whole run: two reloads
+        # (SIGHUP and POST /admin/reload) never interleave their loads and promotes.
+        self.reload_lock = asyncio.Lock()
 
     def _add_configured(self, m: ModelConfig, handle: ModelHandle) -> ModelGroup:
         """The first configured version of a name is its current one."""
@@ -190,9 +200,6 @@ class ModelRegistry:
             )
         return handle
 
-    def get(self, ref: str | None) -> ModelHandle:
-        return self.route(ref, None)
-
     def shadow_for(self, served: ModelHandle) -> ModelHandle | None:
         """The ready shadow version that should get a copy of this request, if any."""
         group = self.groups.get(served.name)
@@ -236,10 +243,8 @@ class ModelRegistry:
         Refuses at once, before any process starts, when the version is already loaded,
         its path is missing, its tokenizer unreadable or it would not fit in memory.
         """
-        from embedhost.models.lifecycle import preflight
-
         self._check_loadable(config)
-        self._check_engine(config)
+        check_engine(config, self.settings)
         await asyncio.to_thread(preflight, config, self.settings.lifecycle)
         try:
             tokenizer = await asyncio.to_thread(load_tokenizer, config)
@@ -273,20 +278,6 @@ class ModelRegistry:
                 f"model {config.ref} is already loaded ({existing.status}); unload it first "
                 "or give the new one another version",
                 param="version",
-            )
-
-    def _check_engine(self, config: ModelConfig) -> None:
-        # A plugin engine is arbitrary code imported by the worker: over the admin API only
-        # when allowed, or when the configuration already uses that same engine.
-        if (
-            config.engine.startswith("plugin:")
-            and not self.settings.lifecycle.allow_plugin_engines
-            and config.engine not in {m.engine for m in self.settings.models}
-        ):
-            raise InvalidRequest(
-                f"engine {config.engine!r} is a plugin; loading plugins at run time needs "
-                "lifecycle.allow_plugin_engines: true",
-                param="engine",
             )
 
     async def _start_version(self, handle: ModelHandle, promote: bool) -> None:
@@ -385,8 +376,15 @@ class ModelRegistry:
             return None
         return self.retire(handle)
 
-    def set_split(self, name: str, weights: dict[str, float]) -> ModelGroup:
-        """A/B weights between loaded versions of ``name``; empty clears the split."""
+    def set_split(
+        self, name: str, weights: dict[str, float], *, as_configured: bool = False
+    ) -> ModelGroup:
+        """A/B weights between loaded versions of ``name``; empty clears the split.
+
+        ``as_configured``: the weights of a config file (reload), where every weight may be
+        0 (no split) and the shadow's may be 0: the schema takes both at start, and so does
+        a reload.
+        """
         group = self.group(name)
         for version, w in weights.items():
             handle = self.version(name, version)
@@ -394,9 +392,9 @@ class ModelRegistry:
                 raise Conflict(f"model {handle.ref} is {handle.status}; it cannot take traffic")
             if not w >= 0:
                 raise InvalidRequest(f"weight of {version} must be >= 0", param="weights")
-            if version == group.shadow:
+            if version == group.shadow and not (as_configured and w == 0):
                 raise Conflict(f"model {handle.ref} is the shadow; it never answers")
-        if weights and sum(weights.values()) <= 0:
+        if weights and sum(weights.values()) <= 0 and not as_configured:
             raise InvalidRequest("at least one weight must be positive", param="weights")
         group.weights = dict(weights)
         log.info("model %s: traffic split %s", name, group.weights or "cleared")
@@ -418,12 +416,26 @@ class ModelRegistry:
         log.info("model %s: shadow %s (rate %.2f)", name, version or "off", sample_rate)
         return group
 
-    async def apply(self, settings: Settings) -> dict[str, list[str]]:
-        """Make the loaded versions match a new configuration (SIGHUP, /admin/reload)."""
-        from embedhost.models.lifecycle import apply_settings
+    # -- config reload (embedhost.models.reload) ----------------------------------------------
 
-        async with self._reload_lock:
-            return await apply_settings(self, settings)
+    def adopt_config(self, new: Settings) -> None:
+        """Take a reloaded config's ``lifecycle`` section and models list (what later loads,
+        promotes and plugin checks read); every other section takes effect on restart."""
+        self.settings = self.settings.model_copy(
+            update={"lifecycle": new.lifecycle, "models": new.models}
+        )
+
+    def set_default(self, name: str) -> None:
+        """The model that requests naming none get; it must be served here."""
+        self.group(name)
+        self.default_name = name
+
+    def forget(self, name: str) -> None:
+        """Serve a name no longer: it leaves the views and the router at once. Its versions
+        are retired by the caller (they drain on their own); the default name stays."""
+        if name == self.default_name:
+            raise Conflict(f"model {name} is the default model; it stays served")
+        self.groups.pop(name, None)
 
     async def stop(self, drain_timeout: float) -> None:
         if self._start_task is not None and not self._start_task.done():
