@@ -32,7 +32,8 @@ from embedhost.batching import Ticket
 from embedhost.config import LimitsConfig
 from embedhost.engines.base import Vectors
 from embedhost.errors import EmbedhostError, InvalidRequest, PayloadTooLarge
-from embedhost.models.registry import ModelHandle, ModelRegistry
+from embedhost.models.registry import ModelRegistry
+from embedhost.models.version import ModelHandle
 from embedhost.protocol import Truncate
 from embedhost.security.admission import Admission
 from embedhost.tokenization import Policy, Tokenized, prepare_ids, prepare_texts

@@ -10,7 +10,7 @@ import pytest
 from embedhost.config import LifecycleConfig, ModelConfig
 from embedhost.errors import ChecksumMismatch, ConfigError, InsufficientMemory
 from embedhost.modelfiles import verify_checksum
-from embedhost.models.lifecycle import estimate_bytes, preflight
+from embedhost.models.preflight import estimate_bytes, preflight
 from embedhost.models.router import choose
 from tests.conftest import fake_model, make_settings
 

@@ -34,8 +34,8 @@ from embedhost.api.routes import admin, embeddings, ops
 from embedhost.api.routes import metrics as metrics_routes
 from embedhost.config import Settings
 from embedhost.metrics import Metrics, StateSnapshot, WorkerSnapshot
-from embedhost.models.lifecycle import install_sighup
 from embedhost.models.registry import ModelRegistry
+from embedhost.models.reload import install_sighup
 from embedhost.security.admission import Security
 from embedhost.security.ratelimit import RATE_LIMIT_HEADERS
 from embedhost.service import EmbeddingService

@@ -1,274 +1,47 @@
 """Loaded models: names, their versions, and the router between them.
 
-A *model* (:class:`ModelGroup`) is a name clients send. It holds one or more *versions*
-(:class:`ModelHandle`: tokenizer, replicas of worker + batcher, state, counters), one of
-which is *current*. A request names ``name`` (the router picks: the current version, or
-a sticky A/B slice when a split is set) or pins ``name@version``. An unknown name or
-version is a 404, never a silent fallback.
+A *model* (:class:`ModelGroup`) is a name clients send. It holds one or more versions
+(:class:`~embedhost.models.version.ModelHandle`), one of which is *current*. A request
+names ``name`` (the router picks: the current version, or a sticky A/B slice when a split
+is set) or pins ``name@version``. An unknown name or version is a 404, never a silent
+fallback.
 
-Version states: ``loading`` (checksum, weights), ``warming``, ``ready``, ``restarting``
-(its worker crashed and is coming back), ``draining`` (retired: the router sends it
-nothing new, it finishes what it holds), ``failed`` and ``stopped``.
+The registry owns every change to that picture, each through a method that checks it:
+load (after :func:`~embedhost.models.preflight.preflight`), promote, rollback, unload,
+split, shadow, and the few steps a config reload (:mod:`embedhost.models.reload`) takes.
+It also owns the background tasks those start, and cancels them on stop.
 
 A swap (:meth:`ModelRegistry.promote`) changes ``current`` in one step of the event loop,
-so every request is routed either before or after it; the old version then drains: the
-requests that hold a lease on it finish on its own batcher and worker (no batch ever mixes
-versions), and only then are its batchers closed and its workers stopped.
+so every request is routed either before or after it; the old version then drains (see
+:meth:`~embedhost.models.version.ModelHandle.retire`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
-import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from embedhost.batching import Batcher
 from embedhost.config import ModelConfig, Settings
-from embedhost.engines.base import EngineInfo
 from embedhost.errors import (
     Conflict,
     EmbedhostError,
     InvalidRequest,
     ModelNotFound,
-    ModelNotReady,
     VersionLoadFailed,
 )
 from embedhost.models import router
-from embedhost.models.stats import VersionStats
-from embedhost.tokenization import Tokenizer, load_tokenizer
-from embedhost.worker.supervisor import EngineWorker, WorkerState
+from embedhost.models.preflight import check_engine, preflight
+from embedhost.models.version import DEAD, GONE, NEVER_UP, ModelHandle, VersionState
+from embedhost.tokenization import load_tokenizer
 
 if TYPE_CHECKING:
     from embedhost.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-# Requests routed just before a switch take their lease within a step or two of the loop;
-# a retiring version waits this long before it counts its leases down to zero.
-_SWITCH_GRACE_S = 0.05
-
-
-class VersionState(StrEnum):
-    LOADING = "loading"
-    WARMING = "warming"
-    READY = "ready"
-    RESTARTING = "restarting"
-    DRAINING = "draining"
-    FAILED = "failed"
-    STOPPED = "stopped"
-
-
-_GONE = (VersionState.DRAINING, VersionState.STOPPED)
-_DEAD = (VersionState.FAILED, VersionState.STOPPED)
-_NEVER_UP = (VersionState.LOADING, VersionState.WARMING, VersionState.FAILED)
-
-
-@dataclass(slots=True)
-class Replica:
-    worker: EngineWorker
-    batcher: Batcher
-
-    @property
-    def load(self) -> int:
-        return self.batcher.queued + self.batcher.in_flight
-
-
-class ModelHandle:
-    """One version of one model: its tokenizer, replicas, state and counters."""
-
-    def __init__(
-        self,
-        config: ModelConfig,
-        settings: Settings,
-        *,
-        tokenizer: Tokenizer | None = None,
-        runtime: bool = False,
-        metrics: Metrics | None = None,
-    ) -> None:
-        self.config = config
-        self.settings = settings
-        self.runtime = runtime
-        self.tokenizer: Tokenizer = tokenizer or load_tokenizer(config)
-        self.created = int(time.time())
-        self.stats = VersionStats()
-        self.active = 0
-        self.shadow_in_flight = 0
-        self._retired: VersionState | None = None
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self.start_task: asyncio.Task[None] | None = None
-        self.replicas: list[Replica] = []
-        for i in range(config.replicas):
-            worker = EngineWorker(
-                config,
-                settings.worker,
-                replica=i,
-                observer=metrics.worker_observer(config.name, config.version, i)
-                if metrics
-                else None,
-                retry_failed_load=not runtime,
-            )
-            batcher = Batcher(
-                worker.embed,
-                config.batching,
-                retry_after_s=settings.worker.retry_after_s,
-                depth=config.batching.pipeline_depth,
-                observer=(
-                    metrics.batch_observer(
-                        config.name, config.version, i, config.batching.max_queue_items
-                    )
-                    if metrics
-                    else None
-                ),
-            )
-            self.replicas.append(Replica(worker, batcher))
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def version(self) -> str:
-        return self.config.version
-
-    @property
-    def ref(self) -> str:
-        return self.config.ref
-
-    @property
-    def info(self) -> EngineInfo | None:
-        for r in self.replicas:
-            if r.worker.info is not None:
-                return r.worker.info
-        return None
-
-    @property
-    def state(self) -> VersionState:
-        if self._retired is not None:
-            return self._retired
-        states = {r.worker.state for r in self.replicas}
-        if WorkerState.READY in states:
-            return VersionState.READY
-        if states == {WorkerState.FAILED}:
-            return VersionState.FAILED
-        if WorkerState.RESTARTING in states:
-            return VersionState.RESTARTING
-        if states == {WorkerState.STOPPED}:
-            return VersionState.STOPPED
-        if any(r.worker.phase == "warming" for r in self.replicas):
-            return VersionState.WARMING
-        return VersionState.LOADING
-
-    @property
-    def status(self) -> str:
-        return self.state.value
-
-    @property
-    def reason(self) -> str | None:
-        for r in self.replicas:
-            if r.worker.reason:
-                return r.worker.reason
-        return None
-
-    @property
-    def max_tokens(self) -> int:
-        info = self.info
-        if info is not None:
-            return info.max_tokens
-        return self.config.max_input_tokens or 512
-
-    async def start(self) -> None:
-        for r in self.replicas:
-            r.batcher.start()
-        await asyncio.gather(*(r.worker.start() for r in self.replicas))
-
-    def pick(self) -> Replica:
-        """The ready replica with the least queued work."""
-        ready = [r for r in self.replicas if r.worker.state is WorkerState.READY]
-        if not ready or self._retired is VersionState.STOPPED:
-            self.replicas[0].worker.check_ready()  # raises the precise reason
-            raise ModelNotReady(f"model {self.config.ref} is not ready")
-        return min(ready, key=lambda r: r.load)
-
-    @contextlib.contextmanager
-    def lease(self) -> Iterator[None]:
-        """Held by every request on this version from routing to answer; drain waits for 0."""
-        self.active += 1
-        self._idle.clear()
-        try:
-            yield
-        finally:
-            self.active -= 1
-            if self.active == 0:
-                self._idle.set()
-
-    async def retire(self, drain_timeout: float) -> None:
-        """Drain (no new work is routed here; finish what is held), then stop."""
-        if self._retired is VersionState.STOPPED:
-            return
-        self._retired = VersionState.DRAINING
-        log.info("model %s: draining (%d requests in flight)", self.ref, self.active)
-        await asyncio.sleep(_SWITCH_GRACE_S)
-        try:
-            await asyncio.wait_for(self._idle.wait(), drain_timeout)
-        except TimeoutError:
-            log.warning(
-                "model %s: %d requests still running after drain_timeout_s=%.0f; stopping",
-                self.ref,
-                self.active,
-                drain_timeout,
-            )
-        await self.stop(drain_timeout)
-        log.info("model %s: stopped", self.ref)
-
-    async def stop(self, drain_timeout: float) -> None:
-        await asyncio.gather(*(r.batcher.close(True, drain_timeout) for r in self.replicas))
-        await asyncio.gather(*(r.worker.stop() for r in self.replicas))
-        self._retired = VersionState.STOPPED
-
-    def describe(self) -> dict[str, Any]:
-        info = self.info
-        state = self.state
-        return {
-            "name": self.name,
-            "version": self.version,
-            "ref": self.ref,
-            "engine": self.config.engine,
-            "path": self.config.path,
-            "status": state.value,
-            "reason": self.reason if state is not VersionState.READY else None,
-            "dimensions": info.dims if info else None,
-            "max_input_tokens": self.max_tokens if info else self.config.max_input_tokens,
-            "truncation": self.config.truncation,
-            "pooling": info.pooling if info else self.config.pooling,
-            "normalize": info.normalize if info else self.config.normalize,
-            "dtype": info.dtype if info else self.config.dtype,
-            "device": self.config.device,
-            "quantization": self.config.quantization,
-            "checksum": self.config.checksum,
-            "loaded_at": self.created,
-            "active_requests": self.active,
-            "replicas": [
-                {
-                    "replica": r.worker.replica,
-                    "state": r.worker.state.value,
-                    "phase": r.worker.phase,
-                    "pid": r.worker.pid,
-                    "restarts": r.worker.restarts,
-                    "queued": r.batcher.queued,
-                    "in_flight": r.batcher.in_flight,
-                }
-                for r in self.replicas
-            ],
-            "stats": self.stats.snapshot(),
-            "details": info.details if info else {},
-        }
 
 
 @dataclass(slots=True)
@@ -311,6 +84,8 @@ class ModelGroup:
 
 
 class ModelRegistry:
+    """Every served model name, the default one, and the background tasks of changes."""
+
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.groups: dict[str, ModelGroup] = {}
@@ -320,7 +95,9 @@ class ModelRegistry:
         self.metrics = metrics
         self._start_task: asyncio.Task[Any] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._reload_lock = asyncio.Lock()
+        # Held by a config reload (embedhost.models.reload) for its whole run: two reloads
+        # (SIGHUP and POST /admin/reload) never interleave their loads and promotes.
+        self.reload_lock = asyncio.Lock()
 
     def _add_configured(self, m: ModelConfig, handle: ModelHandle) -> ModelGroup:
         """The first configured version of a name is its current one."""
@@ -352,7 +129,7 @@ class ModelRegistry:
         through the admin API that has not come up (yet): the instance serves what it did."""
         return all(
             g.current_handle.state is VersionState.READY
-            or (g.current_handle.runtime and g.current_handle.state in _NEVER_UP)
+            or (g.current_handle.runtime and g.current_handle.state in NEVER_UP)
             for g in self.groups.values()
         )
 
@@ -377,7 +154,7 @@ class ModelRegistry:
                 h.ref
                 for g in self.groups.values()
                 for h in g.versions.values()
-                if h.state not in _GONE
+                if h.state not in GONE
             )
         )
 
@@ -414,7 +191,7 @@ class ModelRegistry:
         if not version:
             return group.choose(key)
         handle = group.versions.get(version)
-        if handle is None or handle.state in _GONE:
+        if handle is None or handle.state in GONE:
             raise ModelNotFound(
                 f"model {ref!r} is not served here"
                 + (" (retired)" if handle is not None else "")
@@ -422,9 +199,6 @@ class ModelRegistry:
                 param="model",
             )
         return handle
-
-    def get(self, ref: str | None) -> ModelHandle:
-        return self.route(ref, None)
 
     def shadow_for(self, served: ModelHandle) -> ModelHandle | None:
         """The ready shadow version that should get a copy of this request, if any."""
@@ -469,10 +243,8 @@ class ModelRegistry:
         Refuses at once, before any process starts, when the version is already loaded,
         its path is missing, its tokenizer unreadable or it would not fit in memory.
         """
-        from embedhost.models.lifecycle import preflight
-
         self._check_loadable(config)
-        self._check_engine(config)
+        check_engine(config, self.settings)
         await asyncio.to_thread(preflight, config, self.settings.lifecycle)
         try:
             tokenizer = await asyncio.to_thread(load_tokenizer, config)
@@ -501,25 +273,11 @@ class ModelRegistry:
     def _check_loadable(self, config: ModelConfig) -> None:
         group = self.groups.get(config.name)
         existing = group.versions.get(config.version) if group else None
-        if existing is not None and existing.state not in _DEAD:
+        if existing is not None and existing.state not in DEAD:
             raise Conflict(
                 f"model {config.ref} is already loaded ({existing.status}); unload it first "
                 "or give the new one another version",
                 param="version",
-            )
-
-    def _check_engine(self, config: ModelConfig) -> None:
-        # A plugin engine is arbitrary code imported by the worker: over the admin API only
-        # when allowed, or when the configuration already uses that same engine.
-        if (
-            config.engine.startswith("plugin:")
-            and not self.settings.lifecycle.allow_plugin_engines
-            and config.engine not in {m.engine for m in self.settings.models}
-        ):
-            raise InvalidRequest(
-                f"engine {config.engine!r} is a plugin; loading plugins at run time needs "
-                "lifecycle.allow_plugin_engines: true",
-                param="engine",
             )
 
     async def _start_version(self, handle: ModelHandle, promote: bool) -> None:
@@ -539,7 +297,7 @@ class ModelRegistry:
         state = handle.state
         if state is VersionState.FAILED:
             raise VersionLoadFailed(f"model {handle.ref} failed to load: {handle.reason}")
-        if state in _GONE:
+        if state in GONE:
             raise Conflict(f"model {handle.ref} was unloaded while it loaded")
         return handle
 
@@ -595,7 +353,7 @@ class ModelRegistry:
             self.promote(name, previous.version)
             # promote() pushed the version we left; a second rollback returns to it.
             return previous
-        if previous.state in _DEAD:
+        if previous.state in DEAD:
             group.history.pop()
             return await self.load(previous.config, promote=True)
         raise Conflict(f"model {previous.ref} is {previous.status}; retry when it settles")
@@ -612,24 +370,31 @@ class ModelRegistry:
         if group.current == version:
             # The only version of a name loaded at run time: the name goes with it.
             self.groups.pop(name, None)
-        if handle.state in _DEAD:
+        if handle.state in DEAD:
             group.versions.pop(version, None)
             self.spawn(handle.stop(0), name=f"stop-{handle.ref}")
             return None
         return self.retire(handle)
 
-    def set_split(self, name: str, weights: dict[str, float]) -> ModelGroup:
-        """A/B weights between loaded versions of ``name``; empty clears the split."""
+    def set_split(
+        self, name: str, weights: dict[str, float], *, as_configured: bool = False
+    ) -> ModelGroup:
+        """A/B weights between loaded versions of ``name``; empty clears the split.
+
+        ``as_configured``: the weights of a config file (reload), where every weight may be
+        0 (no split) and the shadow's may be 0: the schema takes both at start, and so does
+        a reload.
+        """
         group = self.group(name)
         for version, w in weights.items():
             handle = self.version(name, version)
-            if handle.state in _GONE or handle.state is VersionState.FAILED:
+            if handle.state in GONE or handle.state is VersionState.FAILED:
                 raise Conflict(f"model {handle.ref} is {handle.status}; it cannot take traffic")
             if not w >= 0:
                 raise InvalidRequest(f"weight of {version} must be >= 0", param="weights")
-            if version == group.shadow:
+            if version == group.shadow and not (as_configured and w == 0):
                 raise Conflict(f"model {handle.ref} is the shadow; it never answers")
-        if weights and sum(weights.values()) <= 0:
+        if weights and sum(weights.values()) <= 0 and not as_configured:
             raise InvalidRequest("at least one weight must be positive", param="weights")
         group.weights = dict(weights)
         log.info("model %s: traffic split %s", name, group.weights or "cleared")
@@ -641,7 +406,7 @@ class ModelRegistry:
             handle = self.version(name, version)
             if version == group.current:
                 raise Conflict(f"model {handle.ref} is current; a shadow must be another version")
-            if handle.state in _GONE or handle.state is VersionState.FAILED:
+            if handle.state in GONE or handle.state is VersionState.FAILED:
                 raise Conflict(f"model {handle.ref} is {handle.status}; it cannot be a shadow")
             group.weights.pop(version, None)
         if not 0 < sample_rate <= 1:
@@ -651,12 +416,26 @@ class ModelRegistry:
         log.info("model %s: shadow %s (rate %.2f)", name, version or "off", sample_rate)
         return group
 
-    async def apply(self, settings: Settings) -> dict[str, list[str]]:
-        """Make the loaded versions match a new configuration (SIGHUP, /admin/reload)."""
-        from embedhost.models.lifecycle import apply_settings
+    # -- config reload (embedhost.models.reload) ----------------------------------------------
 
-        async with self._reload_lock:
-            return await apply_settings(self, settings)
+    def adopt_config(self, new: Settings) -> None:
+        """Take a reloaded config's ``lifecycle`` section and models list (what later loads,
+        promotes and plugin checks read); every other section takes effect on restart."""
+        self.settings = self.settings.model_copy(
+            update={"lifecycle": new.lifecycle, "models": new.models}
+        )
+
+    def set_default(self, name: str) -> None:
+        """The model that requests naming none get; it must be served here."""
+        self.group(name)
+        self.default_name = name
+
+    def forget(self, name: str) -> None:
+        """Serve a name no longer: it leaves the views and the router at once. Its versions
+        are retired by the caller (they drain on their own); the default name stays."""
+        if name == self.default_name:
+            raise Conflict(f"model {name} is the default model; it stays served")
+        self.groups.pop(name, None)
 
     async def stop(self, drain_timeout: float) -> None:
         if self._start_task is not None and not self._start_task.done():

@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from embedhost.api.deps import RegistryDep, require_scope
 from embedhost.config import ModelConfig
 from embedhost.errors import InvalidRequest, MethodNotAllowed
-from embedhost.models.lifecycle import reload_config, version_config
+from embedhost.models.preflight import version_config
+from embedhost.models.reload import reload_config
 from embedhost.protocol import ErrorResponse
 
 _ERRORS: dict[int | str, dict[str, Any]] = {

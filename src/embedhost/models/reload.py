@@ -1,11 +1,10 @@
-"""Run-time model changes that are not routing: the checks before a load (path, memory
-guard), applying a changed config file (SIGHUP or ``POST /admin/reload``), and the SIGHUP
-handler itself.
+"""Applying a changed config to a running server (SIGHUP, ``POST /admin/reload``).
 
-The memory guard estimates what a version will take (weight file bytes x
-``lifecycle.memory_factor`` + ``worker_overhead_mb``, per replica) and refuses the load
-(507) when that plus ``memory_headroom_mb`` exceeds the memory available now: the host
-keeps serving the current version instead of being taken down by the OOM killer.
+Reads the config file the server was started with and makes the loaded versions match
+it: load what it adds, promote each name's first version, set splits and shadows, drain
+what it no longer names. Every change goes through the registry's own checked methods;
+this module decides which, and reports what it did. Two reloads never interleave (the
+registry's ``reload_lock``).
 """
 
 from __future__ import annotations
@@ -16,93 +15,14 @@ import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import psutil
-from pydantic import ValidationError
-
-from embedhost.config import (
-    LifecycleConfig,
-    ModelConfig,
-    Settings,
-    load_settings,
-)
-from embedhost.errors import ConfigError, EmbedhostError, InsufficientMemory, InvalidRequest
-
-if TYPE_CHECKING:
-    from embedhost.models.registry import ModelRegistry
+from embedhost.config import ModelConfig, Settings, load_settings
+from embedhost.errors import ConfigError, EmbedhostError, InvalidRequest
+from embedhost.models.registry import ModelRegistry
+from embedhost.models.version import DEAD, GONE, VersionState
 
 log = logging.getLogger(__name__)
-
-_MB = 1024 * 1024
-
-
-_WEIGHT_EXTS = (".safetensors", ".bin", ".onnx", ".gguf", ".pt", ".onnx_data")
-
-
-def _weight_bytes(path: Path, depth: int = 3) -> int:
-    """Bytes of weight files in a model file or directory. The walk is shallow: a path
-    given to the admin API by mistake (``/``) must not start a crawl of the disk."""
-    if path.is_file():
-        return path.stat().st_size
-    total = 0
-    for d in range(depth):
-        for ext in _WEIGHT_EXTS:
-            total += sum(p.stat().st_size for p in path.glob("*/" * d + "*" + ext) if p.is_file())
-    return total
-
-
-def version_config(name: str, fields: dict[str, Any]) -> ModelConfig:
-    """A version's config from the admin API's fields, or a 400 naming what is wrong."""
-    try:
-        return ModelConfig.model_validate({**fields, "name": name})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise InvalidRequest(f"{where}: {first['msg']}", param=where) from None
-
-
-def estimate_bytes(config: ModelConfig, lifecycle: LifecycleConfig) -> int:
-    """Resident memory a version is expected to take, all replicas together."""
-    path = config.resolved_path()
-    weights = _weight_bytes(path) if path.exists() else 0
-    per_replica = int(weights * lifecycle.memory_factor) + lifecycle.worker_overhead_mb * _MB
-    return per_replica * config.replicas
-
-
-def preflight(config: ModelConfig, lifecycle: LifecycleConfig) -> None:
-    """Cheap checks before any process starts (blocking: file system; run in a thread)."""
-    try:
-        need = _check_path(config) and estimate_bytes(config, lifecycle)
-    except (OSError, RuntimeError, ValueError) as exc:  # unreadable, ~nobody, NUL byte...
-        raise InvalidRequest(
-            f"model {config.ref}: path {config.path!r} is not usable: {exc}", param="path"
-        ) from None
-    if not lifecycle.memory_guard:
-        return
-    available = int(psutil.virtual_memory().available)
-    headroom = lifecycle.memory_headroom_mb * _MB
-    if need + headroom > available:
-        raise InsufficientMemory(
-            f"model {config.ref} would need about {need / _MB:,.0f} MiB "
-            f"({config.replicas} replica(s)) plus {lifecycle.memory_headroom_mb} MiB headroom, "
-            f"but only {available / _MB:,.0f} MiB is available; free memory, lower replicas, "
-            "or use a smaller quantization. The current version keeps serving."
-        )
-
-
-def _check_path(config: ModelConfig) -> bool:
-    path = config.resolved_path()
-    if not path.exists():
-        raise InvalidRequest(f"model {config.ref}: {path} does not exist", param="path")
-    if config.engine == "llama_cpp" and not path.is_file():
-        raise InvalidRequest(f"model {config.ref}: {path} is not a .gguf file", param="path")
-    if config.engine in ("transformers", "onnx") and not path.is_dir():
-        raise InvalidRequest(
-            f"model {config.ref}: {path} is not a directory; {config.engine} needs one",
-            param="path",
-        )
-    return True
 
 
 def _same_version(a: ModelConfig, b: ModelConfig) -> bool:
@@ -112,12 +32,16 @@ def _same_version(a: ModelConfig, b: ModelConfig) -> bool:
 
 
 async def apply_settings(registry: ModelRegistry, new: Settings) -> dict[str, list[str]]:
+    """Make the loaded versions match a new configuration; one reload at a time."""
+    async with registry.reload_lock:
+        return await _apply(registry, new)
+
+
+async def _apply(registry: ModelRegistry, new: Settings) -> dict[str, list[str]]:
     """Load what the new config adds, promote each name's first version, set splits and
     shadows, drain what it no longer names. A version whose load fails leaves the one
     it would replace serving. Versions are immutable: a changed entry under the same
     version is reported, not reloaded (give it a new version)."""
-    from embedhost.models.registry import VersionState
-
     report: dict[str, list[str]] = {
         "loaded": [],
         "promoted": [],
@@ -129,7 +53,7 @@ async def apply_settings(registry: ModelRegistry, new: Settings) -> dict[str, li
     for section in ("environment", "limits", "worker"):
         if getattr(old, section) != getattr(new, section):
             report["warnings"].append(f"{section} changed; it takes effect on restart")
-    registry.settings = old.model_copy(update={"lifecycle": new.lifecycle, "models": new.models})
+    registry.adopt_config(new)
 
     wanted: dict[str, list[ModelConfig]] = {}
     for m in new.models:
@@ -140,7 +64,7 @@ async def apply_settings(registry: ModelRegistry, new: Settings) -> dict[str, li
     for m in new.models:
         group = registry.groups.get(m.name)
         have = group.versions.get(m.version) if group else None
-        if have is None or have.state in (VersionState.FAILED, VersionState.STOPPED):
+        if have is None or have.state in DEAD:
             to_load.append(m)
         elif not _same_version(have.config, m):
             report["warnings"].append(
@@ -168,20 +92,23 @@ async def apply_settings(registry: ModelRegistry, new: Settings) -> dict[str, li
         ):
             registry.promote(name, first.version, keep_previous=True)
             report["promoted"].append(first.ref)
+        # Only ready versions take traffic or shadow it; the current one is never its own
+        # shadow. The shadow goes first: the split may not name a (new) shadow.
         ready = {v for v, h in group.versions.items() if h.state is VersionState.READY}
-        group.weights = {
+        shadow = next((m.version for m in cfgs if m.shadow and m.version in ready), None)
+        registry.set_shadow(name, shadow if shadow != group.current else None, group.shadow_rate)
+        weights = {
             m.version: m.traffic for m in cfgs if m.traffic is not None and m.version in ready
         }
-        shadow = next((m.version for m in cfgs if m.shadow and m.version in ready), None)
-        group.shadow = shadow if shadow != group.current else None
+        registry.set_split(name, weights, as_configured=True)
 
     if new.models[0].name in registry.groups:
-        registry.default_name = new.models[0].name
+        registry.set_default(new.models[0].name)
 
     for name, group in list(registry.groups.items()):
         dropping = name not in wanted and name != registry.default_name
         for version, handle in list(group.versions.items()):
-            if handle.ref in refs or handle.state in (VersionState.DRAINING, VersionState.STOPPED):
+            if handle.ref in refs or handle.state in GONE:
                 continue
             if version == group.current and not dropping:
                 why = "its replacement is not ready" if name in wanted else "it is the default"
@@ -190,7 +117,7 @@ async def apply_settings(registry: ModelRegistry, new: Settings) -> dict[str, li
             registry.retire(handle)
             report["unloaded"].append(handle.ref)
         if dropping:
-            registry.groups.pop(name, None)
+            registry.forget(name)
     log.info("config applied: %s", {k: v for k, v in report.items() if v})
     return report
 
@@ -205,7 +132,7 @@ async def reload_config(app: Any) -> dict[str, list[str]]:
     except ConfigError as exc:
         raise InvalidRequest(f"config reload refused: {exc.message}") from None
     registry: ModelRegistry = app.state.registry
-    return await registry.apply(settings)
+    return await apply_settings(registry, settings)
 
 
 def install_sighup(app: Any) -> Callable[[], None]:

@@ -1,0 +1,261 @@
+"""One version of one model: its tokenizer, its replicas (worker process + batcher each),
+its state, the leases requests hold on it, and how it drains and stops.
+
+Version states: ``loading`` (checksum, weights), ``warming``, ``ready``, ``restarting``
+(its worker crashed and is coming back), ``draining`` (retired: the router sends it
+nothing new, it finishes what it holds), ``failed`` and ``stopped``. A version's state is
+its replicas' states combined, until it is retired.
+
+A retiring version drains: the requests that hold a lease on it finish on its own
+batcher and worker (no batch ever mixes versions), and only then are its batchers closed
+and its workers stopped. Which version is current, and routing between versions, belong
+to :mod:`embedhost.models.registry`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from embedhost.batching import Batcher
+from embedhost.config import ModelConfig, Settings
+from embedhost.engines.base import EngineInfo
+from embedhost.errors import ModelNotReady
+from embedhost.models.stats import VersionStats
+from embedhost.tokenization import Tokenizer, load_tokenizer
+from embedhost.worker.supervisor import EngineWorker, WorkerState
+
+if TYPE_CHECKING:
+    from embedhost.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+# Requests routed just before a switch take their lease within a step or two of the loop;
+# a retiring version waits this long before it counts its leases down to zero.
+_SWITCH_GRACE_S = 0.05
+
+
+class VersionState(StrEnum):
+    LOADING = "loading"
+    WARMING = "warming"
+    READY = "ready"
+    RESTARTING = "restarting"
+    DRAINING = "draining"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+GONE = (VersionState.DRAINING, VersionState.STOPPED)
+"""Retired: routed nothing new, not listed as available."""
+DEAD = (VersionState.FAILED, VersionState.STOPPED)
+"""Holds no process: the same version may be loaded again in its place."""
+NEVER_UP = (VersionState.LOADING, VersionState.WARMING, VersionState.FAILED)
+"""Has not served (yet)."""
+
+
+@dataclass(slots=True)
+class Replica:
+    worker: EngineWorker
+    batcher: Batcher
+
+    @property
+    def load(self) -> int:
+        return self.batcher.queued + self.batcher.in_flight
+
+
+class ModelHandle:
+    """One version of one model: its tokenizer, replicas, state and counters."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        settings: Settings,
+        *,
+        tokenizer: Tokenizer | None = None,
+        runtime: bool = False,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.config = config
+        self.settings = settings
+        self.runtime = runtime
+        self.tokenizer: Tokenizer = tokenizer or load_tokenizer(config)
+        self.created = int(time.time())
+        self.stats = VersionStats()
+        self.active = 0
+        self.shadow_in_flight = 0
+        self._retired: VersionState | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.start_task: asyncio.Task[None] | None = None
+        self.replicas: list[Replica] = []
+        for i in range(config.replicas):
+            worker = EngineWorker(
+                config,
+                settings.worker,
+                replica=i,
+                observer=metrics.worker_observer(config.name, config.version, i)
+                if metrics
+                else None,
+                retry_failed_load=not runtime,
+            )
+            batcher = Batcher(
+                worker.embed,
+                config.batching,
+                retry_after_s=settings.worker.retry_after_s,
+                depth=config.batching.pipeline_depth,
+                observer=(
+                    metrics.batch_observer(
+                        config.name, config.version, i, config.batching.max_queue_items
+                    )
+                    if metrics
+                    else None
+                ),
+            )
+            self.replicas.append(Replica(worker, batcher))
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def version(self) -> str:
+        return self.config.version
+
+    @property
+    def ref(self) -> str:
+        return self.config.ref
+
+    @property
+    def info(self) -> EngineInfo | None:
+        for r in self.replicas:
+            if r.worker.info is not None:
+                return r.worker.info
+        return None
+
+    @property
+    def state(self) -> VersionState:
+        if self._retired is not None:
+            return self._retired
+        states = {r.worker.state for r in self.replicas}
+        if WorkerState.READY in states:
+            return VersionState.READY
+        if states == {WorkerState.FAILED}:
+            return VersionState.FAILED
+        if WorkerState.RESTARTING in states:
+            return VersionState.RESTARTING
+        if states == {WorkerState.STOPPED}:
+            return VersionState.STOPPED
+        if any(r.worker.phase == "warming" for r in self.replicas):
+            return VersionState.WARMING
+        return VersionState.LOADING
+
+    @property
+    def status(self) -> str:
+        return self.state.value
+
+    @property
+    def reason(self) -> str | None:
+        for r in self.replicas:
+            if r.worker.reason:
+                return r.worker.reason
+        return None
+
+    @property
+    def max_tokens(self) -> int:
+        info = self.info
+        if info is not None:
+            return info.max_tokens
+        return self.config.max_input_tokens or 512
+
+    async def start(self) -> None:
+        for r in self.replicas:
+            r.batcher.start()
+        await asyncio.gather(*(r.worker.start() for r in self.replicas))
+
+    def pick(self) -> Replica:
+        """The ready replica with the least queued work."""
+        ready = [r for r in self.replicas if r.worker.state is WorkerState.READY]
+        if not ready or self._retired is VersionState.STOPPED:
+            self.replicas[0].worker.check_ready()  # raises the precise reason
+            raise ModelNotReady(f"model {self.config.ref} is not ready")
+        return min(ready, key=lambda r: r.load)
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[None]:
+        """Held by every request on this version from routing to answer; drain waits for 0."""
+        self.active += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.active -= 1
+            if self.active == 0:
+                self._idle.set()
+
+    async def retire(self, drain_timeout: float) -> None:
+        """Drain (no new work is routed here; finish what is held), then stop."""
+        if self._retired is VersionState.STOPPED:
+            return
+        self._retired = VersionState.DRAINING
+        log.info("model %s: draining (%d requests in flight)", self.ref, self.active)
+        await asyncio.sleep(_SWITCH_GRACE_S)
+        try:
+            await asyncio.wait_for(self._idle.wait(), drain_timeout)
+        except TimeoutError:
+            log.warning(
+                "model %s: %d requests still running after drain_timeout_s=%.0f; stopping",
+                self.ref,
+                self.active,
+                drain_timeout,
+            )
+        await self.stop(drain_timeout)
+        log.info("model %s: stopped", self.ref)
+
+    async def stop(self, drain_timeout: float) -> None:
+        await asyncio.gather(*(r.batcher.close(True, drain_timeout) for r in self.replicas))
+        await asyncio.gather(*(r.worker.stop() for r in self.replicas))
+        self._retired = VersionState.STOPPED
+
+    def describe(self) -> dict[str, Any]:
+        info = self.info
+        state = self.state
+        return {
+            "name": self.name,
+            "version": self.version,
+            "ref": self.ref,
+            "engine": self.config.engine,
+            "path": self.config.path,
+            "status": state.value,
+            "reason": self.reason if state is not VersionState.READY else None,
+            "dimensions": info.dims if info else None,
+            "max_input_tokens": self.max_tokens if info else self.config.max_input_tokens,
+            "truncation": self.config.truncation,
+            "pooling": info.pooling if info else self.config.pooling,
+            "normalize": info.normalize if info else self.config.normalize,
+            "dtype": info.dtype if info else self.config.dtype,
+            "device": self.config.device,
+            "quantization": self.config.quantization,
+            "checksum": self.config.checksum,
+            "loaded_at": self.created,
+            "active_requests": self.active,
+            "replicas": [
+                {
+                    "replica": r.worker.replica,
+                    "state": r.worker.state.value,
+                    "phase": r.worker.phase,
+                    "pid": r.worker.pid,
+                    "restarts": r.worker.restarts,
+                    "queued": r.batcher.queued,
+                    "in_flight": r.batcher.in_flight,
+                }
+                for r in self.replicas
+            ],
+            "stats": self.stats.snapshot(),
+            "details": info.details if info else {},
+        }
