@@ -1,7 +1,7 @@
 """The exception tree, and the one table that maps it to an HTTP status and OpenAI's error body.
 
 Every error a client can see is an :class:`EmbedhostError`. Routes never catch; the single
-handler in ``api/app.py`` turns an error into ``{"error": {"message", "type", "param", "code"}}``
+handler in ``api/errors.py`` turns an error into ``{"error": {"message", "type", "param", "code"}}``
 with the status from :data:`STATUS`. Anything else that escapes is an internal fault and
 is answered with a generic 500 body: its text is logged, never sent.
 

@@ -39,6 +39,7 @@ from embedhost.models.reload import install_sighup
 from embedhost.security.admission import Security
 from embedhost.security.ratelimit import RATE_LIMIT_HEADERS
 from embedhost.service import EmbeddingService
+from embedhost.tracing import Tracing
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -54,8 +55,6 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         tracing = None
         if settings.tracing.enabled:
-            from embedhost.tracing import Tracing
-
             tracing = Tracing(settings.tracing.service_name)
         app.state.tracing = tracing
         registry = ModelRegistry(settings, metrics)

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from embedhost.config import ApiKeyConfig, Scope, Settings
+from embedhost.config import ApiKeyConfig, Scope, Settings, validation_problems
 from embedhost.errors import ConfigError, Unauthorized
 
 KEY_PREFIX = "eh_"
@@ -69,9 +69,7 @@ def read_keys_file(path: Path) -> list[ApiKeyConfig]:
     try:
         return _KEY_LIST.validate_python(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"[{'.'.join(str(p) for p in e['loc'])}] {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(f"[{where}] {msg}" for where, msg in validation_problems(exc))
         raise ConfigError(f"auth.keys_file: {path}: invalid key entries: {problems}") from None
 
 
