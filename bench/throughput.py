@@ -280,7 +280,7 @@ def resolve_entry(entry: dict[str, Any]) -> dict[str, Any]:
     if path.startswith("onnx:"):
         out = ROOT / ".cache" / "onnx" / "all-MiniLM-L6-v2"
         if not (out / "model.onnx").is_file():
-            from embedhost.engines.onnx import export_onnx
+            from embedhost.engines.onnx_export import export_onnx
             from embedhost.modelfiles import resolve_model_path
 
             export_onnx(resolve_model_path(MINILM), out)
