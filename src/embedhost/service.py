@@ -212,8 +212,6 @@ class EmbeddingService:
         for r in results:
             if isinstance(r, BaseException):
                 ticket.gone = True
-                if isinstance(r, EmbedhostError):
-                    raise r
                 raise r
         # Every item resolved with a result, so its batch stamped the ticket.
         dispatched = max(ticket.dispatched, t_submit)

@@ -58,7 +58,8 @@ def estimate_bytes(config: ModelConfig, lifecycle: LifecycleConfig) -> int:
 def preflight(config: ModelConfig, lifecycle: LifecycleConfig) -> None:
     """Cheap checks before any process starts (blocking: file system; run in a thread)."""
     try:
-        need = _check_path(config) and estimate_bytes(config, lifecycle)
+        _check_path(config)
+        need = estimate_bytes(config, lifecycle)
     except (OSError, RuntimeError, ValueError) as exc:  # unreadable, ~nobody, NUL byte...
         raise InvalidRequest(
             f"model {config.ref}: path {config.path!r} is not usable: {exc}", param="path"
@@ -76,8 +77,7 @@ def preflight(config: ModelConfig, lifecycle: LifecycleConfig) -> None:
         )
 
 
-def _check_path(config: ModelConfig) -> bool:
+def _check_path(config: ModelConfig) -> None:
     problem = path_problem(config.engine, config.resolved_path())
     if problem is not None:
         raise InvalidRequest(f"model {config.ref}: {problem}", param="path")
-    return True
