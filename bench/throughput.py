@@ -57,6 +57,23 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # A peer, not an embedhost engine: llama.cpp's own llama-server on the same GGUF.
     # Its binary comes from --llama-server or $LLAMA_SERVER; skipped with a note if absent.
     "llama-server-f16": {"peer": "llama-server", "path": "gguf:f16", "threads": 1},
+    # llama-server at its best settings on a quiet machine (issue 10): 8 slots, 1 or 2 threads.
+    "llama-server-f16-t1": {
+        "peer": "llama-server",
+        "path": "gguf:f16",
+        "threads": 1,
+        "parallel": 8,
+    },
+    "llama-server-f16-t2": {
+        "peer": "llama-server",
+        "path": "gguf:f16",
+        "threads": 2,
+        "parallel": 8,
+    },
+    # Infinity (infinity-emb[torch,server], its own virtual environment: --infinity or
+    # $INFINITY names its `infinity_emb`), same model directory, batch 32, in both dtypes.
+    "infinity-bfloat16": {"peer": "infinity", "path": MINILM, "dtype": "bfloat16"},
+    "infinity-float32": {"peer": "infinity", "path": MINILM, "dtype": "float32"},
 }
 
 LOADS = {
@@ -307,12 +324,42 @@ def bench_llama_server(
         cmd += ["--port", str(port), "-b", "512", "-ub", "512"]
         if threads:
             cmd += ["-t", str(threads)]
+        if entry.get("parallel"):
+            cmd += ["-np", str(entry["parallel"])]
         t0 = time.monotonic()
         with (tmp / "llama-server.log").open("wb") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         try:
             ttr = wait_ready(proc, url, t0, path="/health")
             results = [run_wrk(url, load, None, tmp, duration) for load in LOADS]
+            rss = tree_rss_mb(proc.pid)
+        finally:
+            stop(proc)
+    return ttr, rss, results
+
+
+def bench_infinity(
+    entry: dict[str, Any], binary: str, duration: int
+) -> tuple[float, dict[str, float], list[LoadResult]]:
+    """Infinity on the same model directory, same loads, its OpenAI route under /v1."""
+    from embedhost.modelfiles import resolve_model_path
+
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        cmd = [binary, "v2", "--model-id", str(resolve_model_path(entry["path"]))]
+        cmd += ["--served-model-name", "bench", "--engine", "torch", "--device", "cpu"]
+        cmd += ["--dtype", entry["dtype"], "--batch-size", "32"]
+        cmd += ["--host", "127.0.0.1", "--port", str(port), "--url-prefix", "/v1"]
+        t0 = time.monotonic()
+        with (tmp / "infinity.log").open("wb") as log:
+            proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": ""}
+            )
+        try:
+            ttr = wait_ready(proc, url, t0, path="/v1/models")
+            results = [run_wrk(url, load, "bench", tmp, duration) for load in LOADS]
             rss = tree_rss_mb(proc.pid)
         finally:
             stop(proc)
@@ -375,6 +422,11 @@ def main() -> None:
         default=None,
         help="llama.cpp's llama-server binary for the llama-server-f16 peer (or $LLAMA_SERVER)",
     )
+    ap.add_argument(
+        "--infinity",
+        default=os.environ.get("INFINITY"),
+        help="Infinity's infinity_emb executable for the infinity-* peers (or $INFINITY)",
+    )
     args = ap.parse_args()
     if not shutil.which("wrk") and not args.skip_server:
         sys.exit("wrk is not installed (apt-get install wrk, or scripts/system-deps)")
@@ -385,6 +437,19 @@ def main() -> None:
     for name in args.configs.split(","):
         entry = resolve_entry(CONFIGS[name])
         res = ConfigResult(name)
+        if entry.get("peer") == "infinity":
+            if not args.infinity or not Path(args.infinity).is_file():
+                notes.append(f"{name}: skipped, no infinity_emb (--infinity or $INFINITY)")
+                print(notes[-1], flush=True)
+                continue
+            if not args.skip_server:
+                res.time_to_ready_s, res.rss_mb, res.loads = bench_infinity(
+                    entry, args.infinity, args.duration
+                )
+                for lr in res.loads:
+                    print(f"{name} server {lr.load}: {lr.texts_per_s:.0f} texts/s", flush=True)
+            results.append(res)
+            continue
         if entry.get("peer") == "llama-server":
             binary = llama_server_binary(args.llama_server)
             if binary is None:
