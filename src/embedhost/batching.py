@@ -10,8 +10,10 @@ Requests are split into one item per sequence. A single loop forms batches:
   ``max_wait_ms`` for more; when the engine is busy, work accumulates by itself;
 * at most ``depth`` batches are in the worker's pipe, so the engine never waits on IPC.
 
-The queue is bounded (``max_queue_items``): a request that does not fit gets
-:class:`QueueFull` (429 + Retry-After) at once, before anything of it is queued. Items of
+The queue is bounded (``max_queue_items``, and ``max_queue_wait_s`` when set: the wait
+estimated from the engine's measured throughput): a request that does not fit gets
+:class:`QueueFull` (429 + Retry-After) at once, before anything of it is queued. Its
+Retry-After is the queue's estimated drain time (:meth:`Batcher.drain_s`), not a constant. Items of
 a request whose client went away are dropped when a batch is formed. Every future is
 resolved on every path: results, engine errors, worker crash, timeout, shutdown.
 """
@@ -35,6 +37,13 @@ log = logging.getLogger(__name__)
 
 # Below this many sequences a batch always grows: tiny batches cost more than padding.
 _MIN_BATCH_FOR_PADDING_RULE = 8
+
+# Weight of the newest batch in the throughput estimate (an exponential moving average).
+_RATE_ALPHA = 0.2
+# Retry-After bounds (seconds): HTTP's smallest, and a cap so that one slow batch measured
+# under a stall never tells clients to go away for minutes.
+RETRY_AFTER_MIN_S = 1.0
+RETRY_AFTER_MAX_S = 60.0
 
 EmbedFn = Callable[[list[list[int]], float], Awaitable[Vectors]]
 
@@ -102,6 +111,10 @@ class Batcher:
         self._running: set[asyncio.Task[None]] = set()
         self._closed = False
         self.stats = BatchStats()
+        self._in_flight_seqs = 0
+        self._rate = 0.0
+        """Sequences per second the engine answers (0: not measured yet)."""
+        self._last_done = 0.0
 
     # -- public ------------------------------------------------------------------------------
 
@@ -113,6 +126,41 @@ class Batcher:
     def in_flight(self) -> int:
         return self._in_flight
 
+    @property
+    def rate(self) -> float:
+        """The engine's measured throughput in sequences/s (0.0 until a batch has run)."""
+        return self._rate
+
+    def drain_s(self, extra: int = 0) -> float | None:
+        """Estimated seconds until the queued and in-flight sequences (plus ``extra``) are
+        answered, from the measured throughput; None before anything was measured."""
+        if self._rate <= 0:
+            return None
+        return (len(self._queue) + self._in_flight_seqs + extra) / self._rate
+
+    def retry_after(self) -> float:
+        """Retry-After for a refusal: the queue's estimated drain time, within bounds
+        (the configured constant until the throughput has been measured)."""
+        drain = self.drain_s()
+        if drain is None:
+            return self.retry_after_s
+        return min(max(drain, RETRY_AFTER_MIN_S), RETRY_AFTER_MAX_S)
+
+    def refuses(self, n: int) -> str | None:
+        """Why a request of ``n`` sequences would be refused now, or None if it fits."""
+        cfg = self.config
+        if len(self._queue) + n > cfg.max_queue_items:
+            return f"the queue for this model is full ({cfg.max_queue_items} inputs)"
+        limit = cfg.max_queue_wait_s
+        if limit is not None and self._queue:
+            wait = self.drain_s(n)
+            if wait is not None and wait > limit:
+                return (
+                    f"the estimated wait for this model ({wait:.1f} s) is over its limit "
+                    f"of {limit:g} s"
+                )
+        return None
+
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
 
@@ -120,11 +168,10 @@ class Batcher:
         """Queue every sequence of one request, or none of them."""
         if self._closed:
             raise ShuttingDown("the server is shutting down", retry_after=self.retry_after_s)
-        if len(self._queue) + len(seqs) > self.config.max_queue_items:
+        why = self.refuses(len(seqs))
+        if why is not None:
             raise QueueFull(
-                f"the queue for this model is full ({self.config.max_queue_items} inputs); "
-                "retry after the indicated delay",
-                retry_after=self.retry_after_s,
+                f"{why}; retry after the indicated delay", retry_after=self.retry_after()
             )
         loop = asyncio.get_running_loop()
         now = time.monotonic()
@@ -273,6 +320,16 @@ class Batcher:
         chosen.sort(key=lambda it: len(it.ids))
         return chosen
 
+    def _measure(self, sequences: int, sent: float, done: float) -> None:
+        # The engine worked on this batch from when it was sent or the previous batch was
+        # answered, whichever is later (with batches pipelined, both overlap in the pipe).
+        busy = done - max(sent, self._last_done)
+        self._last_done = done
+        if busy <= 0:
+            return
+        rate = sequences / busy
+        self._rate = rate if self._rate <= 0 else self._rate + _RATE_ALPHA * (rate - self._rate)
+
     def _drop(self, it: Item) -> None:
         if not it.future.done():
             self.stats.dropped_gone += 1
@@ -287,9 +344,14 @@ class Batcher:
             self.stats.sequences += len(seqs)
             self.stats.padded_tokens += width * len(seqs)
             self.stats.real_tokens += sum(len(s) for s in seqs)
+            self._in_flight_seqs += len(seqs)
             t0 = time.monotonic()
-            vecs = await self._embed(seqs, self.config.batch_timeout_s)
+            try:
+                vecs = await self._embed(seqs, self.config.batch_timeout_s)
+            finally:
+                self._in_flight_seqs -= len(seqs)
             t1 = time.monotonic()
+            self._measure(len(seqs), t0, t1)
             for i, it in enumerate(batch):
                 tk = it.ticket
                 if tk.dispatched == 0.0 or t0 < tk.dispatched:

@@ -73,6 +73,16 @@ class BatchingConfig(_Strict):
         le=1_000_000,
         description="Sequences waiting per replica; beyond it requests get 429 + Retry-After.",
     )
+    max_queue_wait_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=3600,
+        description=(
+            "Admission by estimated wait: a request is refused (429 + Retry-After) when the "
+            "queue ahead of it would take longer than this to drain at the engine's measured "
+            "throughput. None: max_queue_items alone."
+        ),
+    )
     pipeline_depth: int = Field(
         default=2,
         ge=1,
@@ -258,6 +268,16 @@ class LimitsConfig(_Strict):
         default=1024,
         ge=1,
         description="Requests in flight on the whole server; beyond: an immediate 503.",
+    )
+    refusals_per_s: float | None = Field(
+        default=200.0,
+        gt=0,
+        le=1_000_000,
+        description=(
+            "Overload refusals (429/503) answered per second at most; beyond, each is held "
+            "until its turn (up to 2 s), so that clients retrying at once cannot take the "
+            "CPU the engines need. None: no pacing."
+        ),
     )
 
 

@@ -27,7 +27,9 @@ from embedhost.api.limits import (
     BodyLimitMiddleware,
     ConcurrencyLimit,
     ConcurrencyLimitMiddleware,
+    QueueGate,
     RateLimitHeadersMiddleware,
+    RefusalPacer,
 )
 from embedhost.api.observability import TIMING_HEADERS, ObservabilityMiddleware
 from embedhost.api.routes import admin, embeddings, ops
@@ -46,8 +48,9 @@ def create_app(settings: Settings) -> FastAPI:
     """Raises :class:`ConfigError` when the configuration cannot serve here (no keys on a
     network address, a missing keys file, ...)."""
     security = Security(settings)
+    pacer = RefusalPacer(settings.limits.refusals_per_s)
     concurrency = ConcurrencyLimit(
-        settings.limits.max_concurrent_requests, settings.worker.retry_after_s
+        settings.limits.max_concurrent_requests, settings.worker.retry_after_s, pacer
     )
     metrics = Metrics(version=__version__) if settings.metrics.enabled else None
 
@@ -87,6 +90,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.started = time.monotonic()
     app.state.security = security
     app.state.concurrency = concurrency
+    app.state.refusal_pacer = pacer
     app.state.tracing = None
     app.state.metrics = metrics
     app.include_router(ops.router)
@@ -120,6 +124,8 @@ def _middleware(settings: Settings, concurrency: ConcurrencyLimit) -> list[Middl
         # X-Request-Id and is counted and logged.
         Middleware(ObservabilityMiddleware),
         *(cors if settings.server.cors_origins else []),
+        # A full queue is refused here, before the body is read and without a slot.
+        Middleware(QueueGate, pacer=concurrency.pacer),
         # Outside the body limit, so that a request waiting for its body holds a slot.
         Middleware(ConcurrencyLimitMiddleware, limit=concurrency),
         Middleware(RateLimitHeadersMiddleware),

@@ -23,9 +23,21 @@ from starlette.routing import Match
 from starlette.types import Send
 
 from embedhost.api.record import record_of
-from embedhost.errors import EmbedhostError, error_body, status_for
+from embedhost.errors import (
+    EmbedhostError,
+    ModelNotReady,
+    QueueFull,
+    RateLimited,
+    WorkerCrashed,
+    error_body,
+    status_for,
+)
 
 log = logging.getLogger(__name__)
+
+PACED = (QueueFull, RateLimited, ModelNotReady, WorkerCrashed)
+"""Refusals a client may retry at once, paced by ``api.limits.RefusalPacer`` (a client
+that honours Retry-After is never held)."""
 
 
 def json_error(
@@ -47,6 +59,10 @@ def json_error(
 async def embedhost_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, EmbedhostError)
     record_of(request).error = exc  # for the errors metric and the request log line
+    if isinstance(exc, PACED):
+        pacer = getattr(request.app.state, "refusal_pacer", None)
+        if pacer is not None:
+            await pacer.pace()
     headers = dict(exc.headers)
     if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))

@@ -1,5 +1,7 @@
 """Limits applied before a request reaches a route: body size, JSON nesting and body-read
-time (:class:`BodyLimitMiddleware`), requests in flight (:class:`ConcurrencyLimit`), and
+time (:class:`BodyLimitMiddleware`), requests in flight (:class:`ConcurrencyLimit`), a full
+queue (:class:`QueueGate`: refused before the body is read), the pace of refusals
+(:class:`RefusalPacer`), and
 the ``X-RateLimit-*`` headers that tell an admitted client what is left of its budget
 (:class:`RateLimitHeadersMiddleware`; the budgets themselves are spent by
 ``security/admission.py`` when ``require_scope`` admits the request).
@@ -11,13 +13,21 @@ before any route or exception handler runs.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
+import time
+from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedhost.api.errors import send_error
 from embedhost.api.record import record_in
 from embedhost.errors import Overloaded
+from embedhost.models.version import GONE
+from embedhost.worker.supervisor import WorkerState
+
+if TYPE_CHECKING:
+    from embedhost.models.registry import ModelRegistry
 
 PROBE_PATHS = frozenset({"/health", "/ready", "/metrics"})
 """Probes and scrapes: never refused for concurrency (they must answer while the server is
@@ -149,14 +159,116 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
+class RefusalPacer:
+    """Bounds how fast the server answers refusals (429/503 for overload): at most
+    ``per_s`` a second; beyond, each refusal is held (an asyncio timer, no CPU) until its
+    turn, at most ``max_hold_s``.
+
+    Clients that retry a refusal at once would otherwise turn the API process into a
+    refusal loop that takes the CPU the engine needs: however cheap one refusal is, their
+    number grows until a core is spent on them. Held, a naive client retries no faster
+    than a polite one; a client that honours Retry-After never waits here.
+    """
+
+    def __init__(self, per_s: float | None, max_hold_s: float = 2.0) -> None:
+        self.per_s = per_s
+        self.max_hold_s = max_hold_s
+        self._next = 0.0
+        self.held = 0
+        """Refusals held since start."""
+
+    def hold_s(self) -> float:
+        """Claim the next refusal's turn; how long to hold it (0: answer now)."""
+        if self.per_s is None:
+            return 0.0
+        now = time.monotonic()
+        start = min(max(now, self._next), now + self.max_hold_s)
+        self._next = start + 1.0 / self.per_s
+        return start - now
+
+    async def pace(self) -> None:
+        wait = self.hold_s()
+        if wait > 0:
+            self.held += 1
+            await asyncio.sleep(wait)
+
+
+EMBED_PATHS = ("/v1/embeddings", "/embed")
+
+
+def queue_refusal(registry: ModelRegistry) -> float | None:
+    """None when some ready replica of some served version can queue one more input;
+    else the Retry-After (seconds) of the replica that drains first.
+
+    Checked before the body is read, so the model the request names is not known yet:
+    the request is refused here only when every version that could serve it is full (with
+    one model, exactly its queue), and the batcher checks again with the real count.
+    """
+    retry: float | None = None
+    for group in registry.groups.values():
+        for handle in group.versions.values():
+            if handle.state in GONE:
+                continue
+            for r in handle.replicas:
+                if r.worker.state is not WorkerState.READY:
+                    continue
+                if r.batcher.refuses(1) is None:
+                    return None
+                ra = r.batcher.retry_after()
+                retry = ra if retry is None else min(retry, ra)
+    return retry
+
+
+class QueueGate:
+    """429 + Retry-After (the queue's estimated drain time) for an embedding request when
+    every queue that could take it is full, answered before its body is read or parsed.
+
+    A refusal here costs the HTTP parse of the request line and headers and one small
+    write; the same refusal from the batcher costs reading and parsing the body,
+    validation, admission and tokenization first. Refusals are paced
+    (:class:`RefusalPacer`).
+    """
+
+    def __init__(self, app: ASGIApp, pacer: RefusalPacer) -> None:
+        self.app = app
+        self.pacer = pacer
+        self.refused = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope.get("method") == "POST"
+            and str(scope.get("path", "")).endswith(EMBED_PATHS)
+        ):
+            registry: ModelRegistry | None = getattr(scope["app"].state, "registry", None)
+            retry = queue_refusal(registry) if registry is not None else None
+            if retry is not None:
+                self.refused += 1
+                await self.pacer.pace()
+                await send_error(
+                    send,
+                    429,
+                    "every queue that could serve this request is full; "
+                    "retry after the indicated delay",
+                    "rate_limit_error",
+                    "queue_full",
+                    {"retry-after": str(max(1, math.ceil(retry)))},
+                )
+                return
+        await self.app(scope, receive, send)
+
+
 class ConcurrencyLimit:
     """At most ``max_concurrent`` requests in flight (None: no limit), and the counters
     the metrics read. Built by ``create_app`` (``app.state.concurrency``) and enforced by
     :class:`ConcurrencyLimitMiddleware`."""
 
-    def __init__(self, max_concurrent: int | None, retry_after_s: int) -> None:
+    def __init__(
+        self, max_concurrent: int | None, retry_after_s: int, pacer: RefusalPacer | None = None
+    ) -> None:
         self.max_concurrent = max_concurrent
         self.retry_after_s = retry_after_s
+        self.pacer = pacer or RefusalPacer(None)
         self.in_flight = 0
         """Requests in flight under the limit (probes are not counted)."""
         self.overloaded = 0
@@ -188,6 +300,7 @@ class ConcurrencyLimitMiddleware:
                 "retry shortly",
             )
             retry = {"retry-after": str(limit.retry_after_s)}
+            await limit.pacer.pace()
             await send_error(send, 503, err.message, err.type, err.code, retry)
             return
         limit.in_flight += 1

@@ -1,0 +1,254 @@
+"""Goodput under a retry storm (issue 15, part 3), on one server, in alternating rounds.
+
+One ``embedhost serve`` with ``max_queue_items: 32`` and ``max_concurrent_requests: 150``
+(MiniLM, transformers, short texts, one per request), then rounds of:
+
+* ``unloaded``: 32 connections (the queue holds them all; nothing is refused): the
+  server's capacity in answers/s;
+* ``storm``: 200 connections that send again the moment an answer arrives, whatever it
+  is (a naive client retrying a 429/503 at once);
+* ``polite``: 200 connections that, after a 429/503, wait the ``Retry-After`` they were
+  given before sending again.
+
+The load generator is wrk (C, one thread per connection for the storms so that a
+connection's Retry-After delays only that connection) with a Lua script that counts
+answers by status. For each round: goodput (2xx/s), refusals/s, and the API process's
+own CPU time (``psutil``, user+system, the worker processes excluded) divided by the
+answers, giving the API's CPU cost per accepted request (unloaded rounds) and per refusal
+(storm rounds, after taking out the accepted requests at the unloaded rounds' cost).
+Goodput is reported as a ratio to the mean of the unloaded rounds of the same run.
+
+Run:  .venv/bin/python bench/storm.py [--rounds 3] [--duration 10] [--model-json '{...}']
+Writes bench/out/storm-<time>.json and prints a markdown table for RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from throughput import (
+    MINILM,
+    ROOT,
+    bodies_file,
+    free_port,
+    machine,
+    stop,
+    wait_ready,
+)
+
+LUA = r"""
+local bodies = {}
+local i = 0
+local wait_ms = 0
+polite = false
+counts = {}
+setup = function(thread)
+  table.insert(threads_list, thread)
+end
+init = function(args)
+  for line in io.lines(args[1]) do bodies[#bodies + 1] = line end
+  i = math.random(#bodies)
+  polite = args[2] == "polite"
+  counts = {}
+end
+request = function()
+  i = i % #bodies + 1
+  return wrk.format("POST", "/v1/embeddings", {["Content-Type"] = "application/json"}, bodies[i])
+end
+delay = function()
+  local d = wait_ms
+  wait_ms = 0
+  return d
+end
+response = function(status, headers, body)
+  local k = tostring(status)
+  counts[k] = (counts[k] or 0) + 1
+  if polite and (status == 429 or status == 503) then
+    local ra = tonumber(headers["Retry-After"] or headers["retry-after"] or "1") or 1
+    wait_ms = ra * 1000
+  end
+end
+done = function(summary, latency, requests)
+  local total = {}
+  for _, t in ipairs(threads_list) do
+    local c = t:get("counts")
+    for k, v in pairs(c) do total[k] = (total[k] or 0) + v end
+  end
+  local parts = {}
+  for k, v in pairs(total) do parts[#parts + 1] = string.format('"%s": %d', k, v) end
+  io.write("COUNTS {" .. table.concat(parts, ", ") .. "}\n")
+end
+threads_list = {}
+"""
+
+ROUNDS = {
+    # name: (connections, wrk threads, mode)
+    "unloaded": (32, 2, "naive"),
+    "storm": (200, 200, "naive"),
+    "polite": (200, 200, "polite"),
+}
+
+
+def start(entry: dict[str, Any], tmp: Path, log_level: str) -> tuple[subprocess.Popen[bytes], str]:
+    import yaml
+
+    port = free_port()
+    cfg = {
+        "server": {"port": port, "log_level": log_level},
+        "limits": {"max_concurrent_requests": 150},
+        "models": [
+            {"name": "bench", **entry, "batching": {"max_queue_items": 32}},
+        ],
+    }
+    path = tmp / "storm.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    url = f"http://127.0.0.1:{port}"
+    t0 = time.monotonic()
+    with (tmp / "storm.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "embedhost", "serve", "--config", str(path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    wait_ready(proc, url, t0)
+    return proc, url
+
+
+def api_cpu(pid: int) -> float:
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
+
+
+def run_round(
+    url: str, pid: int, name: str, bodies: Path, script: Path, duration: int
+) -> dict[str, Any]:
+    conns, threads, mode = ROUNDS[name]
+    cmd = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{conns}",
+        f"-d{duration}s",
+        "--timeout",
+        "30s",
+        "-s",
+        str(script),
+        url,
+        "--",
+        str(bodies),
+        mode,
+    ]
+    cpu0, t0 = api_cpu(pid), time.monotonic()
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    cpu1, t1 = api_cpu(pid), time.monotonic()
+    m = re.search(r"^COUNTS (\{.*\})$", out, re.M)
+    counts = {int(k): v for k, v in json.loads(m.group(1)).items()} if m else {}
+    ok = sum(v for k, v in counts.items() if 200 <= k < 300)
+    refused = sum(v for k, v in counts.items() if k in (429, 503))
+    other = sum(counts.values()) - ok - refused
+    errs = re.search(r"Socket errors: (.*)", out)
+    seconds = t1 - t0
+    return {
+        "round": name,
+        "connections": conns,
+        "seconds": seconds,
+        "ok": ok,
+        "refused": refused,
+        "other": other,
+        "by_status": counts,
+        "goodput": ok / seconds,
+        "refusals_per_s": refused / seconds,
+        "api_cpu_s": cpu1 - cpu0,
+        "socket_errors": errs.group(1) if errs else "",
+    }
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    unloaded = [r for r in rows if r["round"] == "unloaded"]
+    capacity = sum(r["goodput"] for r in unloaded) / len(unloaded)
+    cpu_ok = sum(r["api_cpu_s"] for r in unloaded) / max(sum(r["ok"] for r in unloaded), 1)
+    out: dict[str, Any] = {"capacity": capacity, "api_cpu_ms_per_accepted": cpu_ok * 1000}
+    for name in ("storm", "polite"):
+        rs = [r for r in rows if r["round"] == name]
+        if not rs:
+            continue
+        good = sum(r["goodput"] for r in rs) / len(rs)
+        refused = sum(r["refused"] for r in rs)
+        rest = sum(r["api_cpu_s"] for r in rs) - cpu_ok * sum(r["ok"] for r in rs)
+        out[name] = {
+            "goodput": good,
+            "ratio": good / capacity if capacity else 0.0,
+            "refusals_per_s": sum(r["refusals_per_s"] for r in rs) / len(rs),
+            "api_cpu_ms_per_refusal": rest / refused * 1000 if refused else None,
+            "api_cpu_share": sum(r["api_cpu_s"] for r in rs) / sum(r["seconds"] for r in rs),
+        }
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--order", default="unloaded,storm,polite")
+    ap.add_argument("--log-level", default="warning")
+    ap.add_argument(
+        "--model-json",
+        default=json.dumps({"engine": "transformers", "path": MINILM, "dtype": "float32"}),
+        help="the model entry (engine, path, ...) as JSON",
+    )
+    args = ap.parse_args()
+    entry = json.loads(args.model_json)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        proc, url = start(entry, tmp, args.log_level)
+        try:
+            script = tmp / "storm.lua"
+            script.write_text(LUA)
+            bodies = bodies_file("short", None, tmp)
+            # warm-up
+            subprocess.run(
+                ["wrk", "-t2", "-c32", "-d3s", "-s", str(script), url, "--", str(bodies), "naive"],
+                capture_output=True,
+                check=True,
+            )
+            names = args.order.split(",")
+            for i in range(args.rounds):
+                for name in names if i % 2 == 0 else list(reversed(names)):
+                    row = run_round(url, proc.pid, name, bodies, script, args.duration)
+                    row["index"] = i
+                    rows.append(row)
+                    print(
+                        f"round {i} {name}: {row['goodput']:.0f} ok/s, "
+                        f"{row['refusals_per_s']:.0f} refused/s, other {row['other']}, "
+                        f"API CPU {row['api_cpu_s'] / row['seconds']:.0%} {row['socket_errors']}",
+                        flush=True,
+                    )
+        finally:
+            stop(proc)
+    summary = summarize(rows)
+    print(json.dumps(summary, indent=2))
+    out = ROOT / "bench" / "out"
+    out.mkdir(exist_ok=True)
+    path = out / f"storm-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(
+        json.dumps(
+            {"machine": machine(), "entry": entry, "rows": rows, "summary": summary}, indent=2
+        )
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
