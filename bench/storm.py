@@ -202,6 +202,7 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--order", default="unloaded,storm,polite")
     ap.add_argument("--log-level", default="warning")
+    ap.add_argument("--pause", type=float, default=3.0, help="seconds between rounds")
     ap.add_argument(
         "--model-json",
         default=json.dumps({"engine": "transformers", "path": MINILM, "dtype": "float32"}),
@@ -226,6 +227,7 @@ def main() -> None:
             names = args.order.split(",")
             for i in range(args.rounds):
                 for name in names if i % 2 == 0 else list(reversed(names)):
+                    time.sleep(args.pause)  # the previous round's queue drains
                     row = run_round(url, proc.pid, name, bodies, script, args.duration)
                     row["index"] = i
                     rows.append(row)
