@@ -147,7 +147,22 @@ class ModelConfig(_Strict):
     device: str = Field(default="cpu", pattern=r"^(cpu|mps|cuda(:\d+)?)$")
     replicas: int = Field(default=1, ge=1, le=64)
     threads: int | None = Field(
-        default=None, ge=1, le=1024, description="Engine threads. Default: the engine's own choice."
+        default=None,
+        ge=1,
+        le=1024,
+        description=(
+            "Engine threads per replica. Default: a share of the usable cores (all of them "
+            "for a lone model with one replica), see cpu_weight."
+        ),
+    )
+    cpu_weight: float = Field(
+        default=1.0,
+        gt=0,
+        le=1000,
+        description=(
+            "This model's share of the CPU budget, relative to the other models that do not "
+            "set threads: its replicas get cores in proportion to it."
+        ),
     )
     warmup: bool = True
     batching: BatchingConfig = Field(default_factory=BatchingConfig)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -76,12 +77,61 @@ def weight_bytes(path: Path, depth: int = 3) -> int:
     return total
 
 
+# Files already hashed in this process tree, by path: their identity when hashed and the
+# digest. A worker restarting on an unchanged file skips the re-hash (on a busy machine,
+# reading and hashing every weight again is most of a restart); any change to the file
+# (its size, mtime, ctime, inode or device; ctime cannot be set back by `touch`) means a
+# new hash. The supervisor hands the entries to each worker it starts and takes back what
+# the worker hashed (see :func:`remember` and :func:`hashed_files`).
+FileIdentity = tuple[int, int, int, int, int]
+_HASHED: dict[str, tuple[FileIdentity, str]] = {}
+
+
+@dataclass(slots=True)
+class HashStats:
+    """What :func:`verify_checksum` did in this process: files hashed or skipped."""
+
+    hashed_files: int = 0
+    hashed_bytes: int = 0
+    skipped_files: int = 0
+
+
+HASH_STATS = HashStats()
+
+
+def _identity(p: Path) -> FileIdentity:
+    st = p.stat()
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
+def remember(entries: dict[str, tuple[FileIdentity, str]]) -> None:
+    """Take file digests known to this process tree (from :func:`hashed_files`)."""
+    for path, (ident, digest) in entries.items():
+        _HASHED[path] = (tuple(ident), digest)  # type: ignore[assignment]
+
+
+def hashed_files() -> dict[str, tuple[FileIdentity, str]]:
+    """The file digests this process knows, for :func:`remember` in another."""
+    return dict(_HASHED)
+
+
 def _sha256_file(p: Path, chunk: int = 1 << 22) -> str:
+    key = str(p.resolve())
+    before = _identity(p)
+    known = _HASHED.get(key)
+    if known is not None and known[0] == before:
+        HASH_STATS.skipped_files += 1
+        return known[1]
     h = hashlib.sha256()
     with p.open("rb") as f:
         while block := f.read(chunk):
             h.update(block)
-    return h.hexdigest()
+    digest = h.hexdigest()
+    HASH_STATS.hashed_files += 1
+    HASH_STATS.hashed_bytes += before[0]
+    if _identity(p) == before:  # not changed while it was read
+        _HASHED[key] = (before, digest)
+    return digest
 
 
 def sha256_of(path: Path) -> str:

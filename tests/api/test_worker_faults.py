@@ -5,7 +5,10 @@ the reason; a failing load is reported, never retried forever; a full queue is a
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+
+import pytest
 
 from tests.conftest import app_client, fake_model, make_settings
 from tests.fakes import CRASH, SLOW
@@ -123,3 +126,29 @@ async def test_worker_runs_in_its_own_process() -> None:
     async with app_client(settings) as (_, client):
         pid = (await client.get("/info")).json()["models"][0]["replicas"][0]["pid"]
         assert pid != os.getpid()
+
+
+MINILM_SHA256 = "sha256:53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+
+
+async def test_restart_logs_its_phases_and_skips_the_rehash(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = make_settings([fake_model("f", checksum=MINILM_SHA256)])
+    with caplog.at_level(logging.INFO, logger="embedhost.worker.supervisor"):
+        async with app_client(settings) as (_, client):
+            first = [r.getMessage() for r in caplog.records if " ready (pid" in r.getMessage()]
+            assert len(first) == 1
+            for phase in ("start ", "verifying ", "loading ", "warming "):
+                assert phase in first[0], first[0]
+            assert "hashed 1 file(s)" in first[0]  # the first start hashes the weights
+            pid = (await client.get("/info")).json()["models"][0]["replicas"][0]["pid"]
+            r = await client.post("/v1/embeddings", json={"input": [101, CRASH, 102]})
+            assert r.status_code == 503
+            model = await wait_status(client, "f", "ready")
+            assert model["replicas"][0]["pid"] != pid
+            lines = [r.getMessage() for r in caplog.records if " ready (pid" in r.getMessage()]
+            assert len(lines) == 2
+            for phase in ("start ", "verifying ", "loading ", "warming "):
+                assert phase in lines[1], lines[1]
+            assert "re-hash skipped" in lines[1]  # the file is unchanged since

@@ -37,6 +37,7 @@ from embedhost.models import router
 from embedhost.models.preflight import check_engine, preflight
 from embedhost.models.version import DEAD, GONE, NEVER_UP, ModelHandle, VersionState
 from embedhost.tokenization import load_tokenizer
+from embedhost.worker import budget
 
 if TYPE_CHECKING:
     from embedhost.metrics import Metrics
@@ -88,6 +89,11 @@ class ModelRegistry:
 
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
+        cpu = budget.thread_budget(settings.models)
+        if (line := budget.describe(settings.models, cpu)) is not None:
+            log.info("%s", line)
+        if (warning := cpu.oversubscribed(settings.models)) is not None:
+            log.warning("%s", warning)
         self.groups: dict[str, ModelGroup] = {}
         for m in settings.models:
             self._add_configured(m, ModelHandle(m, settings, metrics=metrics))

@@ -29,6 +29,7 @@ from embedhost.engines.base import EngineInfo
 from embedhost.errors import ModelNotReady
 from embedhost.models.stats import VersionStats
 from embedhost.tokenization import Tokenizer, load_tokenizer
+from embedhost.worker.budget import thread_budget
 from embedhost.worker.supervisor import EngineWorker, WorkerState
 
 if TYPE_CHECKING:
@@ -69,6 +70,19 @@ class Replica:
         return self.batcher.queued + self.batcher.in_flight
 
 
+def _budgeted(config: ModelConfig, settings: Settings) -> ModelConfig:
+    """``config`` with its share of the CPU budget as ``threads`` (unchanged when it sets
+    its own, or when it is the only model with one replica). A version loaded at run time
+    shares with the configured models."""
+    models = list(settings.models)
+    if all(m.ref != config.ref for m in models):
+        models.append(config)
+    threads = thread_budget(models).threads.get(config.ref)
+    if threads is None or config.threads is not None:
+        return config
+    return config.model_copy(update={"threads": threads})
+
+
 class ModelHandle:
     """One version of one model: its tokenizer, replicas, state and counters."""
 
@@ -94,9 +108,10 @@ class ModelHandle:
         self._idle.set()
         self.start_task: asyncio.Task[None] | None = None
         self.replicas: list[Replica] = []
+        worker_config = _budgeted(config, settings)
         for i in range(config.replicas):
             worker = EngineWorker(
-                config,
+                worker_config,
                 settings.worker,
                 replica=i,
                 observer=metrics.worker_observer(config.name, config.version, i)

@@ -3,7 +3,8 @@ then embed the batches the supervisor sends until told to stop.
 
 Protocol (pickled tuples). Parent to child: ``("embed", batch_id, [ids, ...])``,
 ``("stop",)``. Child to parent: ``("phase", "verifying"|"loading"|"warming")``,
-``("ready", info)``, ``("load_failed", permanent, message)``, ``("ok", batch_id, vectors)``,
+``("verified", file digests, files hashed, bytes hashed)`` (after verifying, see
+``modelfiles.remember``), ``("ready", info)``, ``("load_failed", permanent, message)``, ``("ok", batch_id, vectors)``,
 ``("error", batch_id, message)``.
 
 This module is the spawned process's entry point: it imports the engine (and so torch,
@@ -29,7 +30,7 @@ from embedhost.engines import create_engine
 from embedhost.engines.base import EngineInfo
 from embedhost.errors import ConfigError
 from embedhost.logs import setup_logging
-from embedhost.modelfiles import verify_checksum
+from embedhost.modelfiles import HASH_STATS, hashed_files, remember, verify_checksum
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,13 @@ def _warm(engine: Any, info: EngineInfo, vocab_floor: int = 1000) -> None:
 
 
 def worker_main(
-    conn: Connection, config_json: str, log_config: dict[str, str] | None = None
+    conn: Connection,
+    config_json: str,
+    log_config: dict[str, str] | None = None,
+    known_files: dict[str, Any] | None = None,
 ) -> None:
-    """Entry point of the worker process."""
+    """Entry point of the worker process. ``known_files``: weight files already hashed in
+    this process tree (``modelfiles.hashed_files``), not hashed again when unchanged."""
     # The API process owns shutdown: Ctrl-C in a terminal, or a SIGTERM sent to the whole
     # process group (systemd's default), must not kill batches that the API process is
     # still draining. The worker exits when told to, or when the pipe closes (parent gone).
@@ -67,7 +72,10 @@ def worker_main(
     config = ModelConfig.model_validate_json(config_json)
     try:
         conn.send(("phase", "verifying"))
+        if known_files:
+            remember(known_files)
         digest = verify_checksum(config)
+        conn.send(("verified", hashed_files(), HASH_STATS.hashed_files, HASH_STATS.hashed_bytes))
         conn.send(("phase", "loading"))
         engine = create_engine(config)
         info = engine.load()
