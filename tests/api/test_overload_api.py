@@ -87,6 +87,9 @@ async def test_full_queue_is_refused_before_the_body_is_read() -> None:
             assert 1 <= int(r.headers["retry-after"]) <= 60
             assert r.headers["x-request-id"]
 
+        metrics = (await client.get("/metrics")).text
+        assert 'code="queue_full"' in metrics
+
         # Probes and other routes are not gated.
         assert (await client.get("/health")).status_code == 200
         done = await asyncio.gather(*tasks)

@@ -244,6 +244,7 @@ class QueueGate:
             retry = queue_refusal(registry) if registry is not None else None
             if retry is not None:
                 self.refused += 1
+                record_in(scope).error_code = "queue_full"  # the errors metric, the log line
                 await self.pacer.pace()
                 await send_error(
                     send,
