@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from tests.conftest import app_client, fake_model, make_settings
-from tests.fakes import SLOW
+from tests.conftest import app_client, fake_model, make_settings, wait_ready
+from tests.fakes import CRASH, SLOW
 
 
 async def _until(cond: Any, what: str) -> None:
@@ -110,3 +110,21 @@ async def test_retry_after_follows_the_measured_drain_time() -> None:
         expected = batcher.retry_after()
         assert abs(int(r.headers["retry-after"]) - expected) <= 1
         await asyncio.gather(*tasks)
+
+
+async def test_no_model_ready_is_refused_before_the_body_is_read() -> None:
+    # A restart that waits 2 s (backoff) before it even spawns the new worker.
+    settings = make_settings([fake_model("f")], worker={"restart_backoff_initial_s": 2.0})
+    async with app_client(settings) as (app, client):
+        worker = app.state.registry.default.replicas[0].worker
+        r = await client.post("/v1/embeddings", json={"input": [101, CRASH, 102]})
+        assert r.status_code == 503
+        assert worker.state.value == "restarting"
+        # Not even JSON: parsed, it would be a 422. Refused before the body is read: 503.
+        r = await client.post("/embed", content=b"not even json")
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "model_not_ready"
+        assert r.headers["retry-after"] == "2"
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+        await wait_ready(client)
+        assert (await client.post("/embed", json={"text": "back"})).status_code == 200

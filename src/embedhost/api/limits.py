@@ -16,6 +16,7 @@ import asyncio
 import math
 import re
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -23,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from embedhost.api.errors import send_error
 from embedhost.api.record import record_in
 from embedhost.errors import Overloaded
-from embedhost.models.version import GONE
+from embedhost.models.version import GONE, VersionState
 from embedhost.worker.supervisor import WorkerState
 
 if TYPE_CHECKING:
@@ -196,19 +197,37 @@ class RefusalPacer:
 EMBED_PATHS = ("/v1/embeddings", "/embed")
 
 
-def queue_refusal(registry: ModelRegistry) -> float | None:
-    """None when some ready replica of some served version can queue one more input;
-    else the Retry-After (seconds) of the replica that drains first.
+_TRANSIENT = (VersionState.LOADING, VersionState.WARMING, VersionState.RESTARTING)
 
-    Checked before the body is read, so the model the request names is not known yet:
-    the request is refused here only when every version that could serve it is full (with
-    one model, exactly its queue), and the batcher checks again with the real count.
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    status: int
+    type: str
+    code: str
+    message: str
+    retry_after_s: float
+
+
+def refusal_before_body(registry: ModelRegistry, retry_after_s: float) -> Refusal | None:
+    """Why an embedding request must be refused before its body is read, or None.
+
+    The model the request names is not known yet: it is refused here only when no
+    served version could take it. 429 when every ready replica's queue is full (with the
+    Retry-After of the one that drains first); 503 when no replica is ready at all and
+    every version is loading or restarting (a failed version passes, so that the answer
+    can say why). The batcher and the service check again once the model is known.
     """
     retry: float | None = None
+    transient, seen = True, False
     for group in registry.groups.values():
         for handle in group.versions.values():
-            if handle.state in GONE:
+            state = handle.state
+            if state in GONE:
                 continue
+            seen = True
+            if state not in _TRANSIENT and state is not VersionState.READY:
+                transient = False
             for r in handle.replicas:
                 if r.worker.state is not WorkerState.READY:
                     continue
@@ -216,12 +235,29 @@ def queue_refusal(registry: ModelRegistry) -> float | None:
                     return None
                 ra = r.batcher.retry_after()
                 retry = ra if retry is None else min(retry, ra)
-    return retry
+    if retry is not None:
+        return Refusal(
+            429,
+            "rate_limit_error",
+            "queue_full",
+            "every queue that could serve this request is full; retry after the indicated delay",
+            retry,
+        )
+    if transient and seen:
+        return Refusal(
+            503,
+            "server_error",
+            "model_not_ready",
+            "no model is ready yet (loading or restarting); retry shortly",
+            retry_after_s,
+        )
+    return None
 
 
 class QueueGate:
     """429 + Retry-After (the queue's estimated drain time) for an embedding request when
-    every queue that could take it is full, answered before its body is read or parsed.
+    every queue that could take it is full, and 503 + Retry-After while no model is ready
+    yet (:func:`refusal_before_body`), answered before its body is read or parsed.
 
     A refusal here costs the HTTP parse of the request line and headers and one small
     write; the same refusal from the batcher costs reading and parsing the body,
@@ -240,20 +276,24 @@ class QueueGate:
             and scope.get("method") == "POST"
             and str(scope.get("path", "")).endswith(EMBED_PATHS)
         ):
-            registry: ModelRegistry | None = getattr(scope["app"].state, "registry", None)
-            retry = queue_refusal(registry) if registry is not None else None
-            if retry is not None:
+            state = scope["app"].state
+            registry: ModelRegistry | None = getattr(state, "registry", None)
+            refusal = (
+                refusal_before_body(registry, state.settings.worker.retry_after_s)
+                if registry is not None
+                else None
+            )
+            if refusal is not None:
                 self.refused += 1
-                record_in(scope).error_code = "queue_full"  # the errors metric, the log line
+                record_in(scope).error_code = refusal.code  # the errors metric, the log line
                 await self.pacer.pace()
                 await send_error(
                     send,
-                    429,
-                    "every queue that could serve this request is full; "
-                    "retry after the indicated delay",
-                    "rate_limit_error",
-                    "queue_full",
-                    {"retry-after": str(max(1, math.ceil(retry)))},
+                    refusal.status,
+                    refusal.message,
+                    refusal.type,
+                    refusal.code,
+                    {"retry-after": str(max(1, math.ceil(refusal.retry_after_s)))},
                 )
                 return
         await self.app(scope, receive, send)
