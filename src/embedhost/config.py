@@ -477,6 +477,14 @@ class RayConfig(_Strict):
     )
     health_check_period_s: float = Field(default=10.0, gt=0, le=3600)
     health_check_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Each replica also serves its /metrics (no auth) on the first free port "
+        "from this one up (64 tried), on metrics_host of its node. None: only through Ray's proxy.",
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="Bind address of metrics_port.")
 
     @model_validator(mode="after")
     def _consistent(self) -> RayConfig:

@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,46 @@ async def _wait_ready(app: FastAPI, timeout_s: float) -> None:
         await asyncio.sleep(0.1)
 
 
+class _MetricsServer:
+    """This replica's ``/metrics`` on a port of its own (``ray.metrics_port``): Ray's proxy
+    sends ``GET /metrics`` to any one replica; a scraper needs each."""
+
+    def __init__(self, app: FastAPI, host: str, first_port: int) -> None:
+        metrics = app.state.metrics
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] != "/metrics":
+                    self.send_error(404)
+                    return
+                body, content_type = metrics.render(self.headers.get("Accept"))
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        last: OSError | None = None
+        for port in range(first_port, min(first_port + 64, 65536)):
+            try:
+                self.httpd = ThreadingHTTPServer((host, port), Handler)
+                break
+            except OSError as exc:
+                last = exc
+        else:
+            raise RuntimeError(f"no free metrics port in {first_port}-{first_port + 63}: {last}")
+        self.port: int = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, name="metrics", daemon=True).start()
+        log.info("replica metrics on http://%s:%d/metrics", host, self.port)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
 class EmbedhostReplica:
     """One Serve replica: settings loaded here (the replica's YAML file and environment),
     the app built by ``create_app`` at replica start (``__serve_build_asgi_app__``)."""
@@ -125,7 +166,7 @@ class EmbedhostReplica:
         self.config_path = Path(config_path) if config_path else None
         self.settings = load_settings(self.config_path, overrides)
         setup_logging(self.settings.server.log_level, self.settings.server.log_format)
-        self.app: FastAPI | None = None
+        self.embedhost_app: FastAPI | None = None
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         app = create_app(self.settings)
@@ -142,16 +183,26 @@ class EmbedhostReplica:
             # passed: hold the start until the models serve.
             async with inner(a) as state:
                 await _wait_ready(a, timeout)
-                yield state
+                r = self.settings.ray
+                side = None
+                if r.metrics_port is not None and a.state.metrics is not None:
+                    side = _MetricsServer(a, r.metrics_host, r.metrics_port)
+                    a.state.metrics_port = side.port
+                try:
+                    yield state
+                finally:
+                    if side is not None:
+                        side.close()
 
         app.router.lifespan_context = lifespan
-        self.app = app
+        self.embedhost_app = app
         return app
 
     async def check_health(self) -> None:
         """Ray's replica health check (``health_check_period_s``): raising makes Ray replace
         this replica."""
-        reason = "the app has not been built" if self.app is None else unhealthy_reason(self.app)
+        app = self.embedhost_app
+        reason = "the app has not been built" if app is None else unhealthy_reason(app)
         if reason is not None:
             raise RuntimeError(reason)
 
