@@ -41,10 +41,11 @@ from embedhost.logs import setup_logging
 from embedhost.models.version import VersionState
 
 try:
-    import ray
-    from ray import serve
     from ray.serve.config import AutoscalingConfig, BackpressureConfig
     from ray.serve.deployment import Application
+
+    import ray
+    from ray import serve
 except ImportError as exc:  # pragma: no cover - the extra is not installed
     raise ImportError(
         "Ray Serve is not installed: pip install 'embedhost[ray]' (ray[serve])"
@@ -252,11 +253,13 @@ class RayErrorShapeMiddleware:
             await self.app(scope, receive, send)
             return
         start: Message | None = None
+        started = False
         chunks: list[bytes] = []
 
         async def wrapped(message: Message) -> None:
-            nonlocal start
+            nonlocal start, started
             if message["type"] == "http.response.start":
+                started = True
                 headers = dict(message.get("headers", []))
                 plain = headers.get(b"content-type", b"").startswith(b"text/plain")
                 if plain and message["status"] in _REWRITTEN:
@@ -271,7 +274,16 @@ class RayErrorShapeMiddleware:
                 return
             await send(message)
 
-        await self.app(scope, receive, wrapped)
+        try:
+            await self.app(scope, receive, wrapped)
+        except Exception:
+            # The proxy raises when the replica's actor died under the request (uvicorn
+            # would answer a bare 500): a lost replica, retryable.
+            if started:
+                raise
+            log.warning("request failed in Ray's proxy", exc_info=True)
+            for m in _rewrite({"status": 500, "headers": []}, b""):
+                await send(m)
 
 
 _REWRITTEN = {404, 408, 429, 500, 503}
