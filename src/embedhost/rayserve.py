@@ -277,11 +277,12 @@ class RayErrorShapeMiddleware:
         try:
             await self.app(scope, receive, wrapped)
         except Exception:
-            # The proxy raises when the replica's actor died under the request (uvicorn
-            # would answer a bare 500): a lost replica, retryable.
             if started:
                 raise
             log.warning("request failed in Ray's proxy", exc_info=True)
+        if not started:
+            # When the replica's actor died under the request, the proxy returns without
+            # an answer (uvicorn would send a bare 500): a lost replica, retryable.
             for m in _rewrite({"status": 500, "headers": []}, b""):
                 await send(m)
 

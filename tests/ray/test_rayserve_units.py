@@ -119,6 +119,12 @@ async def test_proxy_lost_replica_is_retryable() -> None:
     r = await _get(raising)
     assert r.status_code == 503 and r.json()["error"]["code"] == "replica_lost"
 
+    async def silent(scope: Scope, receive: Receive, send: Send) -> None:
+        return  # Ray's proxy on an ActorDiedError: no answer at all
+
+    r = await _get(silent)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "replica_lost"
+
 
 async def test_proxy_leaves_embedhost_answers_alone() -> None:
     body = orjson.dumps({"error": {"message": "m", "type": "t", "param": None, "code": "c"}})
