@@ -27,7 +27,7 @@ import psutil
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import (  # noqa: E402
+from throughput import (
     LOADS,
     MINILM,
     ROOT,
