@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -91,15 +92,16 @@ def sweep(tmp: Path, duration: int) -> list[dict[str, Any]]:
     out = []
     try:
         wait_ready(proc, url, t0)
-        for load, conns in [("short", c) for c in (1, 2, 4, 8, 16, 32)] + [
-            ("passages", c) for c in (1, 2, 4, 8)
+        for load, conns in [("short", c) for c in (1, 4, 8, 16, 32)] + [
+            ("passages", c) for c in (1, 4)
         ]:
             LOADS[load] = (conns, *LOADS[load][1:])
             r = run_wrk(url, load, None, tmp, duration)
-            out.append(r.__dict__)
+            out.append({**r.__dict__, "loadavg": os.getloadavg()[0]})
             print(
                 f"sweep {load:8s} c={conns:2d}: {r.texts_per_s:7.1f} texts/s "
-                f"p50 {r.p50_ms:6.1f} ms p99 {r.p99_ms:6.1f} ms non-2xx {r.non_2xx}",
+                f"p50 {r.p50_ms:6.1f} ms p99 {r.p99_ms:6.1f} ms non-2xx {r.non_2xx} "
+                f"(load average {os.getloadavg()[0]:.1f})",
                 flush=True,
             )
     finally:
@@ -133,7 +135,13 @@ def main() -> None:
                     raise
                 finally:
                     ensure_gone(proc)
-                row = {"round": i + 1, "mode": mode, "ready_s": ready, "rss_mb": rss}
+                row = {
+                    "round": i + 1,
+                    "mode": mode,
+                    "ready_s": ready,
+                    "rss_mb": rss,
+                    "loadavg": os.getloadavg()[0],
+                }
                 row["loads"] = [r.__dict__ for r in loads]
                 results["rounds"].append(row)
                 s, p = loads
@@ -141,7 +149,7 @@ def main() -> None:
                     f"round {i + 1} {mode:6s}: short {s.texts_per_s:6.1f}/s p50 {s.p50_ms:6.1f} "
                     f"p99 {s.p99_ms:6.1f} | passages {p.texts_per_s:6.1f}/s p50 {p.p50_ms:6.1f} "
                     f"p99 {p.p99_ms:6.1f} | non-2xx {s.non_2xx + p.non_2xx} | RSS {rss:6.0f} MB "
-                    f"| ready {ready:5.1f}s",
+                    f"| ready {ready:5.1f}s | load average {os.getloadavg()[0]:.1f}",
                     flush=True,
                 )
     out = ROOT / "bench" / "out"
