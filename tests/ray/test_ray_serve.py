@@ -205,7 +205,7 @@ def _stop_group(proc: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(60)
+        proc.wait(20)
     except subprocess.TimeoutExpired:
         pass
     with contextlib.suppress(ProcessLookupError):
