@@ -176,7 +176,8 @@ class EmbedhostReplica:
         ctx = serve.get_replica_context()
         app.state.instance_id = ctx.replica_id.unique_id
         inner = app.router.lifespan_context
-        timeout = self.settings.worker.start_timeout_s * 2
+        # The supervisor gives a worker start_timeout_s to load and warm, then fails it.
+        timeout = self.settings.worker.start_timeout_s + 30
 
         @asynccontextmanager
         async def lifespan(a: FastAPI) -> AsyncIterator[Any]:
