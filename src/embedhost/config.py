@@ -468,6 +468,75 @@ class LifecycleConfig(_Strict):
     )
 
 
+class RayConfig(_Strict):
+    """Ray Serve (``embedhost serve --ray``, ``deploy/ray/serve.yaml``): one Serve replica is
+    one embedhost app. Replica count, autoscaling and backpressure; the defaults are sized
+    from one replica's measured capacity (README, "Ray Serve")."""
+
+    address: str | None = Field(
+        default=None,
+        description="Ray cluster to join (host:port, ray://..., auto). None: $RAY_ADDRESS, "
+        "else a new local cluster.",
+    )
+    app_name: str = Field(default="embedhost", min_length=1, max_length=64)
+    min_replicas: int = Field(default=1, ge=1, le=1024)
+    max_replicas: int = Field(default=2, ge=1, le=1024)
+    target_ongoing_requests: float = Field(
+        default=8,
+        gt=0,
+        le=10_000,
+        description="Requests in flight per replica the autoscaler aims at.",
+    )
+    upscale_delay_s: float = Field(default=10.0, ge=0, le=3600)
+    downscale_delay_s: float = Field(default=60.0, ge=0, le=3600)
+    metrics_interval_s: float = Field(
+        default=2.0, gt=0, le=600, description="How often replicas report their load."
+    )
+    look_back_period_s: float = Field(
+        default=10.0, gt=0, le=3600, description="Window the autoscaler averages load over."
+    )
+    max_ongoing_requests: int = Field(
+        default=32,
+        ge=1,
+        le=100_000,
+        description="Requests in flight per replica; more wait in Ray's queue.",
+    )
+    max_queued_requests: int = Field(
+        default=64,
+        ge=1,
+        le=1_000_000,
+        description="Requests waiting in Ray's queue (per proxy); beyond it 503 + Retry-After.",
+    )
+    num_cpus: float = Field(
+        default=1.0, ge=0, le=1024, description="Ray CPUs reserved per replica (scheduling only)."
+    )
+    health_check_period_s: float = Field(default=10.0, gt=0, le=3600)
+    health_check_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Each replica also serves its /metrics (no auth) on the first free port "
+        "from this one up (64 tried), on metrics_host of its node. None: only through Ray's proxy.",
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="Bind address of metrics_port.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RayConfig:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"ray.max_replicas ({self.max_replicas}) is below ray.min_replicas "
+                f"({self.min_replicas})"
+            )
+        if self.max_ongoing_requests < self.target_ongoing_requests:
+            raise ValueError(
+                f"ray.max_ongoing_requests ({self.max_ongoing_requests}) is below "
+                f"ray.target_ongoing_requests ({self.target_ongoing_requests}): replicas could "
+                "never reach the load the autoscaler aims at"
+            )
+        return self
+
+
 class Settings(BaseSettings):
     """The whole configuration."""
 
@@ -489,6 +558,7 @@ class Settings(BaseSettings):
     tracing: TracingConfig = Field(default_factory=TracingConfig)
     models: list[ModelConfig] = Field(default_factory=lambda: [default_model()], min_length=1)
     lifecycle: LifecycleConfig = Field(default_factory=LifecycleConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:

@@ -41,6 +41,14 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (server.host).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (server.port).")] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning, error.")] = None,
+    on_ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="Run on Ray Serve (embedhost[ray]): replicas and autoscaling from ray.* "
+            "settings; joins ray.address / $RAY_ADDRESS, else starts a local cluster.",
+        ),
+    ] = False,
 ) -> None:
     """Start the HTTP server."""
     from embedhost.api.app import create_app
@@ -62,6 +70,11 @@ def serve(
     from embedhost.logs import setup_logging
 
     setup_logging(settings.server.log_level, settings.server.log_format)
+    if on_ray:
+        from embedhost.rayserve import serve_forever
+
+        serve_forever(settings, config, {"server": server} if server else None)
+        return
     try:
         app = create_app(settings)
         app.state.config_path = config  # SIGHUP and POST /admin/reload re-read it

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from embedhost.api.deps import RegistryDep, require_scope
 from embedhost.config import ModelConfig
-from embedhost.errors import InvalidRequest, MethodNotAllowed
+from embedhost.errors import Conflict, InvalidRequest, MethodNotAllowed
 from embedhost.models.preflight import version_config
 from embedhost.models.reload import reload_config
 from embedhost.protocol import ErrorResponse
@@ -25,10 +25,24 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 422, 429, 503, 507)
 }
 
+
+async def _one_of_many(request: Request) -> None:
+    """Under an orchestrator that runs many identical replicas (Ray Serve), a change made
+    here would reach the one replica that took the request: refuse it, say what to do."""
+    orchestrator = getattr(request.app.state, "orchestrator", None)
+    if orchestrator is None or request.method in ("GET", "HEAD"):
+        return
+    raise Conflict(
+        f"this server is one replica of a {orchestrator} application: {request.method} "
+        f"{request.url.path} would change this replica only. Change the model in the config "
+        "and redeploy it (serve deploy): Ray Serve rolls every replica to the new version"
+    )
+
+
 router = APIRouter(
     prefix="/admin",
     tags=["admin"],
-    dependencies=[Depends(require_scope("admin"))],
+    dependencies=[Depends(require_scope("admin")), Depends(_one_of_many)],
     responses=_ERRORS,
 )
 
