@@ -28,7 +28,7 @@ from embedhost.config import ModelConfig, Settings
 from embedhost.engines.base import EngineInfo
 from embedhost.errors import ModelNotReady
 from embedhost.models.stats import VersionStats
-from embedhost.tokenization import Tokenizer, load_tokenizer
+from embedhost.tokenization import Prompts, Tokenizer, load_prompts, load_tokenizer
 from embedhost.worker.supervisor import EngineWorker, WorkerState
 
 if TYPE_CHECKING:
@@ -85,6 +85,7 @@ class ModelHandle:
         self.settings = settings
         self.runtime = runtime
         self.tokenizer: Tokenizer = tokenizer or load_tokenizer(config)
+        self.prompts: Prompts = load_prompts(config)
         self.created = int(time.time())
         self.stats = VersionStats()
         self.active = 0
@@ -242,6 +243,7 @@ class ModelHandle:
             "device": self.config.device,
             "quantization": self.config.quantization,
             "checksum": self.config.checksum,
+            **self.prompts.describe(),
             "loaded_at": self.created,
             "active_requests": self.active,
             "replicas": [
