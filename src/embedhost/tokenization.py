@@ -272,11 +272,10 @@ class Prompts:
     def _named(self, name: str, param: str) -> Prompt:
         text = self.texts.get(name)
         if text is None:
-            names = sorted(self.texts)
-            extra = "query, document" if param == "input_type" else ""
-            available = ", ".join(names + ([extra] if extra else [])) or "none"
+            available = ", ".join(sorted(self.texts)) or "none"
+            also = " (input_type also takes query and document)" if param == "input_type" else ""
             raise InvalidRequest(
-                f"unknown {param} {name!r}; this model's prompts: {available}", param=param
+                f"unknown {param} {name!r}; this model's prompts: {available}{also}", param=param
             )
         return Prompt(name, text)
 

@@ -113,7 +113,11 @@ async def test_default_prompt(client: httpx.AsyncClient) -> None:
 @pytest.mark.parametrize(
     ("body", "param", "needle"),
     [
-        ({"input_type": "search"}, "input_type", "huge, passage, query, query, document"),
+        (
+            {"input_type": "search"},
+            "input_type",
+            "prompts: huge, passage, query (input_type also takes query and document)",
+        ),
         ({"prompt_name": "document"}, "prompt_name", "huge, passage, query"),
         ({"input_type": "query", "prompt_name": "query"}, "prompt_name", "not both"),
         ({"input": [[101, 7592, 102]], "input_type": "query"}, "input_type", "token ids"),

@@ -528,14 +528,18 @@ class LocalEmbedder:
 
     async def start(self, timeout: float = 600.0) -> None:
         from embedhost.config import load_settings
+        from embedhost.errors import EmbedhostError
         from embedhost.models.registry import ModelRegistry
         from embedhost.service import EmbeddingService
 
-        settings = load_settings(self.config)
-        self._registry = ModelRegistry(settings)
-        self._service = EmbeddingService(self._registry, settings.limits)
-        self._registry.start()
-        handle = self._service.resolve(self.model)  # an unknown model fails here
+        try:
+            settings = load_settings(self.config)
+            self._registry = ModelRegistry(settings)
+            self._service = EmbeddingService(self._registry, settings.limits)
+            self._registry.start()
+            handle = self._service.resolve(self.model)  # an unknown model fails here
+        except EmbedhostError as exc:
+            raise CorpusError(exc.message) from None
         deadline = time.monotonic() + timeout
         while handle.status != "ready":
             if handle.status == "failed" or time.monotonic() > deadline:
@@ -781,7 +785,7 @@ async def _run(
     )
 
     def track(total: int, done: int) -> Advance:
-        task = bar.add_task(source.name, total=max(total - done, 0) or None)
+        task = bar.add_task(source.name, total=max(total - done, 0))
         return lambda n: bar.advance(task, n)
 
     try:

@@ -119,7 +119,15 @@ def _quick_embed(
     if local:
         from embedhost.cli import corpus
 
-        typer.echo(json.dumps(corpus.local_answer(texts, config, model, input_type)))
+        try:
+            answer = corpus.local_answer(texts, config, model, input_type)
+        except corpus.EmbedFailed as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        except corpus.CorpusError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        typer.echo(json.dumps(answer))
         return
     import httpx
 
