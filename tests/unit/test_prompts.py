@@ -4,14 +4,16 @@ and the config errors."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
-from embedhost.config import ModelConfig
+from embedhost.config import ModelConfig, load_settings
 from embedhost.errors import ConfigError, InputTooLong, InvalidRequest
 from embedhost.tokenization import HFTokenizer, Prompt, Prompts, load_prompts, prepare_texts
-from tests.conftest import MINILM, make_settings
+from tests.conftest import MINILM, ROOT, make_settings
 
 
 def st_dir(tmp_path: Path, data: object) -> Path:
@@ -74,3 +76,14 @@ def test_prompt_counts_and_truncation(minilm_dir: Path) -> None:
     # The smallest limit that leaves one token of input.
     out = prepare_texts(tok, ["hello world"], 5, "left", prompt)
     assert out.ids == [tok.encode_batch(["query: world"])[0]]
+
+
+def test_readme_prompts_example_validates() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Query and document prompts", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    settings = load_settings(None, yaml.safe_load(block))
+    p = load_prompts(settings.models[0])
+    assert p.texts == {"query": "query: ", "passage": "passage: "}
+    assert p.default == "passage"
+    assert p.resolve("document", None) == Prompt("passage", "passage: ")

@@ -769,6 +769,8 @@ async def _run(
     class Rate(ProgressColumn):
         def render(self, task: Any) -> Text:
             speed = task.finished_speed or task.speed
+            if not speed and task.elapsed:
+                speed = task.completed / task.elapsed
             return Text(f"{speed:,.0f} texts/s" if speed else "- texts/s", style="cyan")
 
     bar = Progress(
