@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import pytest_asyncio
+import yaml
 from fastapi import FastAPI
 from typer.testing import CliRunner
 
@@ -333,12 +334,18 @@ def test_local_and_server_give_the_same_vectors(tmp_path: Path) -> None:
     assert cos.min() >= 0.9999
 
 
-def test_quick_local_embed_prints_json() -> None:
-    r = CliRunner().invoke(cli, ["embed", "--local", "hello", "world"])
+def test_quick_local_embed_prints_json(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump({"models": [fake_model("fake", prompts={"query": "q: "})]}))
+    r = CliRunner().invoke(
+        cli, ["embed", "--local", "-c", str(cfg), "--input-type", "query", "hello", "world"]
+    )
     assert r.exit_code == 0, r.output
     body = json.loads(r.output.strip().splitlines()[-1])
     assert [d["index"] for d in body["data"]] == [0, 1]
-    assert len(body["data"][0]["embedding"]) == 384
+    assert len(body["data"][0]["embedding"]) == 32
+    r = CliRunner().invoke(cli, ["embed", "--local", "-c", str(cfg), "--input-type", "x", "hi"])
+    assert r.exit_code == 1 and "unknown input_type 'x'" in r.output
 
 
 def test_local_embedder_reports_a_bad_model() -> None:

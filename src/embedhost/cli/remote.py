@@ -81,6 +81,12 @@ def embed(
     from embedhost.cli import corpus
 
     if output is None:
+        looks_like_file = Path(inputs[0]).suffix.lower() in corpus.INPUT_FORMATS
+        if len(inputs) == 1 and looks_like_file and Path(inputs[0]).is_file():
+            typer.echo(
+                f"note: embedding the text {inputs[0]!r}; to embed the file, add -o OUTPUT",
+                err=True,
+            )
         _quick_embed(inputs, url, model, api_key, input_type, local, config)
         return
     if len(inputs) != 1:

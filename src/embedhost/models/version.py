@@ -78,6 +78,7 @@ class ModelHandle:
         settings: Settings,
         *,
         tokenizer: Tokenizer | None = None,
+        prompts: Prompts | None = None,
         runtime: bool = False,
         metrics: Metrics | None = None,
     ) -> None:
@@ -85,7 +86,7 @@ class ModelHandle:
         self.settings = settings
         self.runtime = runtime
         self.tokenizer: Tokenizer = tokenizer or load_tokenizer(config)
-        self.prompts: Prompts = load_prompts(config)
+        self.prompts: Prompts = load_prompts(config) if prompts is None else prompts
         self.created = int(time.time())
         self.stats = VersionStats()
         self.active = 0
