@@ -32,7 +32,7 @@ from embedhost.cli.corpus import (
     retry_after,
     text_hash,
 )
-from tests.conftest import MINILM, app_client, fake_model, make_settings
+from tests.conftest import MINILM, app_client, fake_model, free_port, make_settings
 
 TEXTS = [f"sentence number {i} about {w}" for i, w in enumerate("abcdefghijklm")]
 IDS = [f"doc-{i}" for i in range(len(TEXTS))]
@@ -360,3 +360,17 @@ def test_local_embedder_reports_a_bad_model() -> None:
         return ""
 
     assert "not served here" in asyncio.run(go())
+
+
+def test_cli_against_an_unreachable_server(tmp_path: Path) -> None:
+    """The --url path of the command: a connection refused (after its retries) stops the
+    run with exit code 1 and names the rows."""
+    src = write_input(tmp_path / "in.txt", TEXTS[:3])
+    out = tmp_path / "out.jsonl"
+    url = f"http://127.0.0.1:{free_port()}"
+    r = CliRunner().invoke(
+        cli, ["embed", str(src), "-o", str(out), "--url", url, "--retries", "0", "-q"]
+    )
+    assert r.exit_code == 1, r.output
+    assert "rows 1-3: cannot reach" in r.output
+    assert "--resume" in r.output
