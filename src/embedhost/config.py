@@ -179,6 +179,45 @@ class ModelConfig(_Strict):
         default=False,
         description="Receives a mirrored copy of this name's traffic; never answers a client.",
     )
+    # Prompts (issue 14): see embedhost.tokenization.load_prompts.
+    prompts: dict[str, str] | None = Field(
+        default=None,
+        description=(
+            "Named prompts prepended to inputs, e.g. {query: 'query: ', document: 'passage: '}. "
+            "Default: the model's config_sentence_transformers.json, when it has one."
+        ),
+    )
+    default_prompt: str | None = Field(
+        default=None,
+        max_length=128,
+        description=(
+            "The prompt applied when a request names none. Default: the file's "
+            "default_prompt_name; '' for none."
+        ),
+    )
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompt_names(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        for name in v or {}:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}", name):
+                raise ValueError(
+                    f"prompt name {name!r}: use letters, digits and . _ : - (at most 128)"
+                )
+        return v
+
+    @model_validator(mode="after")
+    def _default_prompt_declared(self) -> ModelConfig:
+        if (
+            self.prompts is not None
+            and self.default_prompt
+            and self.default_prompt not in self.prompts
+        ):
+            raise ValueError(
+                f"default_prompt {self.default_prompt!r} is not one of prompts "
+                f"({', '.join(self.prompts) or 'none'})"
+            )
+        return self
 
     @field_validator("engine")
     @classmethod

@@ -14,6 +14,13 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from pydantic.config import JsonDict
 
+_INPUT_TYPE_DOC = (
+    "Extension: the use of the inputs, which picks the model's prompt: 'query', "
+    "'document', or any prompt name the model lists (GET /v1/models). Default: the "
+    "model's default prompt, if any."
+)
+_PROMPT_NAME_DOC = "One of the model's prompt names, as TEI spells it (or use input_type)."
+
 Truncate = bool | Literal["left", "right"]
 """Per-request truncation: ``true`` uses the model's side (right unless configured),
 ``"left"``/``"right"`` pick the side, ``false`` refuses inputs over the limit."""
@@ -72,6 +79,12 @@ class EmbeddingRequest(BaseModel):
         default=None,
         description="Override the model's truncation policy for this request.",
     )
+    input_type: str | None = Field(
+        default=None, min_length=1, max_length=128, description=_INPUT_TYPE_DOC
+    )
+    prompt_name: str | None = Field(
+        default=None, min_length=1, max_length=128, description=_PROMPT_NAME_DOC
+    )
 
 
 class EmbeddingObject(BaseModel):
@@ -103,6 +116,12 @@ class EmbedRequest(BaseModel):
     normalize: bool = True
     truncate: Truncate | None = None
     dimensions: int | None = Field(default=None, ge=1)
+    input_type: str | None = Field(
+        default=None, min_length=1, max_length=128, description=_INPUT_TYPE_DOC
+    )
+    prompt_name: str | None = Field(
+        default=None, min_length=1, max_length=128, description=_PROMPT_NAME_DOC
+    )
 
 
 class EmbedResponse(BaseModel):
@@ -122,6 +141,13 @@ class ModelCard(BaseModel):
     owned_by: str = "embedhost"
     version: str | None = Field(
         default=None, description="Extension: the version that serves this id."
+    )
+    prompts: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extension: the model's prompts by name (input_type / prompt_name).",
+    )
+    default_prompt: str | None = Field(
+        default=None, description="Extension: the prompt applied when a request names none."
     )
 
 

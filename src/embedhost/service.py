@@ -1,6 +1,7 @@
-"""One embedding call, transport-free: resolve the model, tokenize and count, truncate or
-refuse, check limits, queue on a replica's batcher, await the vectors, then apply
-Matryoshka ``dimensions`` and normalization.
+"""One embedding call, transport-free: resolve the model, pick its prompt (``input_type``
+/ ``prompt_name``), tokenize and count, truncate or refuse, check limits, queue on a
+replica's batcher, await the vectors, then apply Matryoshka ``dimensions`` and
+normalization.
 
 Both HTTP routes (OpenAI and native) call :meth:`EmbeddingService.embed`. It holds a
 lease on the version for the whole call (a retiring version drains until none is left),
@@ -36,7 +37,7 @@ from embedhost.models.registry import ModelRegistry
 from embedhost.models.version import ModelHandle
 from embedhost.protocol import Truncate
 from embedhost.security.admission import Admission
-from embedhost.tokenization import Policy, Tokenized, prepare_ids, prepare_texts
+from embedhost.tokenization import Policy, Prompt, Tokenized, prepare_ids, prepare_texts
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,10 @@ class EmbedOptions:
     dimensions: int | None = None
     """Keep the first ``dimensions`` of each vector (Matryoshka)."""
     normalize: bool | None = None
+    input_type: str | None = None
+    """A prompt name, or ``query``/``document`` (see :meth:`Prompts.resolve`)."""
+    prompt_name: str | None = None
+    """TEI's spelling: a prompt name of the model."""
 
 
 _DEFAULT = EmbedOptions()
@@ -115,7 +120,7 @@ class EmbeddingService:
         finally:
             if watcher is not None:
                 watcher.cancel()
-        self._mirror(handle, inputs, result, options.dimensions)
+        self._mirror(handle, inputs, result, options)
         return result
 
     def _mirror(
@@ -123,7 +128,7 @@ class EmbeddingService:
         handle: ModelHandle,
         inputs: list[str] | list[list[int]],
         result: EmbedResult,
-        dimensions: int | None,
+        options: EmbedOptions,
     ) -> None:
         # Token ids belong to one vocabulary; only texts can be mirrored to another version.
         if not isinstance(inputs[0], str):
@@ -137,16 +142,22 @@ class EmbeddingService:
         target.shadow_in_flight += 1
         texts: list[str] = inputs  # type: ignore[assignment,unused-ignore]
         self.registry.spawn(
-            self._shadow(target, texts, result.vectors, dimensions), name=f"shadow-{target.ref}"
+            self._shadow(target, texts, result.vectors, options), name=f"shadow-{target.ref}"
         )
 
     async def _shadow(
-        self, target: ModelHandle, texts: list[str], answer: Vectors, dimensions: int | None
+        self, target: ModelHandle, texts: list[str], answer: Vectors, original: EmbedOptions
     ) -> None:
+        dimensions = original.dimensions
         start = time.perf_counter()
         try:
             with target.lease():
-                options = EmbedOptions(dimensions=dimensions, normalize=True)
+                options = EmbedOptions(
+                    dimensions=dimensions,
+                    normalize=True,
+                    input_type=original.input_type,
+                    prompt_name=original.prompt_name,
+                )
                 shadow = await self._embed(target, texts, options, Ticket())
         except Exception as exc:
             target.stats.shadow_errors += 1
@@ -186,12 +197,13 @@ class EmbeddingService:
                 param="dimensions",
             )
         policy = _policy(handle.config.truncation, options.truncate)
+        prompt = self._prompt(handle, inputs, options)
         t_tok = time.monotonic()
         if self.tracing is None:
-            tokens = await self._tokenize(handle, inputs, info.max_tokens, policy)
+            tokens = await self._tokenize(handle, inputs, info.max_tokens, policy, prompt)
         else:
             with self.tracing.span("tokenize", inputs=len(inputs)) as span:
-                tokens = await self._tokenize(handle, inputs, info.max_tokens, policy)
+                tokens = await self._tokenize(handle, inputs, info.max_tokens, policy, prompt)
                 span.set_attribute("tokens", tokens.total)
         tokenize_s = time.monotonic() - t_tok
         if tokens.total > self.limits.max_request_tokens:
@@ -235,12 +247,28 @@ class EmbeddingService:
             inference_s=done - dispatched,
         )
 
+    @staticmethod
+    def _prompt(
+        handle: ModelHandle, inputs: list[str] | list[list[int]], options: EmbedOptions
+    ) -> Prompt | None:
+        """The prompt the request asks for (or the model's default); token-id input is
+        used as given, so it takes none."""
+        if isinstance(inputs[0], str):
+            return handle.prompts.resolve(options.input_type, options.prompt_name)
+        if options.input_type is not None or options.prompt_name is not None:
+            raise InvalidRequest(
+                "prompts apply to text input; token ids are used as given",
+                param="input_type" if options.input_type is not None else "prompt_name",
+            )
+        return None
+
     async def _tokenize(
         self,
         handle: ModelHandle,
         inputs: list[str] | list[list[int]],
         max_tokens: int,
         policy: Policy,
+        prompt: Prompt | None = None,
     ) -> Tokenized:
         if isinstance(inputs[0], str):
             texts: list[str] = inputs
@@ -248,9 +276,9 @@ class EmbeddingService:
                 if not t:
                     raise InvalidRequest(f"input {i} is an empty string", param="input")
             if sum(len(t) for t in texts) <= _INLINE_CHARS:
-                return prepare_texts(handle.tokenizer, texts, max_tokens, policy)
+                return prepare_texts(handle.tokenizer, texts, max_tokens, policy, prompt)
             return await asyncio.to_thread(
-                prepare_texts, handle.tokenizer, texts, max_tokens, policy
+                prepare_texts, handle.tokenizer, texts, max_tokens, policy, prompt
             )
         seqs: list[list[int]] = inputs
         return prepare_ids(handle.tokenizer, seqs, max_tokens, policy)

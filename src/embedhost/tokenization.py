@@ -8,18 +8,25 @@ Two tokenizers: :class:`HFTokenizer` (a Hugging Face ``tokenizer.json``, the fas
 tokenizer) and :class:`GGUFTokenizer`, which loads only a GGUF file's vocabulary
 (``vocab_only``, so the API process stays small) and tokenizes with llama.cpp's own
 tokenizer, so that counting and truncation agree with what the engine sees.
+
+Prompts (:class:`Prompts`): a model's named instructions ("query: ", "passage: ", ...),
+from its config or its sentence-transformers ``config_sentence_transformers.json``. A
+prompt is prepended to the text before tokenizing, as sentence-transformers does, so it
+counts toward usage and limits, it is in the token ids the worker (and a cache keyed on
+them) sees, and truncation cuts the input after it, never the prompt itself.
 """
 
 from __future__ import annotations
 
+import json
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
 from embedhost.config import ModelConfig
 from embedhost.engines.gguf import GGUFModel
-from embedhost.errors import InputTooLong, InvalidRequest
+from embedhost.errors import ConfigError, InputTooLong, InvalidRequest
 
 Policy = Literal["right", "left", "refuse"]
 
@@ -112,31 +119,59 @@ class Tokenized:
 
 
 def fit(
-    ids: list[int], max_tokens: int, policy: Policy, prefix: int, suffix: int, index: int
+    ids: list[int],
+    max_tokens: int,
+    policy: Policy,
+    prefix: int,
+    suffix: int,
+    index: int,
+    prompt: int = 0,
 ) -> tuple[list[int], bool]:
-    """Cut one sequence to ``max_tokens`` keeping its special tokens, or refuse."""
+    """Cut one sequence to ``max_tokens`` keeping its special tokens and its first
+    ``prompt`` content tokens (the prompt), or refuse."""
     n = len(ids)
     if n <= max_tokens:
         return ids, False
     if policy == "refuse":
         raise InputTooLong(
-            f"input {index} has {n} tokens, more than this model's limit of {max_tokens}; "
-            "shorten it or send truncate=true",
+            f"input {index} has {n} tokens"
+            + (f" (of them {prompt} for the prompt)" if prompt else "")
+            + f", more than this model's limit of {max_tokens}; shorten it or send truncate=true",
             param="input",
         )
-    keep = max_tokens - prefix - suffix
+    head_n = prefix + prompt
+    keep = max_tokens - head_n - suffix
     if keep <= 0:
         raise InvalidRequest(f"max_input_tokens {max_tokens} leaves no room for content")
-    head, body, tail = ids[:prefix], ids[prefix : n - suffix], ids[n - suffix :] if suffix else []
+    head, body, tail = ids[:head_n], ids[head_n : n - suffix], ids[n - suffix :] if suffix else []
     body = body[:keep] if policy == "right" else body[len(body) - keep :]
     return head + body + tail, True
 
 
 def prepare_texts(
-    tokenizer: Tokenizer, texts: list[str], max_tokens: int, policy: Policy
+    tokenizer: Tokenizer,
+    texts: list[str],
+    max_tokens: int,
+    policy: Policy,
+    prompt: Prompt | None = None,
 ) -> Tokenized:
-    raw = tokenizer.encode_batch(texts)
-    return _fit_all(raw, max_tokens, policy, tokenizer.prefix_specials, tokenizer.suffix_specials)
+    """Tokenize ``texts`` (each prefixed with ``prompt``'s text), then cut or refuse."""
+    if prompt is None or not prompt.text:
+        raw = tokenizer.encode_batch(texts)
+        return _fit_all(
+            raw, max_tokens, policy, tokenizer.prefix_specials, tokenizer.suffix_specials
+        )
+    pre, suf = tokenizer.prefix_specials, tokenizer.suffix_specials
+    # The prompt alone, in the same call: how many of each input's tokens are the prompt's.
+    raw = tokenizer.encode_batch([prompt.text] + [prompt.text + t for t in texts])
+    n_prompt = max(0, len(raw[0]) - pre - suf)
+    if pre + n_prompt + suf >= max_tokens:
+        raise InputTooLong(
+            f"the prompt {prompt.name!r} takes {n_prompt} tokens, leaving no room for input "
+            f"within this model's limit of {max_tokens} tokens",
+            param="input_type",
+        )
+    return _fit_all(raw[1:], max_tokens, policy, pre, suf, n_prompt)
 
 
 def prepare_ids(
@@ -155,12 +190,17 @@ def prepare_ids(
 
 
 def _fit_all(
-    raw: list[list[int]], max_tokens: int, policy: Policy, prefix: int, suffix: int
+    raw: list[list[int]],
+    max_tokens: int,
+    policy: Policy,
+    prefix: int,
+    suffix: int,
+    prompt: int = 0,
 ) -> Tokenized:
     ids: list[list[int]] = []
     truncated: list[bool] = []
     for i, seq in enumerate(raw):
-        cut, was = fit(seq, max_tokens, policy, prefix, suffix, i)
+        cut, was = fit(seq, max_tokens, policy, prefix, suffix, i, prompt)
         ids.append(cut)
         truncated.append(was)
     return Tokenized(ids=ids, counts=[len(s) for s in ids], truncated=truncated)
@@ -175,3 +215,122 @@ def load_tokenizer(config: ModelConfig) -> Tokenizer:
     if config.engine == "llama_cpp":
         return GGUFTokenizer(path)
     return HFTokenizer(path)
+
+
+# --- prompts -------------------------------------------------------------------------------
+
+ST_CONFIG = "config_sentence_transformers.json"
+
+# input_type "query" / "document" use the model's prompt of that name, else the first of
+# these that the model declares (the names sentence-transformers configs use in practice:
+# E5 "query"/"passage", nomic "search_query"/"search_document", Qwen3 "query"/"document").
+# A model that declares none of them embeds that side without a prompt.
+INPUT_TYPE_ALIASES: dict[str, tuple[str, ...]] = {
+    "query": ("query", "search_query", "queries"),
+    "document": ("document", "passage", "search_document", "documents", "passages", "corpus"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    name: str
+    text: str
+
+
+@dataclass(slots=True)
+class Prompts:
+    """One model's named prompts and the default one (a name, or None: no prompt)."""
+
+    texts: dict[str, str] = field(default_factory=dict)
+    default: str | None = None
+
+    def resolve(self, input_type: str | None, prompt_name: str | None) -> Prompt | None:
+        """The prompt a request asks for. ``prompt_name`` (TEI's spelling) must name one of
+        the model's prompts; ``input_type`` may also be ``query`` or ``document``, which
+        map as :data:`INPUT_TYPE_ALIASES` says. Neither: the default prompt."""
+        if input_type is not None and prompt_name is not None:
+            raise InvalidRequest(
+                "give input_type or prompt_name, not both (they choose the same thing)",
+                param="prompt_name",
+            )
+        if prompt_name is not None:
+            return self._named(prompt_name, "prompt_name")
+        if input_type is not None:
+            if input_type in self.texts:
+                return Prompt(input_type, self.texts[input_type])
+            aliases = INPUT_TYPE_ALIASES.get(input_type)
+            if aliases is None:
+                return self._named(input_type, "input_type")
+            for name in aliases:
+                if name in self.texts:
+                    return Prompt(name, self.texts[name])
+            return None
+        if self.default is not None:
+            return Prompt(self.default, self.texts[self.default])
+        return None
+
+    def _named(self, name: str, param: str) -> Prompt:
+        text = self.texts.get(name)
+        if text is None:
+            available = ", ".join(sorted(self.texts)) or "none"
+            also = " (input_type also takes query and document)" if param == "input_type" else ""
+            raise InvalidRequest(
+                f"unknown {param} {name!r}; this model's prompts: {available}{also}", param=param
+            )
+        return Prompt(name, text)
+
+    def describe(self) -> dict[str, object]:
+        return {"prompts": dict(self.texts), "default_prompt": self.default}
+
+
+def read_st_prompts(directory: Path) -> tuple[dict[str, str], str | None] | None:
+    """``prompts`` and ``default_prompt_name`` from a sentence-transformers model directory's
+    ``config_sentence_transformers.json``; None when it has no such file."""
+    file = directory / ST_CONFIG
+    if not file.is_file():
+        return None
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{file}: cannot read it: {exc}") from None
+    prompts = (data.get("prompts") or {}) if isinstance(data, dict) else {}
+    default = data.get("default_prompt_name") if isinstance(data, dict) else None
+    if not isinstance(prompts, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()
+    ):
+        raise ConfigError(f"{file}: 'prompts' must map names to texts")
+    if default is not None and (not isinstance(default, str) or default not in prompts):
+        raise ConfigError(
+            f"{file}: default_prompt_name {default!r} is not one of its prompts "
+            f"({', '.join(prompts) or 'none'})"
+        )
+    return dict(prompts), default
+
+
+def load_prompts(config: ModelConfig) -> Prompts:
+    """A model's prompts: ``prompts`` from its config when set, else from the
+    sentence-transformers config beside its files (the model directory, or the directory
+    of ``engine_options.tokenizer``); ``default_prompt`` from its config when set, else
+    the file's ``default_prompt_name``."""
+    texts: dict[str, str] = {}
+    default: str | None = None
+    if config.prompts is None:
+        dirs = [config.resolved_path()]
+        tok_path = config.engine_options.get("tokenizer")
+        if tok_path:
+            dirs.append(Path(str(tok_path)))
+        for d in dirs:
+            found = read_st_prompts(d) if d.is_dir() else None
+            if found is not None:
+                texts, default = found
+                break
+    else:
+        texts = dict(config.prompts)
+    if config.default_prompt is not None:
+        default = config.default_prompt or None  # "" turns a file's default off
+    if default is not None and default not in texts:
+        raise ConfigError(
+            f"model {config.ref}: default_prompt {default!r} is not one of its prompts "
+            f"({', '.join(texts) or 'none'})"
+        )
+    return Prompts(texts, default)

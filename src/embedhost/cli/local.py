@@ -95,6 +95,7 @@ def check_config(
     """Validate a config file (and the model files it names) without serving."""
     from embedhost.config import load_settings, quantization_warnings
     from embedhost.modelfiles import verify_checksum
+    from embedhost.tokenization import load_prompts
 
     _setup_logging("warning")
     try:
@@ -102,6 +103,8 @@ def check_config(
         if verify_checksums:
             for m in settings.models:
                 verify_checksum(m)
+        for m in settings.models:
+            load_prompts(m)  # a prompts file that does not parse, a default not declared
     except ConfigError as exc:
         typer.echo(exc.message, err=True)
         raise typer.Exit(2) from None

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from embedhost.config import ModelConfig, Settings
 from embedhost.errors import (
+    ConfigError,
     Conflict,
     EmbedhostError,
     InvalidRequest,
@@ -36,7 +37,7 @@ from embedhost.errors import (
 from embedhost.models import router
 from embedhost.models.preflight import check_engine, preflight
 from embedhost.models.version import DEAD, GONE, NEVER_UP, ModelHandle, VersionState
-from embedhost.tokenization import load_tokenizer
+from embedhost.tokenization import load_prompts, load_tokenizer
 from embedhost.worker import budget
 
 if TYPE_CHECKING:
@@ -259,6 +260,10 @@ class ModelRegistry:
                 f"model {config.ref}: cannot read its tokenizer: {type(exc).__name__}: {exc}",
                 param="path",
             ) from None
+        try:
+            prompts = await asyncio.to_thread(load_prompts, config)
+        except ConfigError as exc:
+            raise VersionLoadFailed(exc.message, param="prompts") from None
         self._check_loadable(config)  # again: another load may have won the race
         group = self.groups.get(config.name)
         if group is None:
@@ -267,7 +272,12 @@ class ModelRegistry:
         if old is not None:  # a failed or stopped entry of the same version: replace it
             self.spawn(old.stop(0), name=f"stop-{old.ref}")
         handle = ModelHandle(
-            config, self.settings, tokenizer=tokenizer, runtime=True, metrics=self.metrics
+            config,
+            self.settings,
+            tokenizer=tokenizer,
+            prompts=prompts,
+            runtime=True,
+            metrics=self.metrics,
         )
         group.versions[config.version] = handle
         log.info("model %s: loading from %s", config.ref, config.path)

@@ -28,7 +28,7 @@ from embedhost.config import ModelConfig, Settings
 from embedhost.engines.base import EngineInfo
 from embedhost.errors import ModelNotReady
 from embedhost.models.stats import VersionStats
-from embedhost.tokenization import Tokenizer, load_tokenizer
+from embedhost.tokenization import Prompts, Tokenizer, load_prompts, load_tokenizer
 from embedhost.worker.budget import thread_budget
 from embedhost.worker.supervisor import EngineWorker, WorkerState
 
@@ -92,6 +92,7 @@ class ModelHandle:
         settings: Settings,
         *,
         tokenizer: Tokenizer | None = None,
+        prompts: Prompts | None = None,
         runtime: bool = False,
         metrics: Metrics | None = None,
     ) -> None:
@@ -99,6 +100,7 @@ class ModelHandle:
         self.settings = settings
         self.runtime = runtime
         self.tokenizer: Tokenizer = tokenizer or load_tokenizer(config)
+        self.prompts: Prompts = load_prompts(config) if prompts is None else prompts
         self.created = int(time.time())
         self.stats = VersionStats()
         self.active = 0
@@ -257,6 +259,7 @@ class ModelHandle:
             "device": self.config.device,
             "quantization": self.config.quantization,
             "checksum": self.config.checksum,
+            **self.prompts.describe(),
             "loaded_at": self.created,
             "active_requests": self.active,
             "replicas": [

@@ -146,7 +146,12 @@ async def create_embeddings(
         model=body.model,
         user=body.user,
         inputs=_as_batch(body.input),
-        options=EmbedOptions(truncate=body.truncate, dimensions=body.dimensions),
+        options=EmbedOptions(
+            truncate=body.truncate,
+            dimensions=body.dimensions,
+            input_type=body.input_type,
+            prompt_name=body.prompt_name,
+        ),
         payload=payload,
     )
 
@@ -185,7 +190,11 @@ async def embed(
         user=None,
         inputs=[body.text] if body.text is not None else list(body.texts or []),
         options=EmbedOptions(
-            truncate=body.truncate, dimensions=body.dimensions, normalize=body.normalize
+            truncate=body.truncate,
+            dimensions=body.dimensions,
+            normalize=body.normalize,
+            input_type=body.input_type,
+            prompt_name=body.prompt_name,
         ),
         payload=payload,
     )

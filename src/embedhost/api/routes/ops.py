@@ -106,12 +106,24 @@ async def list_models(admission: EmbedAdmission, registry: RegistryDep) -> Model
     # Each name (with the version that serves it), then the other ready versions, pinnable
     # as name@version.
     cards = [
-        ModelCard(id=h.name, created=h.created, version=h.version)
+        ModelCard(
+            id=h.name,
+            created=h.created,
+            version=h.version,
+            prompts=h.prompts.texts,
+            default_prompt=h.prompts.default,
+        )
         for h in registry.handles.values()
         if allowed is None or h.name in allowed
     ]
     cards += [
-        ModelCard(id=h.ref, created=h.created, version=h.version)
+        ModelCard(
+            id=h.ref,
+            created=h.created,
+            version=h.version,
+            prompts=h.prompts.texts,
+            default_prompt=h.prompts.default,
+        )
         for g in registry.groups.values()
         for h in g.versions.values()
         if h.status == "ready" and h.version != g.current and (allowed is None or g.name in allowed)
