@@ -61,7 +61,11 @@ def serve(
         raise typer.Exit(2) from None
     from embedhost.logs import setup_logging
 
-    setup_logging(settings.server.log_level, settings.server.log_format)
+    setup_logging(
+        settings.server.log_level,
+        settings.server.log_format,
+        instance=settings.server.resolved_instance_id,
+    )
     try:
         app = create_app(settings)
         app.state.config_path = config  # SIGHUP and POST /admin/reload re-read it
