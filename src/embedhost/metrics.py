@@ -331,7 +331,7 @@ class Metrics:
                 "python": platform.python_version(),
                 "implementation": platform.python_implementation(),
                 # server.instance_id: ties a series to one replica (as /info and logs do).
-                "instance_id": instance,
+                **({"instance_id": instance} if instance else {}),
             }
         )
         if not self.multiprocess_dir:
