@@ -129,7 +129,7 @@ def test_dockerfile_shape() -> None:
     args = [rest for op, rest in ins if op == "ARG"]
     assert "PYTHON_IMAGE=python:3.11-slim-bookworm" in args
     assert any(a.startswith("EXTRAS=") for a in args)
-    runs = " ".join(rest for op, rest in ins if op == "RUN")
+    runs = " ".join(" ".join(rest.split()) for op, rest in ins if op == "RUN")
     assert '-c constraints.txt ".[${EXTRAS}]"' in runs  # torch pinned; extras by build arg
     stage = final_stage(path)
     ops = dict(stage)

@@ -84,7 +84,7 @@ def _pip(venv: Path, *args: str, cwd: Path) -> None:
 
 @pytest.fixture(scope="module")
 def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    runs = " ".join(rest for op, rest in _instructions(DOCKERFILE) if op == "RUN")
+    runs = " ".join(" ".join(rest.split()) for op, rest in _instructions(DOCKERFILE) if op == "RUN")
     assert INSTALL in runs, "the Dockerfile's install command changed: update INSTALL here"
     extras = _extras()
     ctx = _context(tmp_path_factory.mktemp("image") / "context")
