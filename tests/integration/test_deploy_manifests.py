@@ -146,7 +146,7 @@ def test_dockerfile_shape() -> None:
     assert env["HF_HUB_OFFLINE"] == "1"
     # Only what the build needs goes into the context.
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
-    assert "*" in ignore and "!src/" in ignore and "!constraints.txt" in ignore
+    assert "*" in ignore and "!src" in ignore and "!constraints.txt" in ignore
 
 
 def test_cuda_dockerfile_shape() -> None:

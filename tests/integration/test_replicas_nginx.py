@@ -10,8 +10,11 @@ Under a steady load of concurrent clients through nginx:
 * a hot swap (load + promote version 2) on every replica in turn through its admin API:
   0 failed requests, and clients pinned to ``name@1`` keep getting version 1.
 
-Costs about a minute and a half on two shared cores (two replicas of ~500 MB each, three
-workers at the end of the swap). The counts are printed (``pytest -s`` shows them).
+Cost: seven model loads (two at the start, one after the SIGKILL, two in the rolling
+restart, two in the swap) plus the load between them: about two minutes where a load takes
+its usual ~6 s; 10 minutes measured on two cores shared with other work at load average
+20-26, where each load took 65-90 s. Memory: two replicas of ~500 MB, four workers at the
+end (version 1 is kept). The counts are printed (``pytest -s`` shows them).
 """
 
 from __future__ import annotations
