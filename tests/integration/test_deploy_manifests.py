@@ -527,3 +527,47 @@ def test_keda_scaledobject() -> None:
     assert triggers["cpu"]["metricType"] == "Utilization"
     behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
     assert behavior["scaleDown"]["stabilizationWindowSeconds"] >= 300
+
+
+# -- nginx -----------------------------------------------------------------------------------
+
+
+def test_nginx_conf_matches_the_server_limits(tmp_path: Path) -> None:
+    """The directives the issue asks for, with values taken from configs/production.yaml;
+    and Debian's nginx accepts the file (tests/integration/test_replicas_nginx.py runs it)."""
+    from tests.integration.test_replicas_nginx import nginx_conf
+
+    conf = (DEPLOY / "nginx" / "embedhost.conf").read_text()
+    prod = yaml.safe_load((ROOT / "configs/production.yaml").read_text())
+
+    def directive(name: str) -> str:
+        values = re.findall(rf"^\s*{name}\s+([^;]+);", conf, flags=re.M)
+        assert len(values) == 1, f"{name}: {values}"
+        return values[0].strip()
+
+    assert directive("client_max_body_size") == f"{prod['limits']['max_body_bytes'] // 2**20}m"
+    assert directive("client_body_timeout") == f"{int(prod['server']['timeout_body_read_s'])}s"
+    assert directive("client_header_timeout") == f"{int(prod['server']['timeout_header_read_s'])}s"
+    # nginx closes idle upstream connections before the server does.
+    assert int(directive("keepalive_timeout").rstrip("s")) < prod["server"]["timeout_keep_alive_s"]
+    assert re.search(r"^\s*least_conn;", conf, flags=re.M)
+    assert int(directive("keepalive")) > 0
+    assert directive("proxy_next_upstream").split() == [
+        "error",
+        "timeout",
+        "http_503",
+        "non_idempotent",
+    ]
+    assert "non_idempotent lets nginx retry POSTs" in conf  # the comment saying why it is safe
+    assert directive("proxy_set_header X-Forwarded-For") == "$proxy_add_x_forwarded_for"
+    assert directive("proxy_set_header X-Request-Id") == "$embedhost_request_id"
+    assert directive("add_header X-Upstream-Addr") == "$upstream_addr always"
+    exe = shutil.which("nginx") or "/usr/sbin/nginx"
+    main = nginx_conf(tmp_path, 18080, ["127.0.0.1:18001", "127.0.0.1:18002"])
+    r = subprocess.run(
+        [exe, "-t", "-p", str(tmp_path), "-e", str(tmp_path / "error.log"), "-c", str(main)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 0, r.stderr
