@@ -106,6 +106,7 @@ class Batcher:
         self._slots = asyncio.Semaphore(depth)
         self._depth = depth
         self._in_flight = 0
+        self._in_flight_seqs = 0
         self._window = max(config.max_batch_size * window_factor, 1)
         self._task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
@@ -160,6 +161,19 @@ class Batcher:
                     f"of {limit:g} s"
                 )
         return None
+
+    @property
+    def in_flight_sequences(self) -> int:
+        """Sequences in batches sent to the engine and not answered yet."""
+        return self._in_flight_seqs
+
+    @property
+    def load_ratio(self) -> float:
+        """Sequences queued or in the engine over what the engine's pipeline holds
+        (``max_batch_size`` x pipeline depth): 1.0 means the pipeline is full and new work
+        waits; the autoscaling signal (``embedhost_load_ratio``)."""
+        held = self.config.max_batch_size * self._depth
+        return (len(self._queue) + self._in_flight_seqs) / held
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
@@ -230,6 +244,7 @@ class Batcher:
                     self._slots.release()
                     continue
                 self._in_flight += 1
+                self._in_flight_seqs += len(batch)
                 task = asyncio.get_running_loop().create_task(self._run(batch))
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
@@ -374,4 +389,5 @@ class Batcher:
                     it.future.set_exception(err)
         finally:
             self._in_flight -= 1
+            self._in_flight_seqs -= len(batch)
             self._slots.release()

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
@@ -291,6 +292,22 @@ class ServerConfig(_Strict):
             "long, so that a load balancer without a preStop hook stops sending first."
         ),
     )
+    instance_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$",
+        description=(
+            "This replica's name on /info, in every log line and on embedhost_build_info "
+            "(e.g. the pod name: EMBEDHOST_SERVER__INSTANCE_ID from the downward API). "
+            "Default: the host name."
+        ),
+    )
+
+    @property
+    def resolved_instance_id(self) -> str:
+        """``instance_id``, or the host name when it is not set."""
+        return self.instance_id or socket.gethostname() or "embedhost"
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -54,14 +54,18 @@ def setup_logging(
     *,
     stream: TextIO | None = None,
     process: str = "api",
+    instance: str | None = None,
 ) -> None:
     """Configure structlog and the stdlib root logger for this process.
 
     ``process`` (``api`` or ``worker``) is added to every line so that one stream holding
-    both kinds of processes can be told apart.
+    both kinds of processes can be told apart; ``instance`` (``server.instance_id``) too, so
+    that the logs of several replicas gathered in one place name the replica of each line.
     """
     global _current
     _current = {"level": level, "format": fmt}
+    if instance:
+        _current["instance"] = instance
     common: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -70,6 +74,8 @@ def setup_logging(
     ]
     if process != "api":
         common.append(_add_process(process))
+    if instance:
+        common.append(_add_field("instance", instance))
     # Lines from stdlib loggers (ours, uvicorn's, libraries').
     foreign: list[Processor] = [
         *common,
@@ -119,6 +125,14 @@ def setup_logging(
 def _add_process(kind: str) -> Processor:
     def add(logger: WrappedLogger, name: str, event: EventDict) -> EventDict:
         event.setdefault("process", kind)
+        return event
+
+    return add
+
+
+def _add_field(key: str, value: str) -> Processor:
+    def add(logger: WrappedLogger, name: str, event: EventDict) -> EventDict:
+        event.setdefault(key, value)
         return event
 
     return add

@@ -76,6 +76,7 @@ class WorkerSnapshot:
     replica: int
     up: bool
     pid: int | None
+    load_ratio: float | None = None
 
 
 @dataclass(slots=True)
@@ -115,13 +116,21 @@ class _StateCollector(Collector):
             "Resident memory of the replica's worker process",
             labels=["model", "version", "replica"],
         )
+        load = GaugeMetricFamily(
+            "embedhost_load_ratio",
+            "Sequences queued or in the engine over what the replica's pipeline holds "
+            "(max_batch_size x pipeline_depth); the autoscaling signal, >1 means work waits",
+            labels=["model", "version", "replica"],
+        )
         for w in s.workers:
             labels = [w.model, w.version, str(w.replica)]
             up.add_metric(labels, 1.0 if w.up else 0.0)
             mem = _rss(w.pid)
             if mem is not None:
                 rss.add_metric(labels, float(mem))
-        out: list[Metric] = [ready, draining, up, rss]
+            if w.load_ratio is not None:
+                load.add_metric(labels, w.load_ratio)
+        out: list[Metric] = [ready, draining, up, rss, load]
         if s.overloaded_requests is not None:
             c = CounterMetricFamily(
                 "embedhost_overloaded_requests",
@@ -195,7 +204,9 @@ class WorkerObserver:
 class Metrics:
     """Every embedhost collector, registered on ``registry``."""
 
-    def __init__(self, registry: CollectorRegistry | None = None, *, version: str = "") -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, version: str = "", instance: str = ""
+    ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.multiprocess_dir = multiprocess_dir()
         # Collectors whose values are not file-backed in multiprocess mode live here, and are
@@ -319,6 +330,8 @@ class Metrics:
                 "version": version,
                 "python": platform.python_version(),
                 "implementation": platform.python_implementation(),
+                # server.instance_id: ties a series to one replica (as /info and logs do).
+                **({"instance_id": instance} if instance else {}),
             }
         )
         if not self.multiprocess_dir:

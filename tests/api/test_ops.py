@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import httpx
 
 from embedhost import __version__
@@ -35,7 +37,7 @@ async def test_ready_reports_models_memory_uptime(fake_client: httpx.AsyncClient
 async def test_info(fake_client: httpx.AsyncClient) -> None:
     body = (await fake_client.get("/info")).json()
     assert body["version"] == __version__
-    assert len(body["instance_id"]) == 12
+    assert body["instance_id"] == socket.gethostname()  # server.instance_id unset
     assert body["default_model"] == "fake"
     m = body["models"][0]
     assert m["name"] == "fake"

@@ -54,7 +54,7 @@ def exported_names() -> set[str]:
 
 
 def test_promtool_check_config(tmp_path: Path) -> None:
-    for f in ("prometheus.yml", "alerts.yml"):
+    for f in ("prometheus.yml", "alerts.yml", "scaling.yml"):
         shutil.copy(PROM / f, tmp_path / f)
     # The scrape config reads the metrics API key from this file; promtool checks it exists.
     (tmp_path / "embedhost-metrics.key").write_text("key-with-metrics-scope\n")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -52,7 +51,10 @@ def create_app(settings: Settings) -> FastAPI:
     concurrency = ConcurrencyLimit(
         settings.limits.max_concurrent_requests, settings.worker.retry_after_s, pacer
     )
-    metrics = Metrics(version=__version__) if settings.metrics.enabled else None
+    instance_id = settings.server.resolved_instance_id
+    metrics = (
+        Metrics(version=__version__, instance=instance_id) if settings.metrics.enabled else None
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -86,7 +88,7 @@ def create_app(settings: Settings) -> FastAPI:
         middleware=_middleware(settings, concurrency),
     )
     app.state.settings = settings
-    app.state.instance_id = uuid.uuid4().hex[:12]
+    app.state.instance_id = instance_id
     app.state.started = time.monotonic()
     app.state.security = security
     app.state.concurrency = concurrency
@@ -151,7 +153,14 @@ def _snapshot(app: FastAPI, security: Security, concurrency: ConcurrencyLimit) -
         return snap
     snap.ready = registry.ready
     snap.workers = [
-        WorkerSnapshot(h.name, h.version, r.worker.replica, r.worker.state == "ready", r.worker.pid)
+        WorkerSnapshot(
+            h.name,
+            h.version,
+            r.worker.replica,
+            r.worker.state == "ready",
+            r.worker.pid,
+            r.batcher.load_ratio,
+        )
         for h in registry.handles.values()
         for r in h.replicas
     ]

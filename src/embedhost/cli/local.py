@@ -69,7 +69,11 @@ def serve(
         raise typer.Exit(2) from None
     from embedhost.logs import setup_logging
 
-    setup_logging(settings.server.log_level, settings.server.log_format)
+    setup_logging(
+        settings.server.log_level,
+        settings.server.log_format,
+        instance=settings.server.resolved_instance_id,
+    )
     if on_ray:
         from embedhost.rayserve import serve_forever
 

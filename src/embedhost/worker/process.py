@@ -64,7 +64,12 @@ def worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if log_config is not None:
-        setup_logging(log_config["level"], log_config["format"], process="worker")
+        setup_logging(
+            log_config["level"],
+            log_config["format"],
+            process="worker",
+            instance=log_config.get("instance"),
+        )
     else:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s"
