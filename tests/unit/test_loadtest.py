@@ -9,8 +9,8 @@ from rich.console import Console
 
 from embedhost.cli.loadtest import (
     BUNDLED,
-    Load,
     LiveView,
+    Load,
     Recorder,
     Target,
     read_corpus,

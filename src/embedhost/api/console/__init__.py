@@ -90,4 +90,3 @@ async def console_asset(asset: str) -> Response:
     if asset not in ASSETS:
         raise HTTPException(status_code=404, detail="Not Found")
     return Response(_read(asset), media_type=ASSETS[asset], headers=SECURITY_HEADERS)
-
