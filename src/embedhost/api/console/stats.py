@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request
 
 from embedhost.api.deps import EmbedAdmission
 from embedhost.metrics import Metrics
+from embedhost.protocol import ErrorResponse
 
 router = APIRouter()
 
@@ -156,7 +157,11 @@ def _cache(tiers: dict[str, dict[str, float]]) -> dict[str, Any]:
     return out
 
 
-@router.get("/console/stats", summary="Live numbers for the web console", tags=["console"])
+@router.get(
+    "/console/stats",
+    summary="Live numbers for the web console",
+    responses={code: {"model": ErrorResponse} for code in (401, 403, 429, 503)},
+)
 async def console_stats(request: Request, admission: EmbedAdmission) -> dict[str, Any]:
     m: Metrics | None = request.app.state.metrics
     if m is None:
