@@ -280,6 +280,11 @@ class ServerConfig(_Strict):
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins allowed by CORS. Empty: CORS off."
     )
+    console: bool = Field(
+        default=True,
+        description="The web console at / for browsers (JSON clients still get JSON). "
+        "It calls the API with a key typed into the page (embed scope).",
+    )
     ssl_certfile: str | None = Field(default=None, description="TLS certificate (PEM).")
     ssl_keyfile: str | None = Field(default=None, description="TLS private key (PEM).")
     ssl_keyfile_password: SecretStr | None = None

@@ -20,6 +20,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.middleware import Middleware
 
 from embedhost import __version__
+from embedhost.api import console
 from embedhost.api.deps import require_scope
 from embedhost.api.errors import EXCEPTION_HANDLERS
 from embedhost.api.limits import (
@@ -102,6 +103,8 @@ def create_app(settings: Settings) -> FastAPI:
         # auth.metrics_open lets it through without the scope (Security.admit decides).
         app.include_router(metrics_routes.router, dependencies=[Depends(require_scope("metrics"))])
     app.include_router(admin.router)
+    if settings.server.console:
+        app.include_router(console.router)
     return app
 
 

@@ -30,9 +30,10 @@ from embedhost.worker.supervisor import WorkerState
 if TYPE_CHECKING:
     from embedhost.models.registry import ModelRegistry
 
-PROBE_PATHS = frozenset({"/health", "/ready", "/metrics"})
-"""Probes and scrapes: never refused for concurrency (they must answer while the server is
-saturated), and logged at debug level (they arrive every few seconds)."""
+PROBE_PATHS = frozenset({"/health", "/ready", "/metrics", "/console/stats"})
+"""Probes and scrapes (the web console polls its stats every 2 s): never refused for
+concurrency (they must answer while the server is saturated), and logged at debug level
+(they arrive every few seconds)."""
 
 
 # A JSON string (skipped whole, so brackets inside it do not count) or a bracket.

@@ -2,13 +2,14 @@
 
 Local commands (:mod:`.local`): serve, check-config, keys create, export-onnx, version.
 Remote commands (:mod:`.remote`), which call a running server: embed, models ....
+``loadtest`` (:mod:`.loadtest`): load against any OpenAI-compatible embeddings endpoint.
 """
 
 from __future__ import annotations
 
 import typer
 
-from embedhost.cli import local, remote
+from embedhost.cli import loadtest, local, remote
 
 cli = typer.Typer(
     name="embedhost",
@@ -24,6 +25,7 @@ cli.add_typer(local.keys_cli, name="keys")
 cli.command()(local.version)
 cli.command("export-onnx")(local.export_onnx_cmd)
 cli.add_typer(remote.models_cli, name="models")
+cli.command()(loadtest.loadtest)
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""Operational routes: index, liveness, readiness, info, model list."""
+"""Operational routes: index (or the web console, for a browser), liveness, readiness, info,
+model list."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from typing import Any
 
 import psutil
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from embedhost import __version__
+from embedhost.api import console
 from embedhost.api.deps import EmbedAdmission, RegistryDep, require_scope
 from embedhost.protocol import ErrorResponse, ModelCard, ModelList
 
@@ -21,9 +23,19 @@ _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.get("/", tags=["ops"], summary="Index")
-async def index() -> dict[str, Any]:
-    return {
+@router.get(
+    "/",
+    tags=["ops"],
+    summary="Index (JSON); the web console for browsers",
+    responses={200: {"content": {"text/html": {}}}},
+)
+async def index(request: Request) -> Response:
+    # A browser (Accept prefers text/html) gets the console; every other client the JSON.
+    if request.app.state.settings.server.console and console.wants_html(
+        request.headers.get("accept")
+    ):
+        return console.page()
+    body = {
         "name": "embedhost",
         "version": __version__,
         "endpoints": {
@@ -36,6 +48,7 @@ async def index() -> dict[str, Any]:
             "docs": "GET /docs",
         },
     }
+    return JSONResponse(body, headers={"Vary": "Accept"})
 
 
 @router.get("/health", tags=["ops"], summary="Liveness: the process and its event loop answer")

@@ -1,0 +1,199 @@
+"""The web console's HTTP side: content negotiation on /, the assets and their security
+headers, the JSON of live numbers, the embed scope, and ``server.console: false``.
+
+The page itself runs in a real browser in tests/integration/test_console_browser.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import pytest_asyncio
+from fastapi import FastAPI
+from prometheus_client import Counter
+
+from embedhost.api.console import CSP, wants_html
+from embedhost.api.console.stats import quantile
+from embedhost.security.keys import new_key_entry
+from tests.conftest import app_client, fake_model, make_settings
+
+BROWSER = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
+EMBED, EMBED_E = new_key_entry("console-user", ["embed"])
+PROM, PROM_E = new_key_entry("prom", ["metrics"])
+
+
+@pytest_asyncio.fixture(scope="module")
+async def keyed() -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    settings = make_settings(
+        [fake_model("fake", max_input_tokens=16)],
+        auth={"keys": [EMBED_E.model_dump(), PROM_E.model_dump()]},
+    )
+    async with app_client(settings) as (app, client):
+        yield app, client
+
+
+def _auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.mark.parametrize(
+    ("accept", "html"),
+    [
+        (BROWSER, True),
+        ("text/html", True),
+        ("application/xhtml+xml", True),
+        (None, False),
+        ("*/*", False),
+        ("application/json", False),
+        ("application/json, text/html", False),  # a tie goes to JSON
+        ("text/html;q=0.5, application/json", False),
+        ("text/html, application/json;q=0.5", True),
+        ("text/html;q=0", False),
+        ("text/html;q=bogus", False),
+    ],
+)
+def test_wants_html(accept: str | None, html: bool) -> None:
+    assert wants_html(accept) is html
+
+
+async def test_browser_gets_the_page_with_strict_csp(
+    keyed: tuple[FastAPI, httpx.AsyncClient],
+) -> None:
+    _, client = keyed
+    # No key needed for the page: it holds no secret and calls nothing by itself.
+    r = await client.get("/", headers={"Accept": BROWSER})
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/html")
+    assert '<script src="console/app.js"' in r.text
+    assert r.headers["content-security-policy"] == CSP
+    for directive in ("default-src 'none'", "script-src 'self'", "connect-src 'self'"):
+        assert directive in CSP
+    assert "unsafe-inline" not in CSP and "unsafe-eval" not in CSP
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["x-frame-options"] == "DENY"
+    assert r.headers["referrer-policy"] == "no-referrer"
+    assert r.headers["vary"] == "Accept"
+    # Nothing inline for the CSP to have to allow.
+    assert "<script>" not in r.text and "<style" not in r.text and " style=" not in r.text
+
+
+@pytest.mark.parametrize("accept", [None, "*/*", "application/json"])
+async def test_api_clients_still_get_json_at_root(
+    keyed: tuple[FastAPI, httpx.AsyncClient], accept: str | None
+) -> None:
+    _, client = keyed
+    request = client.build_request("GET", "/")
+    if accept is None:
+        del request.headers["accept"]  # httpx sends */* unless told otherwise
+    else:
+        request.headers["accept"] = accept
+    r = await client.send(request)
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/json"
+    assert r.json()["endpoints"]["embeddings"] == "POST /v1/embeddings"
+    assert r.headers["vary"] == "Accept"
+
+
+async def test_assets(keyed: tuple[FastAPI, httpx.AsyncClient]) -> None:
+    _, client = keyed
+    js = await client.get("/console/app.js")
+    assert js.status_code == 200
+    assert js.headers["content-type"].startswith("text/javascript")
+    assert js.headers["content-security-policy"] == CSP
+    assert "sessionStorage" in js.text
+    assert "localStorage" not in js.text  # the key stays in the tab
+    css = await client.get("/console/style.css")
+    assert css.headers["content-type"].startswith("text/css")
+    missing = await client.get("/console/../pyproject.toml")
+    assert missing.status_code == 404
+    r = await client.get("/console/index.py")
+    assert r.status_code == 404
+    assert r.json()["error"]["code"] == "not_found"
+
+
+async def test_stats_need_the_embed_scope(keyed: tuple[FastAPI, httpx.AsyncClient]) -> None:
+    _, client = keyed
+    assert (await client.get("/console/stats")).status_code == 401
+    r = await client.get("/console/stats", headers=_auth(PROM))
+    assert r.status_code == 403
+    assert "embed" in r.json()["error"]["message"]
+    assert (await client.get("/console/stats", headers=_auth(EMBED))).status_code == 200
+
+
+async def test_stats_report_requests_latency_batches_workers(
+    keyed: tuple[FastAPI, httpx.AsyncClient],
+) -> None:
+    _, client = keyed
+    before = (await client.get("/console/stats", headers=_auth(EMBED))).json()
+    for _ in range(3):
+        r = await client.post("/v1/embeddings", json={"input": ["a", "b"]}, headers=_auth(EMBED))
+        assert r.status_code == 200
+    r = await client.post(
+        "/v1/embeddings", json={"input": "x", "model": "nope"}, headers=_auth(EMBED)
+    )
+    assert r.status_code == 404
+    s = (await client.get("/console/stats", headers=_auth(EMBED))).json()
+    assert s["metrics"] is True
+    assert s["requests"]["total"] - before["requests"]["total"] == 4
+    assert s["requests"]["ok"] - before["requests"]["ok"] == 3
+    assert s["requests"]["errors"] - before["requests"]["errors"] == 1
+    assert s["texts"] - before["texts"] == 6
+    lat = s["latency_seconds"]
+    assert lat["count"] == s["requests"]["total"]
+    assert lat["buckets"][-1] == ["+Inf", lat["count"]]
+    assert lat["p50"] is not None and 0 < lat["p50"] <= lat["p99"]
+    assert s["batch_size"]["count"] >= 3 and s["batch_size"]["sum"] >= 6
+    assert s["queue"]["capacity"] > 0 and s["queue"]["depth"] == 0
+    (w,) = s["workers"]
+    assert (w["model"], w["version"], w["replica"], w["up"]) == ("fake", "1", 0, True)
+    assert w["rss_bytes"] > 0 and w["restarts"] == 0
+    assert s["cache"] is None  # no cache metrics on this server
+
+
+async def test_stats_cache_hit_rate_when_the_cache_counts(
+    keyed: tuple[FastAPI, httpx.AsyncClient],
+) -> None:
+    app, client = keyed
+    # The cache (issue 11) exports embedhost_cache_requests_total{tier,result}.
+    c = Counter(
+        "embedhost_cache_requests",
+        "cache lookups",
+        ["tier", "result"],
+        registry=app.state.metrics.registry,
+    )
+    c.labels("memory", "hit").inc(3)
+    c.labels("memory", "miss").inc(1)
+    c.labels("redis", "miss").inc(4)
+    cache = (await client.get("/console/stats", headers=_auth(EMBED))).json()["cache"]
+    assert cache["tiers"]["memory"] == {"hits": 3, "lookups": 4, "hit_rate": 0.75}
+    assert cache["tiers"]["redis"]["hit_rate"] == 0
+    assert (cache["hits"], cache["lookups"], cache["hit_rate"]) == (3, 8, 0.375)
+
+
+def test_quantile_matches_prometheus() -> None:
+    # histogram_quantile: linear inside the bucket the rank falls in.
+    buckets = [(0.1, 10.0), (0.2, 30.0), (0.4, 40.0), (float("inf"), 40.0)]
+    assert quantile(buckets, 0.5) == pytest.approx(0.15)
+    assert quantile(buckets, 0.25) == pytest.approx(0.1)
+    assert quantile(buckets, 1.0) == pytest.approx(0.4)
+    assert quantile([(0.1, 0.0), (float("inf"), 0.0)], 0.5) is None
+    assert quantile([(0.1, 1.0), (float("inf"), 5.0)], 0.99) == 0.1  # in +Inf: its lower bound
+
+
+async def test_console_off() -> None:
+    settings = make_settings([fake_model("fake")], server={"console": False})
+    async with app_client(settings) as (_, client):
+        r = await client.get("/", headers={"Accept": BROWSER})
+        assert r.status_code == 200
+        assert r.headers["content-type"] == "application/json"
+        assert r.json()["name"] == "embedhost"
+        for path in ("/console/app.js", "/console/stats"):
+            assert (await client.get(path)).status_code == 404
+
+
+async def test_stats_without_metrics() -> None:
+    settings = make_settings([fake_model("fake")], metrics={"enabled": False})
+    async with app_client(settings) as (_, client):
+        assert (await client.get("/console/stats")).json() == {"metrics": False}

@@ -1,0 +1,141 @@
+"""The web console in a real browser: Debian's chromium, headless, driven by playwright.
+
+A real `embedhost serve` on the packaged MiniLM with API keys on: the page loads without
+a key and asks for one; the key typed in is kept in sessionStorage (never the URL); two
+texts typed into the playground give the cosine similarity the API gives; the live
+numbers show the requests made; nothing violates the page's CSP. A screenshot goes to the
+test's tmp_path (and to docs/console.png with EMBEDHOST_UPDATE_SCREENSHOT=1).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from playwright.sync_api import ConsoleMessage, Page, sync_playwright
+
+from embedhost.security.keys import new_key_entry
+from tests.conftest import MINILM, ROOT, LiveServer, start_server, stop_server
+
+CHROMIUM = "/usr/bin/chromium"
+KEY, KEY_E = new_key_entry("console", ["embed"])
+TEXTS = ["A man is eating food.", "A man is eating a piece of bread.", "The sky is blue today."]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    tmp = tmp_path_factory.mktemp("console")
+    live = start_server(
+        tmp,
+        {
+            "models": [{"name": "all-MiniLM-L6-v2", "path": MINILM, "dtype": "float32"}],
+            "auth": {"keys": [KEY_E.model_dump()]},
+        },
+    )
+    yield live
+    stop_server(live)
+
+
+@pytest.fixture
+def page() -> Iterator[tuple[Page, list[str]]]:
+    problems: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        context = browser.new_context(viewport={"width": 1360, "height": 1000})
+        pg = context.new_page()
+
+        def on_console(msg: ConsoleMessage) -> None:
+            # A CSP violation or a script error shows up here. The page's first calls,
+            # made before a key is typed, are refused with 401 as intended.
+            if msg.type == "error" and "401" not in msg.text:
+                problems.append(msg.text)
+
+        pg.on("console", on_console)
+        pg.on("pageerror", lambda exc: problems.append(str(exc)))
+        yield pg, problems
+        browser.close()
+
+
+def _api_cosine(url: str, texts: list[str]) -> float:
+    r = httpx.post(
+        f"{url}/v1/embeddings",
+        json={"input": texts, "model": "all-MiniLM-L6-v2"},
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=60,
+    )
+    r.raise_for_status()
+    a, b = (np.asarray(d["embedding"]) for d in r.json()["data"])
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_console_playground_matches_the_api(
+    server: LiveServer, page: tuple[Page, list[str]], tmp_path: Path
+) -> None:
+    pg, problems = page
+    pg.goto(server.url + "/")
+    # Without a key, the page says what it needs.
+    status = pg.locator("#status")
+    status.filter(has_text="API key").wait_for(timeout=30_000)
+
+    pg.fill("#api-key", KEY)
+    pg.click("#key-form button[type=submit]")
+    pg.locator("#models tbody tr").first.wait_for(timeout=30_000)
+    row = pg.locator("#models tbody tr").first.inner_text()
+    assert "all-MiniLM-L6-v2" in row and "ready" in row and "384" in row
+    assert pg.evaluate("sessionStorage.getItem('embedhost.apiKey')") == KEY
+    assert pg.evaluate("localStorage.length") == 0
+    assert KEY not in pg.url
+    assert pg.input_value("#api-key") == ""  # not left in the field either
+
+    pg.fill("#texts", "\n".join(TEXTS))
+    pg.select_option("#model", "all-MiniLM-L6-v2")
+    # This model declares no prompts: the input type picker says so and stays off.
+    assert pg.is_disabled("#input-type")
+    assert "no prompts" in pg.inner_text("#input-type")
+    pg.click("#embed")
+    cell = pg.locator('#similarity td[data-i="0"][data-j="1"]')
+    cell.wait_for(timeout=60_000)
+    shown = float(cell.inner_text())
+    expected = _api_cosine(server.url, TEXTS[:2])
+    assert shown == pytest.approx(expected, abs=6e-5)  # shown with 4 decimals
+    assert 0.3 < shown < 0.95  # related sentences, not the same one
+    assert float(pg.locator('#similarity td[data-i="0"][data-j="0"]').inner_text()) == 1.0
+    norms = [float(t) for t in pg.locator("#norms td.norm").all_inner_texts()]
+    assert norms == pytest.approx([1.0] * len(TEXTS), abs=1e-4)  # the model normalizes
+    # The heat map's colours are set through CSSOM, which the CSP allows.
+    assert cell.evaluate("e => e.style.backgroundColor") != ""
+
+    # The snippets show the current selection and never the key.
+    curl = pg.inner_text("#snippet-curl")
+    sdk = pg.inner_text("#snippet-openai")
+    assert "/v1/embeddings" in curl and TEXTS[1] in curl and "$EMBEDHOST_API_KEY" in curl
+    assert 'model="all-MiniLM-L6-v2"' in sdk and "embeddings.create" in sdk
+    assert KEY not in curl and KEY not in sdk
+
+    # Live numbers: the requests above show up once two polls have seen them.
+    for _ in range(3):
+        httpx.post(
+            f"{server.url}/v1/embeddings",
+            json={"input": TEXTS},
+            headers={"Authorization": f"Bearer {KEY}"},
+            timeout=60,
+        )
+    pg.wait_for_function(
+        "document.getElementById('stat-p50').textContent.endsWith('ms')", timeout=30_000
+    )
+    workers = pg.locator("#workers tbody tr").first.inner_text()
+    assert "all-MiniLM-L6-v2" in workers and "up" in workers and "MiB" in workers
+
+    assert problems == []
+    shot = tmp_path / "console.png"
+    pg.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("EMBEDHOST_UPDATE_SCREENSHOT"):
+        shutil.copy(shot, ROOT / "docs" / "console.png")
