@@ -36,7 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from storm import LUA
 from throughput import ROOT, bodies_file, free_port, machine, resolve_entry, stop, wait_ready
 
-READY = re.compile(r"replica 0 ready \(pid (\d+), ([\d.]+)s(?:: ([^)]*))?\)")
+READY = re.compile(
+    r"replica 0 ready \(pid (\d+), ([\d.]+)s(?:: (.*?))?\)(?:\s+\[[\w.]+\])?\s*$", re.M
+)
 
 
 def start(src: str, tmp: Path, tag: str) -> tuple[subprocess.Popen[bytes], str, Path]:

@@ -13,8 +13,8 @@ Requests are split into one item per sequence. A single loop forms batches:
 The queue is bounded (``max_queue_items``, and ``max_queue_wait_s`` when set: the wait
 estimated from the engine's measured throughput): a request that does not fit gets
 :class:`QueueFull` (429 + Retry-After) at once, before anything of it is queued. Its
-Retry-After is the queue's estimated drain time (:meth:`Batcher.drain_s`), not a constant. Items of
-a request whose client went away are dropped when a batch is formed. Every future is
+Retry-After is the queue's estimated drain time (:meth:`Batcher.drain_s`), not a
+constant. Items of a request whose client went away are dropped when a batch is formed. Every future is
 resolved on every path: results, engine errors, worker crash, timeout, shutdown.
 """
 

@@ -10,6 +10,7 @@ import os
 
 import pytest
 
+from embedhost import modelfiles
 from tests.conftest import app_client, fake_model, make_settings
 from tests.fakes import CRASH, SLOW
 
@@ -132,8 +133,10 @@ MINILM_SHA256 = "sha256:53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fa
 
 
 async def test_restart_logs_its_phases_and_skips_the_rehash(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Forget what earlier tests in this process hashed: this server's first start hashes.
+    monkeypatch.setattr(modelfiles, "_HASHED", {})
     settings = make_settings([fake_model("f", checksum=MINILM_SHA256)])
     with caplog.at_level(logging.INFO, logger="embedhost.worker.supervisor"):
         async with app_client(settings) as (_, client):

@@ -36,8 +36,8 @@ from embedhost.errors import (
 log = logging.getLogger(__name__)
 
 PACED = (QueueFull, RateLimited, ModelNotReady, WorkerCrashed)
-"""Refusals a client may retry at once, paced by ``api.limits.RefusalPacer`` (a client
-that honours Retry-After is never held)."""
+"""Refusals a client may retry at once, paced by ``api.limits.RefusalPacer``: held only
+while refusals come faster than ``limits.refusals_per_s``."""
 
 
 def json_error(

@@ -35,16 +35,25 @@ from embedhost.modelfiles import HASH_STATS, hashed_files, remember, verify_chec
 log = logging.getLogger(__name__)
 
 _WARMUP_SHAPES = ((1, 8), (8, 16), (32, 16), (4, 128))
+# A restart warms with the smallest shape only: requests are being refused until the
+# replica is back, and on a busy machine the full set took most of a restart (22 s of
+# 25 s for a GGUF worker at a load average of 22; bench/RESULTS.md, issue 15).
+_RESTART_WARMUP_SHAPES = _WARMUP_SHAPES[:1]
 
 
 # --------------------------------------------------------------------------------------------
 # child side
 
 
-def _warm(engine: Any, info: EngineInfo, vocab_floor: int = 1000) -> None:
+def _warm(
+    engine: Any,
+    info: EngineInfo,
+    vocab_floor: int = 1000,
+    shapes: tuple[tuple[int, int], ...] = _WARMUP_SHAPES,
+) -> None:
     """Run a few representative shapes so that the first real request is not the slow one."""
     rng = np.random.default_rng(0)
-    for n, length in _WARMUP_SHAPES:
+    for n, length in shapes:
         length = min(length, info.max_tokens)
         batch = rng.integers(100, vocab_floor, size=(n, length)).tolist()
         engine.embed(batch)
@@ -55,9 +64,11 @@ def worker_main(
     config_json: str,
     log_config: dict[str, str] | None = None,
     known_files: dict[str, Any] | None = None,
+    restart: bool = False,
 ) -> None:
     """Entry point of the worker process. ``known_files``: weight files already hashed in
-    this process tree (``modelfiles.hashed_files``), not hashed again when unchanged."""
+    this process tree (``modelfiles.hashed_files``), not hashed again when unchanged.
+    ``restart``: the replica served before and is coming back; it warms up briefly."""
     # The API process owns shutdown: Ctrl-C in a terminal, or a SIGTERM sent to the whole
     # process group (systemd's default), must not kill batches that the API process is
     # still draining. The worker exits when told to, or when the pipe closes (parent gone).
@@ -87,7 +98,7 @@ def worker_main(
         info.details["checksum"] = digest
         if config.warmup:
             conn.send(("phase", "warming"))
-            _warm(engine, info)
+            _warm(engine, info, shapes=_RESTART_WARMUP_SHAPES if restart else _WARMUP_SHAPES)
     except ConfigError as exc:
         conn.send(("load_failed", True, exc.message))
         return

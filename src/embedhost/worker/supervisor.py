@@ -134,7 +134,13 @@ class EngineWorker:
         parent, child = ctx.Pipe(duplex=True)
         proc = ctx.Process(
             target=worker_main,
-            args=(child, self.config.model_dump_json(), worker_log_config(), hashed_files()),
+            args=(
+                child,
+                self.config.model_dump_json(),
+                worker_log_config(),
+                hashed_files(),
+                self._ever_ready,  # a restart: a brief warm-up
+            ),
             name=f"embedhost-worker-{self.config.name}-{self.replica}",
             daemon=True,
         )
