@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 import yaml
 
@@ -90,6 +92,30 @@ def ensure_gone(proc: subprocess.Popen[bytes]) -> None:
         k.kill()
 
 
+def sequential_ms(url: str, n: int = 300) -> dict[str, float]:
+    """One client, one request at a time: the median and p90 latency of ``GET /health``
+    (no model work: the hop itself) and of one short text's embedding. The difference
+    between plain and Ray is the proxy's per-request cost, with no queueing in it."""
+    out: dict[str, float] = {}
+    with httpx.Client(timeout=30) as c:
+        for name, call in (
+            ("health", lambda: c.get(f"{url}/health")),
+            ("embed1", lambda: c.post(f"{url}/v1/embeddings", json={"input": "hello world"})),
+        ):
+            for _ in range(10):
+                call()
+            times = []
+            for _ in range(n if name == "health" else n // 3):
+                t = time.perf_counter()
+                r = call()
+                times.append((time.perf_counter() - t) * 1000)
+                assert r.status_code == 200, r.text
+            times.sort()
+            out[f"{name}_p50"] = round(statistics.median(times), 2)
+            out[f"{name}_p90"] = round(times[int(len(times) * 0.9)], 2)
+    return out
+
+
 def sweep(tmp: Path, duration: int) -> list[dict[str, Any]]:
     proc, url, t0 = start("plain", tmp)
     out = []
@@ -134,6 +160,7 @@ def main() -> None:
                 try:
                     ready = wait_ready(proc, url, t0, timeout=400)
                     loads = [run_wrk(url, load, None, tmp, args.duration) for load in LOADS]
+                    hop = sequential_ms(url)
                     rss = tree_rss_mb(proc.pid)
                 except Exception:
                     print((tmp / f"{mode}.log").read_text(errors="replace")[-3000:])
@@ -148,6 +175,7 @@ def main() -> None:
                     "loadavg": os.getloadavg()[0],
                 }
                 row["loads"] = [r.__dict__ for r in loads]
+                row["sequential_ms"] = hop
                 results["rounds"].append(row)
                 s, p = loads
                 print(
@@ -157,6 +185,7 @@ def main() -> None:
                     f"| ready {ready:5.1f}s | load average {os.getloadavg()[0]:.1f}",
                     flush=True,
                 )
+                print(f"round {i + 1} {mode:6s}: one client, one at a time: {hop}", flush=True)
     out = ROOT / "bench" / "out"
     out.mkdir(exist_ok=True)
     path = out / f"ray-{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -15,6 +15,7 @@ import concurrent.futures
 import contextlib
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -137,6 +138,11 @@ def ray_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayApp]:
         "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "embedhost.rayserve:proxy_middlewares",
         "EMBEDHOST_CONFIG": str(config),
         "RAY_USAGE_STATS_ENABLED": "0",
+        # Ray's token authentication with a token of this run's own, so that a token file
+        # left in ~/.ray by another cluster (Ray writes one for every local ray.init)
+        # neither blocks nor leaks into this one.
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
         "PYTHONPATH": os.pathsep.join(
             [str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")]
         ),
@@ -163,6 +169,7 @@ def ray_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayApp]:
             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     address = f"127.0.0.1:{gcs}"
+    saved: dict[str, str | None] = {}
     http_port = free_port()
     try:
         deadline = time.monotonic() + 120
@@ -170,6 +177,9 @@ def ray_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayApp]:
             assert head.poll() is None, head_log.read_text(errors="replace")
             assert time.monotonic() < deadline, "ray head did not start"
             time.sleep(0.2)
+        for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+            saved[var] = os.environ.get(var)
+            os.environ[var] = env[var]
         ray.init(address=address, log_to_driver=False, configure_logging=False)
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})
         # The operator's path: `serve run` on the repo's Serve config, settings from the
@@ -197,6 +207,11 @@ def ray_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayApp]:
             ray.shutdown()
         _stop_group(head)
         redis.kill()
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
 
 
 def _stop_group(proc: subprocess.Popen[bytes]) -> None:
