@@ -15,7 +15,6 @@ import concurrent.futures
 import contextlib
 import os
 import re
-import secrets
 import signal
 import subprocess
 import sys
@@ -138,11 +137,7 @@ def ray_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayApp]:
         "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "embedhost.rayserve:proxy_middlewares",
         "EMBEDHOST_CONFIG": str(config),
         "RAY_USAGE_STATS_ENABLED": "0",
-        # Ray's token authentication with a token of this run's own, so that a token file
-        # left in ~/.ray by another cluster (Ray writes one for every local ray.init)
-        # neither blocks nor leaks into this one.
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        # RAY_AUTH_MODE and RAY_AUTH_TOKEN come from tests/ray/conftest.py, through os.environ.
         "PYTHONPATH": os.pathsep.join(
             [str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")]
         ),
@@ -169,7 +164,6 @@ def ray_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayApp]:
             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     address = f"127.0.0.1:{gcs}"
-    saved: dict[str, str | None] = {}
     http_port = free_port()
     try:
         deadline = time.monotonic() + 120
@@ -177,9 +171,6 @@ def ray_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayApp]:
             assert head.poll() is None, head_log.read_text(errors="replace")
             assert time.monotonic() < deadline, "ray head did not start"
             time.sleep(0.2)
-        for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
-            saved[var] = os.environ.get(var)
-            os.environ[var] = env[var]
         ray.init(address=address, log_to_driver=False, configure_logging=False)
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})
         # The operator's path: `serve run` on the repo's Serve config, settings from the
@@ -207,11 +198,6 @@ def ray_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayApp]:
             ray.shutdown()
         _stop_group(head)
         redis.kill()
-        for var, value in saved.items():
-            if value is None:
-                os.environ.pop(var, None)
-            else:
-                os.environ[var] = value
 
 
 def _stop_group(proc: subprocess.Popen[bytes]) -> None:
