@@ -170,11 +170,17 @@ class EmbedhostReplica:
         self.embedhost_app: FastAPI | None = None
 
     def __serve_build_asgi_app__(self) -> FastAPI:
+        # The replica's instance id (on /info, every log line and embedhost_build_info) is
+        # Ray's replica id: one config serves every replica, so a configured id would repeat.
+        replica_id = serve.get_replica_context().replica_id.unique_id
+        server = self.settings.server.model_copy(update={"instance_id": replica_id})
+        self.settings = self.settings.model_copy(update={"server": server})
+        setup_logging(
+            self.settings.server.log_level, self.settings.server.log_format, instance=replica_id
+        )
         app = create_app(self.settings)
         # The admin API refuses model changes on one replica (api/routes/admin.py).
         app.state.orchestrator = "ray-serve"
-        ctx = serve.get_replica_context()
-        app.state.instance_id = ctx.replica_id.unique_id
         inner = app.router.lifespan_context
         # The supervisor gives a worker start_timeout_s to load and warm, then fails it.
         timeout = self.settings.worker.start_timeout_s + 30
