@@ -112,7 +112,6 @@ class Batcher:
         self._running: set[asyncio.Task[None]] = set()
         self._closed = False
         self.stats = BatchStats()
-        self._in_flight_seqs = 0
         self._rate = 0.0
         """Sequences per second the engine answers (0: not measured yet)."""
         self._last_done = 0.0
@@ -359,12 +358,8 @@ class Batcher:
             self.stats.sequences += len(seqs)
             self.stats.padded_tokens += width * len(seqs)
             self.stats.real_tokens += sum(len(s) for s in seqs)
-            self._in_flight_seqs += len(seqs)
             t0 = time.monotonic()
-            try:
-                vecs = await self._embed(seqs, self.config.batch_timeout_s)
-            finally:
-                self._in_flight_seqs -= len(seqs)
+            vecs = await self._embed(seqs, self.config.batch_timeout_s)
             t1 = time.monotonic()
             self._measure(len(seqs), t0, t1)
             for i, it in enumerate(batch):
