@@ -18,6 +18,7 @@ import numpy as np
 from embedhost.config import ModelConfig
 from embedhost.engines.base import EngineInfo, Vectors, pad_batch, read_st_config
 from embedhost.engines.packing import pack
+from embedhost.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,10 @@ class TransformersEngine:
         hf_conf = AutoConfig.from_pretrained(path)
         options = dict(cfg.engine_options)
         packing = options.pop("packing", "auto")
+        if packing not in (True, False, "auto"):
+            raise ConfigError(
+                f"engine_options.packing must be true, false or auto, not {packing!r}"
+            )
         model = AutoModel.from_pretrained(path, dtype=dtype, **options)
         self._model = model.to(cfg.device).eval()
         self._pooling = cfg.pooling if cfg.pooling != "auto" else st.get("pooling", "mean")
