@@ -117,7 +117,8 @@ def test_packed_rows_match_padded_batches(minilm_dir: Path, pooling: str) -> Non
     """Packing (the default for BERT-class models) computes each sequence as if it were alone."""
     tok = HFTokenizer(minilm_dir)
     long_text = " ".join(SENTENCES * 3)  # truncated at 256 tokens: a row of its own
-    texts = [*SENTENCES, long_text, SENTENCES[0]]
+    # Over FORWARD_TOKENS (2048) in all: the packed engine runs it as two forward passes.
+    texts = [*SENTENCES, *[long_text] * 8, SENTENCES[0]]
     out = {}
     for packing in (True, False):
         engine = TransformersEngine(

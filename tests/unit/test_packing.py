@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from embedhost.engines.packing import ROW_COUNTS, ROW_LENGTHS, pack, round_rows
+from embedhost.engines.packing import ROW_COUNTS, ROW_LENGTHS, chunks, pack, round_rows
 
 
 @settings(deadline=None, max_examples=60)
@@ -47,3 +47,12 @@ def test_shapes_are_few() -> None:
         shapes.add(pack([[1] * k for k in lengths], 256, 384).shape)
     assert len(shapes) <= len(ROW_LENGTHS) * len(ROW_COUNTS)
     assert round_rows(5) == 6 and round_rows(65) == 128
+
+
+@settings(deadline=None, max_examples=60)
+@given(st.lists(st.integers(min_value=1, max_value=512), min_size=1, max_size=64))
+def test_forward_chunks_cover_the_batch_within_the_budget(lengths: list[int]) -> None:
+    parts = chunks(lengths, 1024)
+    assert [i for r in parts for i in r] == list(range(len(lengths)))
+    for r in parts:
+        assert len(r) == 1 or sum(lengths[i] for i in r) <= 1024

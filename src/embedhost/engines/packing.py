@@ -28,6 +28,25 @@ ROW_LENGTHS = (32, 64, 128, 256, 512)
 ROW_COUNTS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 """Row counts a packed batch is rounded up to (beyond the last: multiples of it)."""
 
+FORWARD_TOKENS = 2048
+"""Real tokens per forward pass: a bigger batch runs as several (see :func:`chunks`).
+
+It bounds the activations of one pass (attention scores grow with rows x width^2) and with
+them the worker's peak memory; beyond ~2k tokens a pass is no faster per token on CPU."""
+
+
+def chunks(lengths: list[int], budget: int = FORWARD_TOKENS) -> list[range]:
+    """Consecutive index ranges of at most ``budget`` real tokens (one sequence at least)."""
+    out: list[range] = []
+    start, tokens = 0, 0
+    for i, n in enumerate(lengths):
+        if i > start and tokens + n > budget:
+            out.append(range(start, i))
+            start, tokens = i, 0
+        tokens += n
+    out.append(range(start, len(lengths)))
+    return out
+
 
 @dataclass(slots=True)
 class Packed:

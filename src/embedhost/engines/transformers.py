@@ -17,7 +17,7 @@ import numpy as np
 
 from embedhost.config import ModelConfig
 from embedhost.engines.base import EngineInfo, Vectors, pad_batch, read_st_config
-from embedhost.engines.packing import pack
+from embedhost.engines.packing import chunks, pack
 from embedhost.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,12 @@ class TransformersEngine:
         return out
 
     def _embed_packed(self, batch: list[list[int]]) -> Vectors:
+        parts = chunks([len(s) for s in batch])
+        if len(parts) == 1:
+            return self._forward_packed(batch)
+        return np.concatenate([self._forward_packed(batch[r.start : r.stop]) for r in parts])
+
+    def _forward_packed(self, batch: list[list[int]]) -> Vectors:
         torch = self._torch
         p = pack(batch, self._max_width, self._hidden)
         with torch.inference_mode():
