@@ -58,6 +58,13 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "transformers-auto": {"engine": "transformers", "path": MINILM},
     "transformers-float32": {"engine": "transformers", "path": MINILM, "dtype": "float32"},
     "transformers-bfloat16": {"engine": "transformers", "path": MINILM, "dtype": "bfloat16"},
+    # Issue 10's A/B: the engine as before packing (each batch padded to its longest input).
+    "transformers-bfloat16-padded": {
+        "engine": "transformers",
+        "path": MINILM,
+        "dtype": "bfloat16",
+        "engine_options": {"packing": False},
+    },
     # Issue 3. The files are built on first use (and cached under .cache/): the GGUF by
     # llama.cpp's own converter (tests/engines/gguf_build.py), the ONNX by export-onnx.
     # One llama.cpp thread for the engine and its peer alike: on a 2-core machine shared
