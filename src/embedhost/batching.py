@@ -3,7 +3,8 @@
 Requests are split into one item per sequence. A single loop forms batches:
 
 * up to ``max_batch_size`` sequences and ``max_batch_tokens`` padded tokens (batch size x
-  longest sequence, which is what the engine actually computes);
+  longest sequence, which is what a padding engine actually computes; for an engine that
+  packs sequences without padding, ``packed``, the real tokens, and no padding rule);
 * from a window of the oldest queued items, sorted by length, grown around the oldest
   item so that padding is small and nothing starves;
 * when the engine is idle and the queue holds less than a full batch, it waits at most
@@ -96,8 +97,12 @@ class Batcher:
         depth: int = 2,
         window_factor: int = 4,
         observer: BatchObserver | None = None,
+        packed: Callable[[], bool] | None = None,
     ) -> None:
         self._embed = embed
+        # Whether the engine packs sequences without padding (asked per batch: it is known
+        # once the worker has loaded, and a restart may change it).
+        self._packed = packed
         self.observer = observer
         self.config = config
         self.retry_after_s = retry_after_s
@@ -282,6 +287,7 @@ class Batcher:
         if not window:
             return []
         cfg = self.config
+        packed = self._packed is not None and self._packed()
         oldest = window[0]
         order = sorted(range(len(window)), key=lambda i: len(window[i].ids))
         pos = order.index(0)
@@ -303,7 +309,11 @@ class Batcher:
             idx = cand_hi if pick_hi else cand_lo
             assert idx is not None
             new_width = max(width, len(window[idx].ids))
-            if new_width * (len(chosen) + 1) > cfg.max_batch_tokens:
+            if packed:
+                # No padding: the cost is the real tokens, whatever the lengths.
+                if real + len(window[idx].ids) > cfg.max_batch_tokens:
+                    break
+            elif new_width * (len(chosen) + 1) > cfg.max_batch_tokens:
                 # The other side may still fit (shorter sequences).
                 if pick_hi and cand_lo is not None:
                     idx = cand_lo
@@ -315,7 +325,8 @@ class Batcher:
                     break
             n_real = real + len(window[idx].ids)
             if (
-                len(chosen) >= _MIN_BATCH_FOR_PADDING_RULE
+                not packed
+                and len(chosen) >= _MIN_BATCH_FOR_PADDING_RULE
                 and new_width * (len(chosen) + 1) > cfg.max_padding_ratio * n_real
             ):
                 # Padding would waste more compute than a smaller batch costs.

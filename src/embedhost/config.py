@@ -59,7 +59,7 @@ class BatchingConfig(_Strict):
         default=8192,
         ge=16,
         le=1_048_576,
-        description="Padded tokens per batch (batch size x longest sequence).",
+        description="Padded tokens per batch (batch size x longest sequence); real tokens for engines that pack.",
     )
     max_batch_size: int = Field(default=32, ge=1, le=4096, description="Sequences per batch.")
     max_wait_ms: float = Field(

@@ -110,3 +110,37 @@ def test_dtype_auto_follows_the_cpu() -> None:
     assert resolve_dtype("auto", "cpu") == ("bfloat16" if cpu_has_native_bf16() else "float32")
     assert resolve_dtype("float32", "cpu") == "float32"
     assert resolve_dtype("auto", "mps") == "float32"
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "max", "last"])
+def test_packed_rows_match_padded_batches(minilm_dir: Path, pooling: str) -> None:
+    """Packing (the default for BERT-class models) computes each sequence as if it were alone."""
+    tok = HFTokenizer(minilm_dir)
+    long_text = " ".join(SENTENCES * 3)  # truncated at 256 tokens: a row of its own
+    # Over FORWARD_TOKENS (2048) in all: the packed engine runs it as two forward passes.
+    texts = [*SENTENCES, *[long_text] * 8, SENTENCES[0]]
+    out = {}
+    for packing in (True, False):
+        engine = TransformersEngine(
+            ModelConfig(
+                name="m",
+                path=str(minilm_dir),
+                dtype="float32",
+                pooling=pooling,  # type: ignore[arg-type]
+                engine_options={"packing": packing},
+            )
+        )
+        info = engine.load()
+        assert info.details["packing"] is packing
+        out[packing] = engine.embed(prepare_texts(tok, texts, info.max_tokens, "right").ids)
+    np.testing.assert_allclose(out[True], out[False], rtol=1e-4, atol=2e-5)
+
+
+def test_packing_option_is_checked(minilm_dir: Path) -> None:
+    from embedhost.errors import ConfigError
+
+    engine = TransformersEngine(
+        ModelConfig(name="m", path=str(minilm_dir), engine_options={"packing": "yes"})
+    )
+    with pytest.raises(ConfigError, match="packing must be true, false or auto"):
+        engine.load()

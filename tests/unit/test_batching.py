@@ -20,9 +20,11 @@ class Recorder:
         self.delay = delay
         self.fail = fail
         self.gate: asyncio.Event | None = None
+        self.called = asyncio.Event()
 
     async def __call__(self, batch: list[list[int]], timeout: float) -> np.ndarray:
         self.batches.append(batch)
+        self.called.set()
         if self.gate is not None:
             await self.gate.wait()
         if self.delay:
@@ -30,6 +32,11 @@ class Recorder:
         if self.fail is not None:
             raise self.fail
         return np.array([[len(s), s[0], sum(s)] for s in batch], dtype=np.float32)
+
+
+async def engine_busy(rec: Recorder, deadline_s: float = 10.0) -> None:
+    """Wait until the first batch has reached the (gated) engine, so the rest queue behind it."""
+    await asyncio.wait_for(rec.called.wait(), deadline_s)
 
 
 def cfg(**kw: object) -> BatchingConfig:
@@ -64,7 +71,7 @@ async def test_similar_lengths_grouped() -> None:
     b = Batcher(rec, cfg(max_batch_size=4, max_batch_tokens=1000), depth=1)
     b.start()
     first = b.submit([[1]], Ticket())  # occupies the engine while the rest queue
-    await asyncio.sleep(0.01)
+    await engine_busy(rec)
     seqs = [[2] * 2, [3] * 40, [4] * 3, [5] * 41, [6] * 2, [7] * 39, [8] * 3, [9] * 42]
     futs = b.submit(seqs, Ticket())
     rec.gate.set()
@@ -80,7 +87,7 @@ async def test_queue_bound_rejects_whole_request() -> None:
     b = Batcher(rec, cfg(max_queue_items=8), retry_after_s=3)
     b.start()
     held = b.submit([[1]], Ticket())
-    await asyncio.sleep(0.01)
+    await engine_busy(rec)
     ok = b.submit([[1]] * 6, Ticket())
     with pytest.raises(QueueFull) as info:
         b.submit([[1]] * 3, Ticket())
@@ -97,7 +104,7 @@ async def test_gone_clients_are_skipped() -> None:
     b = Batcher(rec, cfg(), depth=1)
     b.start()
     held = b.submit([[1]], Ticket())
-    await asyncio.sleep(0.01)
+    await engine_busy(rec)
     gone = Ticket()
     lost = b.submit([[7, 7], [7, 7, 7]], gone)
     kept = b.submit([[9, 9]], Ticket())
@@ -169,7 +176,7 @@ async def test_padding_ratio_splits_mixed_lengths() -> None:
     b = Batcher(rec, cfg(max_batch_size=32, max_batch_tokens=4096, max_padding_ratio=1.5), depth=1)
     b.start()
     first = b.submit([[1]], Ticket())
-    await asyncio.sleep(0.01)
+    await engine_busy(rec)
     seqs = [[2] * 4, [3] * 40] * 8
     futs = b.submit(seqs, Ticket())
     rec.gate.set()
@@ -183,8 +190,28 @@ async def test_without_padding_rule_one_batch() -> None:
     b = Batcher(rec, cfg(max_batch_size=32, max_batch_tokens=4096, max_padding_ratio=100), depth=1)
     b.start()
     first = b.submit([[1]], Ticket())
-    await asyncio.sleep(0.01)
+    await engine_busy(rec)
     futs = b.submit([[2] * 4, [3] * 40] * 8, Ticket())
     rec.gate.set()
     await asyncio.gather(*first, *futs)
     assert len(rec.batches) == 2
+
+
+async def test_packing_engine_mixes_lengths_under_a_real_token_budget() -> None:
+    """An engine that packs pays no padding: no padding rule, and the budget counts real tokens."""
+    rec = Recorder()
+    rec.gate = asyncio.Event()
+    config = cfg(max_batch_size=32, max_batch_tokens=200, max_padding_ratio=1.5)
+    b = Batcher(rec, config, depth=1, packed=lambda: True)
+    b.start()
+    first = b.submit([[1]], Ticket())
+    await engine_busy(rec)
+    futs = b.submit([[2] * 4, [3] * 40] * 8, Ticket())  # 352 real tokens, 640 padded
+    rec.gate.set()
+    await asyncio.gather(*first, *futs)
+    batches = rec.batches[1:]
+    assert len(batches) == 2
+    assert {len(s) for s in batches[0]} == {4, 40}  # lengths mixed
+    assert all(sum(len(s) for s in batch) <= 200 for batch in batches)
+    assert max(len(s) for s in batches[0]) * len(batches[0]) > 200  # padded count would not fit
+    await b.close()

@@ -184,6 +184,8 @@ class LlamaCppEngine:
             else None,
             "causal": causal,
             "n_ctx": int(llama.llama_n_ctx(ctx)),
+            # Sequences share a decode without padding: the batcher need not sort by length.
+            "packing": True,
             "batch_tokens": self._budget,
             "n_batch": self._n_batch,
             "n_ubatch": n_ubatch,

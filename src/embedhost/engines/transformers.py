@@ -17,6 +17,8 @@ import numpy as np
 
 from embedhost.config import ModelConfig
 from embedhost.engines.base import EngineInfo, Vectors, pad_batch, read_st_config
+from embedhost.engines.packing import chunks, pack
+from embedhost.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,18 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return "float32"
 
 
+# Encoder families whose forward takes per-token position ids and a prepared 4D mask, with
+# absolute positions from 0 (RoBERTa-style models offset positions by the pad id: not here).
+_PACKABLE = {"bert"}
+
+
+def _packing_supported(hf_conf: Any) -> bool:
+    """Whether sequences of this model can be packed into shared rows (see packing.py)."""
+    return getattr(hf_conf, "model_type", "") in _PACKABLE and not getattr(
+        hf_conf, "is_decoder", False
+    )
+
+
 class TransformersEngine:
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
@@ -54,6 +68,10 @@ class TransformersEngine:
         self._torch: Any = None
         self._pooling = "mean"
         self._device = config.device
+        self._packing = False
+        self._max_width = 512
+        self._hidden = 0
+        self._dtype: Any = None
 
     def load(self) -> EngineInfo:
         import torch
@@ -72,13 +90,23 @@ class TransformersEngine:
         dtype_name = resolve_dtype(cfg.dtype, cfg.device)
         dtype = getattr(torch, dtype_name)
         hf_conf = AutoConfig.from_pretrained(path)
-        model = AutoModel.from_pretrained(path, dtype=dtype, **cfg.engine_options)
+        options = dict(cfg.engine_options)
+        packing = options.pop("packing", "auto")
+        if packing not in (True, False, "auto"):
+            raise ConfigError(
+                f"engine_options.packing must be true, false or auto, not {packing!r}"
+            )
+        model = AutoModel.from_pretrained(path, dtype=dtype, **options)
         self._model = model.to(cfg.device).eval()
         self._pooling = cfg.pooling if cfg.pooling != "auto" else st.get("pooling", "mean")
         normalize = cfg.normalize if cfg.normalize is not None else bool(st.get("normalize", False))
         model_max = int(getattr(hf_conf, "max_position_embeddings", 512))
         max_tokens = min(cfg.max_input_tokens or st.get("max_tokens", model_max), model_max)
         dims = int(hf_conf.hidden_size)
+        self._dtype = dtype
+        self._hidden = dims
+        self._max_width = max_tokens
+        self._packing = _packing_supported(hf_conf) if packing == "auto" else bool(packing)
         return EngineInfo(
             engine="transformers",
             dims=dims,
@@ -90,10 +118,13 @@ class TransformersEngine:
             details={
                 "architecture": (getattr(hf_conf, "architectures", None) or ["?"])[0],
                 "torch_threads": torch.get_num_threads(),
+                "packing": self._packing,
             },
         )
 
     def embed(self, batch: list[list[int]]) -> Vectors:
+        if self._packing:
+            return self._embed_packed(batch)
         torch = self._torch
         ids, mask = pad_batch(batch)
         with torch.inference_mode():
@@ -101,6 +132,52 @@ class TransformersEngine:
             t_mask = torch.from_numpy(mask).to(self._device)
             hidden = self._model(input_ids=t_ids, attention_mask=t_mask).last_hidden_state
             pooled = self._pool(hidden.float(), t_mask)
+            out: Vectors = pooled.cpu().numpy().astype(np.float32, copy=False)
+        return out
+
+    def _embed_packed(self, batch: list[list[int]]) -> Vectors:
+        parts = chunks([len(s) for s in batch])
+        if len(parts) == 1:
+            return self._forward_packed(batch)
+        return np.concatenate([self._forward_packed(batch[r.start : r.stop]) for r in parts])
+
+    def _forward_packed(self, batch: list[list[int]]) -> Vectors:
+        torch = self._torch
+        p = pack(batch, self._max_width, self._hidden)
+        with torch.inference_mode():
+            seg = torch.from_numpy(p.segments)
+            # Block-diagonal: a token attends to the tokens of its own sequence only (pad
+            # tokens, segment -1, to each other, so that no row of the mask is empty).
+            same = seg[:, :, None] == seg[:, None, :]
+            mask = torch.zeros(same.shape, dtype=self._dtype)
+            mask.masked_fill_(~same, torch.finfo(self._dtype).min)
+            hidden = self._model(
+                input_ids=torch.from_numpy(p.ids).to(self._device),
+                position_ids=torch.from_numpy(p.positions).to(self._device),
+                attention_mask=mask[:, None].to(self._device),
+            ).last_hidden_state
+            flat = hidden.reshape(-1, hidden.shape[-1])
+            starts = torch.from_numpy(p.starts).to(self._device)
+            lengths = torch.from_numpy(p.lengths).to(self._device)
+            if self._pooling == "cls":
+                pooled = flat[starts].float()
+            elif self._pooling == "last":
+                pooled = flat[starts + lengths - 1].float()
+            else:
+                seg_flat = seg.reshape(-1).to(self._device)
+                keep = seg_flat >= 0
+                index = seg_flat[keep]
+                tokens = flat[keep].float()
+                n = len(batch)
+                if self._pooling == "max":
+                    pooled = torch.full((n, tokens.shape[1]), float("-inf"), device=tokens.device)
+                    pooled.scatter_reduce_(
+                        0, index[:, None].expand(-1, tokens.shape[1]), tokens, "amax"
+                    )
+                else:
+                    pooled = torch.zeros((n, tokens.shape[1]), device=tokens.device)
+                    pooled.index_add_(0, index, tokens)
+                    pooled /= lengths[:, None].float()
             out: Vectors = pooled.cpu().numpy().astype(np.float32, copy=False)
         return out
 

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -133,6 +133,7 @@ class ModelHandle:
                     if metrics
                     else None
                 ),
+                packed=_packs(worker),
             )
             self.replicas.append(Replica(worker, batcher))
 
@@ -277,3 +278,13 @@ class ModelHandle:
             "stats": self.stats.snapshot(),
             "details": info.details if info else {},
         }
+
+
+def _packs(worker: EngineWorker) -> Callable[[], bool]:
+    """Whether the worker's engine packs sequences without padding (its ``/info`` details)."""
+
+    def packed() -> bool:
+        info = worker.info
+        return bool(info is not None and info.details.get("packing"))
+
+    return packed

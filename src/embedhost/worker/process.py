@@ -34,7 +34,10 @@ from embedhost.modelfiles import HASH_STATS, hashed_files, remember, verify_chec
 
 log = logging.getLogger(__name__)
 
-_WARMUP_SHAPES = ((1, 8), (8, 16), (32, 16), (4, 128))
+# (sequences, tokens each). A packing engine (transformers on BERT-class models) runs these
+# as rows of 32-256 tokens, 1-8 rows: the shapes short-text and passage traffic uses most, so
+# that their one-off kernel set-up (oneDNN builds a primitive per shape) happens here.
+_WARMUP_SHAPES = ((1, 8), (8, 16), (32, 16), (4, 128), (1, 32), (2, 64), (3, 128), (2, 256))
 # A restart warms with the smallest shape only: requests are being refused until the
 # replica is back, and on a busy machine the full set took most of a restart (22 s of
 # 25 s for a GGUF worker at a load average of 22; bench/RESULTS.md, issue 15).
