@@ -12,6 +12,7 @@ tokenizer, so that counting and truncation agree with what the engine sees.
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,10 @@ from embedhost.engines.gguf import GGUFModel
 from embedhost.errors import InputTooLong, InvalidRequest
 
 Policy = Literal["right", "left", "refuse"]
+
+# A lone UTF-16 surrogate (U+D800..U+DFFF) is legal in a JSON string ("\ud800") but is no
+# character: it cannot be encoded as UTF-8, so no tokenizer can take it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class Tokenizer(Protocol):
@@ -132,9 +137,24 @@ def fit(
     return head + body + tail, True
 
 
+def check_texts(texts: list[str]) -> None:
+    """Refuse a text no tokenizer can take (a lone surrogate, as a client that cut a UTF-16
+    string in half sends), naming the input, before any tokenizer sees it."""
+    for i, t in enumerate(texts):
+        # isascii() is O(1) on CPython's compact strings: only non-ASCII texts are scanned.
+        if not t.isascii() and (m := _SURROGATE.search(t)) is not None:
+            raise InvalidRequest(
+                f"input {i} contains a lone UTF-16 surrogate (U+{ord(m.group()):04X}) at "
+                f"character {m.start()}, which is not valid Unicode text; "
+                "send the whole character (a surrogate pair) or drop it",
+                param=f"input[{i}]",
+            )
+
+
 def prepare_texts(
     tokenizer: Tokenizer, texts: list[str], max_tokens: int, policy: Policy
 ) -> Tokenized:
+    check_texts(texts)
     raw = tokenizer.encode_batch(texts)
     return _fit_all(raw, max_tokens, policy, tokenizer.prefix_specials, tokenizer.suffix_specials)
 
