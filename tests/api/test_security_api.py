@@ -245,9 +245,7 @@ async def test_no_key_and_no_input_text_in_logs(
     caplog.set_level(logging.DEBUG)
     with structlog.testing.capture_logs() as events:
         await keyed.post("/v1/embeddings", json={"input": SECRET_TEXT}, headers=bearer(FULL))
-        await keyed.post(
-            "/v1/embeddings", json={"input": SECRET_TEXT}, headers=bearer(FULL + "x")
-        )
+        await keyed.post("/v1/embeddings", json={"input": SECRET_TEXT}, headers=bearer(FULL + "x"))
         await keyed.post(f"/v1/embeddings?api_key={FULL}", json={"input": SECRET_TEXT})
         await keyed.post("/v1/embeddings", json={"input": [SECRET_TEXT] * 2, "model": "nope"})
     lines = [e for e in events if e.get("event") == "request"]

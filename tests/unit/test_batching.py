@@ -156,8 +156,11 @@ async def test_oldest_item_is_never_starved() -> None:
     b = Batcher(rec, cfg(max_batch_size=4, max_batch_tokens=64, max_queue_items=1000), depth=1)
     b.start()
     first = b.submit([[3]], Ticket())  # holds the only pipeline slot until the gate opens
-    while not rec.batches:
+    for _ in range(10_000):  # a few loop turns: the batcher dispatches it
+        if rec.batches:
+            break
         await asyncio.sleep(0)
+    assert rec.batches == [[[3]]]
     early = b.submit([[2]] * 8, Ticket())
     long = b.submit([[1] * 60], Ticket())
     late = b.submit([[4]] * 40, Ticket())
