@@ -32,6 +32,17 @@ class Recorder:
         return np.array([[len(s), s[0], sum(s)] for s in batch], dtype=np.float32)
 
 
+async def first_batch_dispatched(rec: Recorder, timeout: float = 10) -> None:
+    """Wait (with a deadline, not a fixed sleep) until the first batch reached the engine."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    for _ in range(1_000_000):
+        if rec.batches:
+            return
+        assert loop.time() < deadline, "the first batch was never dispatched"
+        await asyncio.sleep(0.001)
+
+
 def cfg(**kw: object) -> BatchingConfig:
     base: dict[str, object] = {
         "max_batch_size": 4,
@@ -64,7 +75,7 @@ async def test_similar_lengths_grouped() -> None:
     b = Batcher(rec, cfg(max_batch_size=4, max_batch_tokens=1000), depth=1)
     b.start()
     first = b.submit([[1]], Ticket())  # occupies the engine while the rest queue
-    await asyncio.sleep(0.01)
+    await first_batch_dispatched(rec)
     seqs = [[2] * 2, [3] * 40, [4] * 3, [5] * 41, [6] * 2, [7] * 39, [8] * 3, [9] * 42]
     futs = b.submit(seqs, Ticket())
     rec.gate.set()
@@ -80,7 +91,7 @@ async def test_queue_bound_rejects_whole_request() -> None:
     b = Batcher(rec, cfg(max_queue_items=8), retry_after_s=3)
     b.start()
     held = b.submit([[1]], Ticket())
-    await asyncio.sleep(0.01)
+    await first_batch_dispatched(rec)
     ok = b.submit([[1]] * 6, Ticket())
     with pytest.raises(QueueFull) as info:
         b.submit([[1]] * 3, Ticket())
@@ -97,7 +108,7 @@ async def test_gone_clients_are_skipped() -> None:
     b = Batcher(rec, cfg(), depth=1)
     b.start()
     held = b.submit([[1]], Ticket())
-    await asyncio.sleep(0.01)
+    await first_batch_dispatched(rec)
     gone = Ticket()
     lost = b.submit([[7, 7], [7, 7, 7]], gone)
     kept = b.submit([[9, 9]], Ticket())
@@ -139,7 +150,7 @@ async def test_close_without_drain_fails_queued() -> None:
     b = Batcher(rec, cfg(), depth=1)
     b.start()
     futs = b.submit([[1]] * 10, Ticket())
-    await asyncio.sleep(0.01)
+    await first_batch_dispatched(rec)
     await b.close(drain=False)
     rec.gate.set()
     await asyncio.sleep(0.01)
@@ -156,11 +167,7 @@ async def test_oldest_item_is_never_starved() -> None:
     b = Batcher(rec, cfg(max_batch_size=4, max_batch_tokens=64, max_queue_items=1000), depth=1)
     b.start()
     first = b.submit([[3]], Ticket())  # holds the only pipeline slot until the gate opens
-    for _ in range(10_000):  # a few loop turns: the batcher dispatches it
-        if rec.batches:
-            break
-        await asyncio.sleep(0)
-    assert rec.batches == [[[3]]]
+    await first_batch_dispatched(rec)
     early = b.submit([[2]] * 8, Ticket())
     long = b.submit([[1] * 60], Ticket())
     late = b.submit([[4]] * 40, Ticket())
@@ -179,7 +186,7 @@ async def test_padding_ratio_splits_mixed_lengths() -> None:
     b = Batcher(rec, cfg(max_batch_size=32, max_batch_tokens=4096, max_padding_ratio=1.5), depth=1)
     b.start()
     first = b.submit([[1]], Ticket())
-    await asyncio.sleep(0.01)
+    await first_batch_dispatched(rec)
     seqs = [[2] * 4, [3] * 40] * 8
     futs = b.submit(seqs, Ticket())
     rec.gate.set()
@@ -193,7 +200,7 @@ async def test_without_padding_rule_one_batch() -> None:
     b = Batcher(rec, cfg(max_batch_size=32, max_batch_tokens=4096, max_padding_ratio=100), depth=1)
     b.start()
     first = b.submit([[1]], Ticket())
-    await asyncio.sleep(0.01)
+    await first_batch_dispatched(rec)
     futs = b.submit([[2] * 4, [3] * 40] * 8, Ticket())
     rec.gate.set()
     await asyncio.gather(*first, *futs)
