@@ -3,7 +3,9 @@
 Vectors are a deterministic function of the token ids, so batching equivalence and
 routing can be asserted exactly. Special token ids trigger faults inside the worker:
 ``CRASH`` segfaults the process, ``RAISE`` raises, ``HANG`` sleeps forever, ``SLOW`` sleeps
-``engine_options["slow_s"]`` (default 0.2 s).
+``engine_options["slow_s"]`` (default 0.2 s), ``GATE`` waits until the file
+``engine_options["gate"]`` exists (a test opens the gate when it has seen what it waits for); with
+``engine_options["load_gate"]``, loading waits the same way.
 
 The real engines have their own tests (tests/engines); this never stands in for them.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -20,6 +23,7 @@ from embedhost.config import ModelConfig
 from embedhost.engines.base import EngineInfo, Vectors
 
 CRASH, RAISE, HANG, SLOW = 29001, 29002, 29003, 29004
+GATE = 29005
 DIMS = 32
 
 
@@ -31,6 +35,8 @@ class FakeEngine:
     def load(self) -> EngineInfo:
         if self.opts.get("fail_load"):
             raise RuntimeError("fake load failure")
+        if self.opts.get("load_gate"):  # loading lasts until a test opens this gate
+            _wait_for(Path(str(self.opts["load_gate"])))
         return EngineInfo(
             engine="fake",
             dims=int(self.opts.get("dims", DIMS)),
@@ -54,11 +60,19 @@ class FakeEngine:
             time.sleep(3600)
         if SLOW in flat:
             time.sleep(float(self.opts.get("slow_s", 0.2)))
+        if GATE in flat:
+            _wait_for(Path(str(self.opts["gate"])))
         dims = int(self.opts.get("dims", DIMS))
         return np.stack([vector_for(s, dims) for s in batch])
 
     def close(self) -> None:
         pass
+
+
+def _wait_for(gate: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout  # a test that never opens the gate still ends
+    while not gate.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def vector_for(ids: list[int], dims: int = DIMS) -> Vectors:

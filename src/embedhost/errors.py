@@ -106,8 +106,8 @@ class RateLimited(EmbedhostError):
 
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
-    # For the rate-limited metric: which budget (key-requests, key-tokens, address-requests,
-    # address-tokens) and, for a key's budget, the key's id.
+    # For the rate-limited metric: which budget (key-requests, key-tokens, addr-requests,
+    # addr-tokens) and, for a key's budget, the key's id.
     limit: str = "requests"
     key_id: str | None = None
 

@@ -19,6 +19,7 @@ them) sees, and truncation cuts the input after it, never the prompt itself.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,10 @@ from embedhost.engines.gguf import GGUFModel
 from embedhost.errors import ConfigError, InputTooLong, InvalidRequest
 
 Policy = Literal["right", "left", "refuse"]
+
+# A lone UTF-16 surrogate (U+D800..U+DFFF) is legal in a JSON string ("\ud800") but is no
+# character: it cannot be encoded as UTF-8, so no tokenizer can take it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class Tokenizer(Protocol):
@@ -148,6 +153,20 @@ def fit(
     return head + body + tail, True
 
 
+def check_texts(texts: list[str]) -> None:
+    """Refuse a text no tokenizer can take (a lone surrogate, as a client that cut a UTF-16
+    string in half sends), naming the input, before any tokenizer sees it."""
+    for i, t in enumerate(texts):
+        # isascii() is O(1) on CPython's compact strings: only non-ASCII texts are scanned.
+        if not t.isascii() and (m := _SURROGATE.search(t)) is not None:
+            raise InvalidRequest(
+                f"input {i} contains a lone UTF-16 surrogate (U+{ord(m.group()):04X}) at "
+                f"character {m.start()}, which is not valid Unicode text; "
+                "send the whole character (a surrogate pair) or drop it",
+                param=f"input[{i}]",
+            )
+
+
 def prepare_texts(
     tokenizer: Tokenizer,
     texts: list[str],
@@ -156,6 +175,7 @@ def prepare_texts(
     prompt: Prompt | None = None,
 ) -> Tokenized:
     """Tokenize ``texts`` (each prefixed with ``prompt``'s text), then cut or refuse."""
+    check_texts(texts)
     if prompt is None or not prompt.text:
         raw = tokenizer.encode_batch(texts)
         return _fit_all(

@@ -84,6 +84,11 @@ async def test_split_90_10_within_bounds_and_sticky(client: httpx.AsyncClient) -
     sigma = math.sqrt(n * 0.1 * 0.9)
     assert abs(k - n * 0.1) < 4.5 * sigma, k
     assert set(served) == {"m@1", "m@2"}
+    # Pinned: the placement is sha256 of (model, routing key), the same in every process
+    # and on every machine (Python's salted hash would pass the checks below within one
+    # process and still move callers between restarts). The ops key's users 0..59 that
+    # the 90/10 split sends to version 2:
+    assert [i for i in range(60) if served[i] == "m@2"] == [4, 6, 14, 15, 29, 32, 38, 39, 43, 55]
     # Sticky: the same user keeps its version; so does the same API key whatever `user` says.
     for i in range(0, 200, 7):
         again = {await _served_by(client, user=f"user-{i}") for _ in range(3)}

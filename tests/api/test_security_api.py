@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+import structlog.testing
 from fastapi import Depends, FastAPI, Request
 
 from embedhost.api.app import create_app
@@ -239,14 +240,25 @@ async def test_cors_off_by_default(keyed: httpx.AsyncClient) -> None:
 async def test_no_key_and_no_input_text_in_logs(
     keyed: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The request line goes through structlog (not to ``caplog``): capture it there, and
+    every stdlib record too, then check each request was logged and no secret was."""
     caplog.set_level(logging.DEBUG)
-    await keyed.post("/v1/embeddings", json={"input": SECRET_TEXT}, headers=bearer(FULL))
-    await keyed.post("/v1/embeddings", json={"input": SECRET_TEXT}, headers=bearer(FULL + "x"))
-    await keyed.post(f"/v1/embeddings?api_key={FULL}", json={"input": SECRET_TEXT})
-    await keyed.post("/v1/embeddings", json={"input": [SECRET_TEXT] * 2, "model": "nope"})
+    with structlog.testing.capture_logs() as events:
+        await keyed.post("/v1/embeddings", json={"input": SECRET_TEXT}, headers=bearer(FULL))
+        await keyed.post("/v1/embeddings", json={"input": SECRET_TEXT}, headers=bearer(FULL + "x"))
+        await keyed.post(f"/v1/embeddings?api_key={FULL}", json={"input": SECRET_TEXT})
+        await keyed.post("/v1/embeddings", json={"input": [SECRET_TEXT] * 2, "model": "nope"})
+    lines = [e for e in events if e.get("event") == "request"]
+    assert [(e["path"], e["status"]) for e in lines] == [
+        ("/v1/embeddings", 200),
+        ("/v1/embeddings", 401),
+        ("/v1/embeddings", 401),
+        ("/v1/embeddings", 401),
+    ]
+    assert lines[0]["inputs"] == 1 and lines[0]["input_chars"] == len(SECRET_TEXT)
     # The server's records (the test client's own httpx log shows the URL it was given).
     server = [r for r in caplog.records if not r.name.startswith(("httpx", "httpcore"))]
-    text = "".join(f"{r.getMessage()} {r.args} {r.exc_text}" for r in server)
+    text = repr(events) + "".join(f"{r.getMessage()} {r.args} {r.exc_text}" for r in server)
     for secret in (FULL, FULL + "x", SECRET_TEXT, FULL_E.hash):
         assert secret not in text
 
@@ -328,11 +340,16 @@ async def test_per_address_limit_behind_trusted_proxy(limited_app: FastAPI) -> N
         r = await from_("198.51.100.1")
         err = assert_error(r, 429, "rate_limit_error", "rate_limit_exceeded")
         assert "this client address" in err["message"]
-        # Failed key guesses spend the address's budget too.
+        # Failed key guesses spend the address's budget too: after one guess, a valid key
+        # from that address has one request left of two, then none.
         r = await proxy.get(
             "/v1/models", headers={"X-Forwarded-For": "198.51.100.3", **bearer("eh_guess")}
         )
         assert r.status_code == 401
+        r = await from_("198.51.100.3")
+        assert r.status_code == 200
+        assert r.headers["x-ratelimit-remaining"] == "0"
+        assert (await from_("198.51.100.3")).status_code == 429
     # An untrusted peer's X-Forwarded-For is ignored: it is limited as itself.
     async with client_from(limited_app, "203.0.113.5") as direct:
         codes = [

@@ -7,12 +7,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
+from collections.abc import Callable
+from pathlib import Path
 
+import httpx
 import pytest
 
 from embedhost import modelfiles
 from tests.conftest import app_client, fake_model, make_settings
-from tests.fakes import CRASH, SLOW
+from tests.fakes import CRASH, GATE
+
+
+async def until(condition: Callable[[], bool], timeout: float = 30) -> None:
+    """Wait for ``condition``, with a deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met before the deadline")
+        await asyncio.sleep(0.01)
 
 
 async def wait_status(client, name: str, status: str, timeout: float = 30) -> dict:  # type: ignore[no-untyped-def]
@@ -89,37 +102,58 @@ async def test_missing_engine_library_fails_at_once() -> None:
         assert model["replicas"][0]["restarts"] == 0
 
 
-async def test_requests_while_loading_get_503_with_retry_after() -> None:
-    settings = make_settings([fake_model("f")])
+async def test_requests_while_loading_get_503_with_retry_after(tmp_path: Path) -> None:
+    gate = tmp_path / "loaded"
+    settings = make_settings([fake_model("f", engine_options={"load_gate": str(gate)})])
     async with app_client(settings, ready=False) as (_, client):
+        await wait_status(client, "f", "loading")
         r = await client.post("/v1/embeddings", json={"input": "x"})
-        if r.status_code == 503:  # the worker may already be up on a fast machine
-            assert r.headers["retry-after"] == "2"
-            assert r.json()["error"]["code"] == "model_not_ready"
-        else:
-            assert r.status_code == 200
+        assert r.status_code == 503, r.text
+        assert int(r.headers["retry-after"]) >= 1
+        assert r.json()["error"]["code"] == "model_not_ready"
+        assert (await client.get("/ready")).status_code == 503
+        gate.touch()
+        await wait_status(client, "f", "ready")
+        assert (await client.post("/v1/embeddings", json={"input": "x"})).status_code == 200
 
 
-async def test_full_queue_answers_429_fast() -> None:
+async def test_full_queue_answers_429_fast(tmp_path: Path) -> None:
+    """A request that fits on its own is refused at once while other requests fill the
+    queue: answered while every request ahead of it is still waiting."""
+    gate = tmp_path / "gate"
     settings = make_settings(
         [
             fake_model(
                 "f",
-                engine_options={"slow_s": 1.0},
-                batching={"max_queue_items": 4, "max_batch_size": 1},
+                engine_options={"gate": str(gate)},
+                batching={"max_queue_items": 4, "max_batch_size": 1, "max_wait_ms": 0},
             )
         ]
     )
-    async with app_client(settings) as (_, client):
-        slow = [client.post("/v1/embeddings", json={"input": [101, SLOW, 102]}) for _ in range(3)]
-        tasks = [asyncio.ensure_future(s) for s in slow]
-        await asyncio.sleep(0.3)
-        r = await client.post("/v1/embeddings", json={"input": ["a", "b", "c", "d", "e"]})
-        assert r.status_code == 429
-        assert r.headers["retry-after"] == "2"
-        assert r.json()["error"]["type"] == "rate_limit_error"
-        done = await asyncio.gather(*tasks)
-        assert all(d.status_code == 200 for d in done)
+    async with app_client(settings) as (app, client):
+        batcher = app.state.registry.route("f").replicas[0].batcher
+
+        def post(inp: object) -> asyncio.Future[httpx.Response]:
+            return asyncio.ensure_future(client.post("/v1/embeddings", json={"input": inp}))
+
+        # Every pipeline slot holds a batch that waits at the gate ...
+        blocked = [post([101, GATE, 102]) for _ in range(batcher._depth)]
+        await until(lambda: batcher.in_flight == batcher._depth and batcher.queued == 0)
+        # ... so these four single-input requests fill the queue (4 items) ...
+        queued = [post(f"queued {i}") for i in range(4)]
+        await until(lambda: batcher.queued == 4)
+        # ... and one more, which would fit in an empty queue, is refused.
+        r = await client.post("/v1/embeddings", json={"input": "one more"})
+        assert r.status_code == 429, r.text
+        assert int(r.headers["retry-after"]) >= 1
+        err = r.json()["error"]
+        assert (err["type"], err["code"]) == ("rate_limit_error", "queue_full")
+        # Fast: refused without waiting for anything ahead of it.
+        assert batcher.queued == 4
+        assert not any(t.done() for t in blocked + queued)
+        gate.touch()
+        done = await asyncio.gather(*blocked, *queued)
+        assert [d.status_code for d in done] == [200] * len(done)
 
 
 async def test_worker_runs_in_its_own_process() -> None:

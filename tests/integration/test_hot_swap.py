@@ -11,7 +11,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,19 @@ def _model(url: str) -> dict[str, Any]:
     return body
 
 
+def _until(cond: Callable[[], bool], what: str, timeout: float = 120) -> None:
+    """Wait for a condition, with a deadline (never a fixed sleep that decides the outcome)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _version(url: str, version: str) -> dict[str, Any]:
+    return next(v for v in _model(url)["versions"] if v["version"] == version)
+
+
 def _embed(url: str, text: str = "hello") -> httpx.Response:
     return httpx.post(f"{url}/v1/embeddings", json={"input": text}, timeout=60)
 
@@ -90,8 +103,15 @@ def test_swap_under_load_zero_failures(server: LiveServer) -> None:
     threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
     for t in threads:
         t.start()
+
+    def answered(cond: Callable[[float, int, str, int], bool]) -> int:
+        """How many answers so far satisfy cond(sent, status, tag, text_id)."""
+        with lock:
+            return sum(1 for sent, _, st, tag, _, tid in results if cond(sent, st, tag, tid))
+
     try:
-        time.sleep(1.0)
+        # Load is running: the clients have had answers, text 0 among them.
+        _until(lambda: answered(lambda _s, st, _t, tid: st == 200 and tid == 0) >= 2, "load")
         r = httpx.post(
             f"{url}/admin/models/{NAME}/versions",
             json={
@@ -110,14 +130,23 @@ def test_swap_under_load_zero_failures(server: LiveServer) -> None:
         r = httpx.put(f"{url}/admin/models/{NAME}/shadow", json={"version": "2"}, timeout=10)
         assert r.status_code == 200, r.text
         shadow_on = time.monotonic()
-        time.sleep(1.0)
+        _until(
+            lambda: (
+                _version(url, "2")["stats"].get("shadow", {}).get("requests", 0) >= 5
+                and answered(lambda sent, *_: sent > shadow_on) >= 5
+            ),
+            "shadowed requests",
+        )
         r = httpx.put(f"{url}/admin/models/{NAME}/shadow", json={"version": None}, timeout=10)
         shadow_off = time.monotonic()
         shadow = next(v for v in _model(url)["versions"] if v["version"] == "2")["stats"]
         r = httpx.post(f"{url}/admin/models/{NAME}/promote", json={"version": "2"}, timeout=60)
         promoted = time.monotonic()
         assert r.status_code == 200, r.text
-        time.sleep(1.5)
+        _until(
+            lambda: answered(lambda sent, _st, _t, tid: sent > promoted and tid == 0) >= 2,
+            "answers after the promote",
+        )
     finally:
         stop.set()
         for t in threads:

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import fake_model, start_server, stop_server
-from tests.fakes import SLOW
+from tests.fakes import GATE
 
 pytestmark = pytest.mark.slow
 
@@ -63,13 +63,14 @@ def json_lines(path: Path) -> list[dict[str, Any]]:
 
 def test_sigterm_under_load_finishes_every_accepted_request(tmp_path: Path) -> None:
     n = 16
+    gate = tmp_path / "gate"
     server = start_server(
         tmp_path,
         {
             "models": [
                 fake_model(
                     "fake",
-                    engine_options={"slow_s": 4.0},
+                    engine_options={"gate": str(gate)},
                     batching={"max_batch_size": 4, "max_wait_ms": 0},
                 )
             ],
@@ -79,8 +80,9 @@ def test_sigterm_under_load_finishes_every_accepted_request(tmp_path: Path) -> N
     )
     try:
         results: dict[int, Any] = {}
-        # A slow batch (4 s) holds the engine, so that the others queue up behind it.
-        threads = [post_in_thread(server.url, -1, results, [101, SLOW, 102])]
+        # A batch that waits at the gate holds the engine, so that the others queue up
+        # behind it and none can finish before the gate opens.
+        threads = [post_in_thread(server.url, -1, results, [101, GATE, 102])]
         while in_flight(server.url) < 1:
             time.sleep(0.02)
         threads += [post_in_thread(server.url, i, results) for i in range(n)]
@@ -88,9 +90,14 @@ def test_sigterm_under_load_finishes_every_accepted_request(tmp_path: Path) -> N
         while (pending := in_flight(server.url)) + len(results) < n + 1:
             assert time.monotonic() < deadline, "the requests never all arrived"
             time.sleep(0.02)
-        # Every request is accepted, and most are still queued.
+        # Every request is accepted and none has been answered: SIGTERM now, and open
+        # the gate once the server has begun its shutdown.
+        assert pending == n + 1 and not results
         server.proc.send_signal(signal.SIGTERM)
-        assert pending >= 4, "too few requests were still pending to test the drain"
+        while "shutdown requested" not in server.log():
+            assert time.monotonic() < deadline, "the server never logged its shutdown"
+            time.sleep(0.02)
+        gate.touch()
         for t in threads:
             t.join(60)
         assert server.proc.wait(60) == 0

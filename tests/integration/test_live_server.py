@@ -82,8 +82,17 @@ def test_readme_python_examples_run(live_minilm: LiveServer) -> None:
     blocks = re.findall(r"```python\n(.*?)```", quick, re.S)
     assert len(blocks) >= 2
     for code in blocks:
+        # Each print's trailing comment says what it prints (``print(...)  # 384``).
+        expected = re.findall(r"^print\(.*\)\s+#\s*(.+?)\s*$", code, re.M)
+        assert expected, code
+        printed: list[str] = []
+
+        def capture(*args: object) -> None:
+            printed.append(" ".join(map(str, args)))
+
         code = code.replace("http://127.0.0.1:8008", live_minilm.url)
-        exec(compile(code, "README.md", "exec"), {})
+        exec(compile(code, "README.md", "exec"), {"print": capture})
+        assert printed == expected, code
 
 
 def test_concurrent_requests_match_sequential(live_minilm: LiveServer) -> None:

@@ -81,9 +81,12 @@ def test_sighup_applies_the_difference(server: LiveServer) -> None:
     # A config that does not validate is refused; what runs stays as it is.
     cfg_path.write_text("models: [{name: m}]\n")
     server.proc.send_signal(signal.SIGHUP)
-    time.sleep(0.5)
+    _wait(lambda: "config reload refused" in server.log(), "the refusal in the log")
     assert _group(url, "m")["current"] == "2"
-    assert "config reload refused" in server.log()
+    assert {v["version"] for v in _group(url, "m")["versions"] if v["status"] == "ready"} == {
+        "2",
+        "3",
+    }
 
 
 def test_models_cli(server: LiveServer) -> None:

@@ -146,7 +146,7 @@ async def test_close_without_drain_fails_queued() -> None:
     b = Batcher(rec, cfg(), depth=1)
     b.start()
     futs = b.submit([[1]] * 10, Ticket())
-    await asyncio.sleep(0.01)
+    await engine_busy(rec)
     await b.close(drain=False)
     rec.gate.set()
     await asyncio.sleep(0.01)
@@ -156,18 +156,24 @@ async def test_close_without_drain_fails_queued() -> None:
 
 
 async def test_oldest_item_is_never_starved() -> None:
-    """A long item keeps being chosen as the anchor even while short ones keep arriving."""
-    rec = Recorder(delay=0.002)
-    b = Batcher(rec, cfg(max_batch_size=4, max_batch_tokens=64, max_queue_items=1000))
+    """A long item runs before any short item that arrived after it, even with many short
+    ones queued around it (a shortest-first batcher would run it last)."""
+    rec = Recorder()
+    rec.gate = asyncio.Event()
+    b = Batcher(rec, cfg(max_batch_size=4, max_batch_tokens=64, max_queue_items=1000), depth=1)
     b.start()
+    first = b.submit([[3]], Ticket())  # holds the only pipeline slot until the gate opens
+    await engine_busy(rec)
+    early = b.submit([[2]] * 8, Ticket())
     long = b.submit([[1] * 60], Ticket())
-    shorts = []
-    for _ in range(50):
-        shorts += b.submit([[2]] * 4, Ticket())
-        await asyncio.sleep(0)
-    await asyncio.wait_for(long[0], 5)
-    await asyncio.gather(*shorts)
+    late = b.submit([[4]] * 40, Ticket())
+    rec.gate.set()
+    await asyncio.gather(*first, *early, *long, *late)
     await b.close()
+    kinds = [{s[0] for s in batch} for batch in rec.batches[1:]]
+    at = kinds.index({1})  # the long item runs alone (60 tokens of a 64-token budget)
+    assert all(k == {2} for k in kinds[:at]), kinds
+    assert all(k == {4} for k in kinds[at + 1 :]), kinds
 
 
 async def test_padding_ratio_splits_mixed_lengths() -> None:

@@ -52,10 +52,18 @@ def test_each_instance_has_its_own_registry() -> None:
 
 def test_every_name_is_prefixed_and_counters_end_in_total() -> None:
     m = Metrics(version="1")
-    for family in text_string_to_metric_families(m.render(None)[0].decode()):
+    text = m.render(None)[0].decode()
+    for family in text_string_to_metric_families(text):
         if family.name.startswith(("process_", "python_")):
             continue
         assert family.name.startswith("embedhost_"), family.name
+    # The parser drops a counter's _total from its family name: read the exposition's own
+    # TYPE lines, which name each counter as scrapers see it.
+    types = [line.split()[2:4] for line in text.splitlines() if line.startswith("# TYPE ")]
+    counters = [name for name, kind in types if kind == "counter"]
+    assert "embedhost_requests_total" in counters and len(counters) >= 5, types
+    for name in counters:
+        assert name.endswith("_total"), name
 
 
 def test_multiprocess_mode_aggregates_processes(tmp_path: Path) -> None:
