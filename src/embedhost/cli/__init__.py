@@ -1,7 +1,7 @@
 """The ``embedhost`` command.
 
 Local commands (:mod:`.local`): serve, check-config, keys create, export-onnx, version.
-Remote commands (:mod:`.remote`), which call a running server: embed, models ....
+Remote commands (:mod:`.remote`), which call a running server: embed, models ..., cache clear.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ cli.add_typer(local.keys_cli, name="keys")
 cli.command()(local.version)
 cli.command("export-onnx")(local.export_onnx_cmd)
 cli.add_typer(remote.models_cli, name="models")
+cli.add_typer(remote.cache_cli, name="cache")
 
 
 def main() -> None:
