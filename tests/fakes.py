@@ -3,7 +3,8 @@
 Vectors are a deterministic function of the token ids, so batching equivalence and
 routing can be asserted exactly. Special token ids trigger faults inside the worker:
 ``CRASH`` segfaults the process, ``RAISE`` raises, ``HANG`` sleeps forever, ``SLOW`` sleeps
-``engine_options["slow_s"]`` (default 0.2 s).
+``engine_options["slow_s"]`` (default 0.2 s). ``engine_options["delay_s"]`` slows every batch;
+``engine_options["salt"]`` gives other vectors (a distinguishable second version).
 
 The real engines have their own tests (tests/engines); this never stands in for them.
 """
@@ -55,12 +56,15 @@ class FakeEngine:
         if SLOW in flat:
             time.sleep(float(self.opts.get("slow_s", 0.2)))
         dims = int(self.opts.get("dims", DIMS))
-        return np.stack([vector_for(s, dims) for s in batch])
+        salt = int(self.opts.get("salt", 0))
+        return np.stack([vector_for(s, dims, salt) for s in batch])
 
     def close(self) -> None:
         pass
 
 
-def vector_for(ids: list[int], dims: int = DIMS) -> Vectors:
-    seed = int.from_bytes(hashlib.sha256(str(ids).encode()).digest()[:8], "little")
+def vector_for(ids: list[int], dims: int = DIMS, salt: int = 0) -> Vectors:
+    """``salt`` (``engine_options["salt"]``) makes another "version" of the fake model."""
+    text = str(ids) if not salt else f"{salt}:{ids}"
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
     return np.random.default_rng(seed).standard_normal(dims).astype(np.float32)
