@@ -376,13 +376,17 @@ class EmbeddingCache:
             import redis.asyncio as aioredis
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
+            from redis.exceptions import ConnectionError as RedisConnectionError
 
             t = self.config.redis_timeout_s
             self._redis = aioredis.Redis.from_url(
                 self.redis_url,
                 socket_timeout=t,
                 socket_connect_timeout=t,
-                retry=Retry(NoBackoff(), 0),  # fail open at once; never retry in a request
+                # One immediate retry, on a broken connection only (a pooled connection
+                # from before a Redis restart; reconnecting is instant or refused at
+                # once); a timeout is never retried: the request goes on as a miss.
+                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
                 health_check_interval=0,
             )
         return self._redis
