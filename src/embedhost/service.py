@@ -1,6 +1,7 @@
 """One embedding call, transport-free: resolve the model, tokenize and count, truncate or
-refuse, check limits, queue on a replica's batcher, await the vectors, then apply
-Matryoshka ``dimensions`` and normalization.
+refuse, check limits, look the inputs up in the embedding cache (:mod:`embedhost.cache`),
+queue the misses on a replica's batcher, await the vectors, then apply Matryoshka
+``dimensions`` and normalization.
 
 Both HTTP routes (OpenAI and native) call :meth:`EmbeddingService.embed`. It holds a
 lease on the version for the whole call (a retiring version drains until none is left),
