@@ -166,6 +166,11 @@ class _Abandoned(Exception):
     rate limit, an engine error): whoever waited on it computes it itself."""
 
 
+def _glob_escape(text: str) -> str:
+    """``text`` literally in a Redis MATCH pattern (a model named ``*`` clears itself only)."""
+    return "".join("\\" + c if c in "*?[]\\^-" else c for c in text)
+
+
 def _vector(value: bytes) -> Vectors:
     return np.frombuffer(value, dtype="<f4")
 
@@ -498,7 +503,7 @@ class EmbeddingCache:
             redis_removed = 0
             try:
                 batch: list[bytes] = []
-                async for key in client.scan_iter(match=prefix + "*", count=1000):
+                async for key in client.scan_iter(match=_glob_escape(prefix) + "*", count=1000):
                     batch.append(key)
                     if len(batch) >= 1000:
                         redis_removed += await client.unlink(*batch)

@@ -202,3 +202,11 @@ def test_config_validation() -> None:
     assert not _cache(enabled=False).enabled
     assert not _cache(memory_max_mb=0).enabled
     assert _cache(memory_max_mb=0, redis_url="redis://127.0.0.1:1/0").enabled
+
+
+def test_clear_pattern_is_literal() -> None:
+    from embedhost.cache import _glob_escape
+
+    # A `model` query parameter of "*" must not clear every model's Redis keys.
+    assert _glob_escape("p:cache:*@") == "p:cache:\\*@"
+    assert _glob_escape("p:cache:m[1]?@") == "p:cache:m\\[1\\]\\?@"
