@@ -6,6 +6,8 @@ routing can be asserted exactly. Special token ids trigger faults inside the wor
 ``engine_options["slow_s"]`` (default 0.2 s), ``GATE`` waits until the file
 ``engine_options["gate"]`` exists (a test opens the gate when it has seen what it waits for); with
 ``engine_options["load_gate"]``, loading waits the same way.
+``engine_options["delay_s"]`` slows every batch; ``engine_options["salt"]`` gives other vectors
+(a distinguishable second version).
 
 The real engines have their own tests (tests/engines); this never stands in for them.
 """
@@ -63,7 +65,8 @@ class FakeEngine:
         if GATE in flat:
             _wait_for(Path(str(self.opts["gate"])))
         dims = int(self.opts.get("dims", DIMS))
-        return np.stack([vector_for(s, dims) for s in batch])
+        salt = int(self.opts.get("salt", 0))
+        return np.stack([vector_for(s, dims, salt) for s in batch])
 
     def close(self) -> None:
         pass
@@ -75,6 +78,8 @@ def _wait_for(gate: Path, timeout: float = 120) -> None:
         time.sleep(0.01)
 
 
-def vector_for(ids: list[int], dims: int = DIMS) -> Vectors:
-    seed = int.from_bytes(hashlib.sha256(str(ids).encode()).digest()[:8], "little")
+def vector_for(ids: list[int], dims: int = DIMS, salt: int = 0) -> Vectors:
+    """``salt`` (``engine_options["salt"]``) makes another "version" of the fake model."""
+    text = str(ids) if not salt else f"{salt}:{ids}"
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
     return np.random.default_rng(seed).standard_normal(dims).astype(np.float32)

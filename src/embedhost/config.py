@@ -220,6 +220,10 @@ class ModelConfig(_Strict):
             )
         return self
 
+    cache: bool = Field(
+        default=True, description="Use the embedding cache (see the cache section) for this model."
+    )
+
     @field_validator("engine")
     @classmethod
     def _known_engine(cls, v: str) -> str:
@@ -443,6 +447,62 @@ class RateLimitsConfig(_Strict):
     )
 
 
+class CacheConfig(_Strict):
+    """The embedding cache: an in-process LRU and, optionally, Redis shared by replicas."""
+
+    enabled: bool = Field(default=True, description="false: no cache for any model.")
+    memory_max_mb: float = Field(
+        default=64.0,
+        ge=0,
+        le=1_048_576,
+        description="Bytes of vectors (and keys) the in-process LRU holds; 0 turns it off.",
+    )
+    redis_url: SecretStr | None = Field(
+        default=None,
+        description="redis://[:password@]host:port/db; set EMBEDHOST_CACHE__REDIS_URL. None: no Redis tier.",
+    )
+    redis_timeout_s: float = Field(
+        default=0.05,
+        gt=0,
+        le=10,
+        description="Per Redis call (connect included); beyond it the request goes on as a miss.",
+    )
+    redis_retry_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=3600,
+        description="After a Redis failure, requests skip Redis for this long (no wait on a dead Redis).",
+    )
+    ttl_s: int = Field(
+        default=86_400, ge=1, le=31_536_000, description="Redis entries expire after this."
+    )
+    key_prefix: str = Field(
+        default="embedhost", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$"
+    )
+    scope: Literal["shared", "per_key"] = Field(
+        default="shared",
+        description=(
+            "shared: one namespace per model version (a key holder can tell from timing whether "
+            "a text was embedded before); per_key: one namespace per API key id."
+        ),
+    )
+    charge_hits: bool = Field(
+        default=True,
+        description="Rate limits charge tokens of cached inputs too; false charges only computed ones.",
+    )
+
+    @model_validator(mode="after")
+    def _redis_url_form(self) -> CacheConfig:
+        if self.redis_url is not None:
+            url = self.redis_url.get_secret_value()
+            if not url.startswith(("redis://", "rediss://", "unix://")):
+                raise ValueError(
+                    "redis_url must start with redis://, rediss:// or unix:// "
+                    "(e.g. redis://127.0.0.1:6379/0)"
+                )
+        return self
+
+
 class WorkerConfig(_Strict):
     start_timeout_s: float = Field(
         default=600.0, gt=0, description="Load + warm-up deadline for a worker."
@@ -620,6 +680,7 @@ class Settings(BaseSettings):
     models: list[ModelConfig] = Field(default_factory=lambda: [default_model()], min_length=1)
     lifecycle: LifecycleConfig = Field(default_factory=LifecycleConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:

@@ -126,6 +126,14 @@ class RateLimiterUnavailable(EmbedhostError):
     code = "rate_limiter_unavailable"
 
 
+class CacheUnavailable(EmbedhostError):
+    """An admin operation on the cache's Redis tier failed (requests never see this: they
+    fail open)."""
+
+    type = "server_error"
+    code = "cache_unavailable"
+
+
 class ModelNotReady(EmbedhostError):
     type = "server_error"
     code = "model_not_ready"
@@ -194,6 +202,7 @@ STATUS: dict[type[EmbedhostError], int] = {
     RateLimited: 429,
     Overloaded: 503,
     RateLimiterUnavailable: 503,
+    CacheUnavailable: 503,
     ModelNotReady: 503,
     WorkerCrashed: 503,
     ShuttingDown: 503,

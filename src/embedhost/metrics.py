@@ -201,6 +201,37 @@ class WorkerObserver:
         self._m.model_info.labels(self._model).info(info)  # the version is in info
 
 
+class CacheObserver:
+    """Bound to the app's embedding cache; called by it (``cache.py``)."""
+
+    __slots__ = ("_bytes", "_entries", "_errors", "_lookups", "_seconds")
+
+    def __init__(self, m: Metrics) -> None:
+        self._lookups = {
+            (tier, result): m.cache_requests.labels(tier, result)
+            for tier in ("memory", "redis")
+            for result in ("hit", "miss", "error", "corrupt")
+        }
+        self._seconds = {tier: m.cache_lookup_seconds.labels(tier) for tier in ("memory", "redis")}
+        self._errors = m.cache_errors
+        self._bytes = m.cache_bytes
+        self._entries = m.cache_entries
+
+    def lookups(self, tier: str, result: str, n: int) -> None:
+        if n:
+            self._lookups[(tier, result)].inc(n)
+
+    def lookup_seconds(self, tier: str, seconds: float) -> None:
+        self._seconds[tier].observe(seconds)
+
+    def error(self, op: str) -> None:
+        self._errors.labels(op).inc()
+
+    def size(self, nbytes: int, entries: int) -> None:
+        self._bytes.set(nbytes)
+        self._entries.set(entries)
+
+
 class Metrics:
     """Every embedhost collector, registered on ``registry``."""
 
@@ -324,6 +355,38 @@ class Metrics:
             ["model"],
             registry=self.local,
         )
+        # -- the embedding cache (cache.py) --
+        self.cache_requests = Counter(
+            "embedhost_cache_requests",
+            "Cache lookups, one per distinct input of a request, by tier and result",
+            ["tier", "result"],
+            registry=r,
+        )
+        self.cache_lookup_seconds = Histogram(
+            "embedhost_cache_lookup_seconds",
+            "Time one request's cache lookup took, by tier (redis: one pipelined round trip)",
+            ["tier"],
+            buckets=(0.00005, 0.0001, 0.00025, 0.0005, *DURATION_BUCKETS),
+            registry=r,
+        )
+        self.cache_errors = Counter(
+            "embedhost_cache_errors",
+            "Cache store (Redis) failures; the request goes on as a miss",
+            ["op"],
+            registry=r,
+        )
+        self.cache_bytes = Gauge(
+            "embedhost_cache_bytes",
+            "Bytes held by the in-process cache (vectors and keys)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.cache_entries = Gauge(
+            "embedhost_cache_entries",
+            "Vectors held by the in-process cache",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.build_info = Info("embedhost_build", "embedhost build", registry=self.local)
         self.build_info.info(
             {
@@ -352,6 +415,9 @@ class Metrics:
 
     def worker_observer(self, model: str, version: str, replica: int) -> WorkerObserver:
         return WorkerObserver(self, model, version, replica)
+
+    def cache_observer(self) -> CacheObserver:
+        return CacheObserver(self)
 
     # -- per request -------------------------------------------------------------------------
 

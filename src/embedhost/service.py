@@ -1,5 +1,6 @@
 """One embedding call, transport-free: resolve the model, pick its prompt (``input_type``
-/ ``prompt_name``), tokenize and count, truncate or refuse, check limits, queue on a
+/ ``prompt_name``), tokenize and count, truncate or refuse, check limits, look the
+inputs up in the embedding cache (:mod:`embedhost.cache`), queue the misses on a
 replica's batcher, await the vectors, then apply Matryoshka ``dimensions`` and
 normalization.
 
@@ -29,7 +30,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from embedhost.batching import Ticket
+from embedhost.batching import Batcher, Ticket
+from embedhost.cache import BYPASS, DEFAULT_POLICY, CachePolicy, EmbeddingCache
 from embedhost.config import LimitsConfig
 from embedhost.engines.base import Vectors
 from embedhost.errors import EmbedhostError, InvalidRequest, PayloadTooLarge
@@ -61,6 +63,8 @@ class EmbedOptions:
     """A prompt name, or ``query``/``document`` (see :meth:`Prompts.resolve`)."""
     prompt_name: str | None = None
     """TEI's spelling: a prompt name of the model."""
+    cache: CachePolicy = DEFAULT_POLICY
+    """What the request lets the cache do (``Cache-Control: no-cache`` / ``no-store``)."""
 
 
 _DEFAULT = EmbedOptions()
@@ -76,15 +80,23 @@ class EmbedResult:
     tokenize_s: float = 0.0
     queue_s: float = 0.0
     inference_s: float = 0.0
+    cache: str | None = None
+    """``hit``, ``miss`` or ``partial``; None when the cache was not used."""
 
 
 class EmbeddingService:
     def __init__(
-        self, registry: ModelRegistry, limits: LimitsConfig, *, tracing: Tracing | None = None
+        self,
+        registry: ModelRegistry,
+        limits: LimitsConfig,
+        *,
+        tracing: Tracing | None = None,
+        cache: EmbeddingCache | None = None,
     ) -> None:
         self.registry = registry
         self.limits = limits
         self.tracing = tracing
+        self.cache = cache
 
     def resolve(self, model: str | None, key: str | None = None) -> ModelHandle:
         """The version that serves ``model`` for caller ``key`` (sticky A/B)."""
@@ -152,11 +164,13 @@ class EmbeddingService:
         start = time.perf_counter()
         try:
             with target.lease():
+                # Not through the cache: the shadow's latency is what is measured.
                 options = EmbedOptions(
                     dimensions=dimensions,
                     normalize=True,
                     input_type=original.input_type,
                     prompt_name=original.prompt_name,
+                    cache=BYPASS,
                 )
                 shadow = await self._embed(target, texts, options, Ticket())
         except Exception as exc:
@@ -212,26 +226,34 @@ class EmbeddingService:
                 f"{self.limits.max_request_tokens} per request",
                 param="input",
             )
-        if admission is not None:
+        # The cache sits here: only its misses reach the batcher (see embedhost.cache).
+        cache = self.cache if self.cache is not None and self.cache.enabled else None
+        if cache is not None and (not handle.config.cache or options.cache == BYPASS):
+            cache = None
+        charge_all = cache is None or cache.config.charge_hits
+        if admission is not None and charge_all:
             await admission.charge_tokens(tokens.total)
-        futures = replica.batcher.submit(tokens.ids, ticket)
         t_submit = time.monotonic()
-        try:
-            results = await asyncio.gather(*futures, return_exceptions=True)
-        except asyncio.CancelledError:
-            ticket.gone = True
-            raise
-        for r in results:
-            if isinstance(r, BaseException):
-                ticket.gone = True
-                raise r
+        batch = _Batch(replica.batcher, ticket, None if charge_all else admission)
+        cache_state = None
+        if cache is None:
+            results = await batch(tokens.ids)
+        else:
+            results, cache_state = await cache.embed(
+                cache.namespace(handle.config, info),
+                cache.scope_for(admission.key_id if admission is not None else None),
+                tokens.ids,
+                info.dims,
+                batch,
+                options.cache,
+            )
         # Every item resolved with a result, so its batch stamped the ticket.
         dispatched = max(ticket.dispatched, t_submit)
         done = max(ticket.done, dispatched)
         if self.tracing is not None:
             self.tracing.record("queue", t_submit, dispatched, model=handle.config.ref)
             self.tracing.record("inference", dispatched, done, model=handle.config.ref)
-        vectors = np.stack(results)  # type: ignore[arg-type]
+        vectors = np.stack(results)
         if dimensions is not None and dimensions < vectors.shape[1]:
             vectors = vectors[:, :dimensions]
         do_norm = info.normalize if options.normalize is None else options.normalize
@@ -245,6 +267,7 @@ class EmbeddingService:
             tokenize_s=tokenize_s,
             queue_s=dispatched - t_submit,
             inference_s=done - dispatched,
+            cache=cache_state,
         )
 
     @staticmethod
@@ -282,6 +305,31 @@ class EmbeddingService:
             )
         seqs: list[list[int]] = inputs
         return prepare_ids(handle.tokenizer, seqs, max_tokens, policy)
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Embeds sequences on one replica's batcher (what the cache calls for its misses);
+    ``admission``, when set, is charged the tokens of what is computed."""
+
+    batcher: Batcher
+    ticket: Ticket
+    admission: Admission | None
+
+    async def __call__(self, seqs: list[list[int]]) -> list[Vectors]:
+        if self.admission is not None:
+            await self.admission.charge_tokens(sum(len(s) for s in seqs))
+        futures = self.batcher.submit(seqs, self.ticket)
+        try:
+            results = await asyncio.gather(*futures, return_exceptions=True)
+        except asyncio.CancelledError:
+            self.ticket.gone = True
+            raise
+        for r in results:
+            if isinstance(r, BaseException):
+                self.ticket.gone = True
+                raise r
+        return results  # type: ignore[return-value]
 
 
 async def _mark_gone(ticket: Ticket, disconnected: Callable[[], Awaitable[object]]) -> None:

@@ -104,11 +104,15 @@ async def test_metrics_move_with_requests(obs_client: httpx.AsyncClient) -> None
     before = await scrape(obs_client)
     texts = ["hello world", "a b c", "embeddings"]
     tokens = 0
+    # Past the embedding cache, so that every input reaches the batcher.
+    fresh = {"Cache-Control": "no-cache"}
     for t in texts:
-        r = await obs_client.post("/v1/embeddings", json={"input": t, "model": "fake"})
+        r = await obs_client.post(
+            "/v1/embeddings", json={"input": t, "model": "fake"}, headers=fresh
+        )
         assert r.status_code == 200
         tokens += r.json()["usage"]["prompt_tokens"]
-    r = await obs_client.post("/embed", json={"texts": texts, "model": "fake"})
+    r = await obs_client.post("/embed", json={"texts": texts, "model": "fake"}, headers=fresh)
     assert r.status_code == 200
     tokens += r.json()["usage"]["prompt_tokens"]
     assert (

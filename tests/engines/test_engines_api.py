@@ -101,6 +101,21 @@ async def test_gguf_and_onnx_served_side_by_side(
         vecs = np.array([res.json()["data"][0]["embedding"] for res in results], dtype=np.float32)
         assert cosine_rows(vecs, normalized_reference(reference, gguf_ids)).min() >= 0.999
 
+        # The embedding cache on real engines: a hit is bit-identical to the vectors the
+        # engine returned (raw, before normalization), and token ids hit the text's entry.
+        for name in ("minilm-gguf", "minilm-onnx"):
+            body = {"model": name, "texts": SENTENCES[:3], "normalize": False}
+            miss = await client.post("/embed", json=body, headers={"Cache-Control": "no-cache"})
+            hit = await client.post("/embed", json=body)
+            states = (miss.headers["x-embedhost-cache"], hit.headers["x-embedhost-cache"])
+            assert states == ("miss", "hit"), name
+            as_bytes = [
+                np.array(x.json()["embeddings"], dtype=np.float32).tobytes() for x in (miss, hit)
+            ]
+            assert as_bytes[0] == as_bytes[1], name
+        r = await client.post("/v1/embeddings", json={"model": "minilm-onnx", "input": hf_ids[1]})
+        assert r.headers["x-embedhost-cache"] == "hit"
+
 
 async def ready_status(client: httpx.AsyncClient, name: str) -> dict[str, str]:
     r = await client.get("/ready")

@@ -34,6 +34,7 @@ from embedhost.api.limits import (
 from embedhost.api.observability import TIMING_HEADERS, ObservabilityMiddleware
 from embedhost.api.routes import admin, embeddings, ops
 from embedhost.api.routes import metrics as metrics_routes
+from embedhost.cache import EmbeddingCache
 from embedhost.config import Settings
 from embedhost.metrics import Metrics, StateSnapshot, WorkerSnapshot
 from embedhost.models.registry import ModelRegistry
@@ -56,6 +57,7 @@ def create_app(settings: Settings) -> FastAPI:
     metrics = (
         Metrics(version=__version__, instance=instance_id) if settings.metrics.enabled else None
     )
+    cache = EmbeddingCache(settings.cache, metrics.cache_observer() if metrics else None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -65,7 +67,9 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.tracing = tracing
         registry = ModelRegistry(settings, metrics)
         app.state.registry = registry
-        app.state.service = EmbeddingService(registry, settings.limits, tracing=tracing)
+        app.state.service = EmbeddingService(
+            registry, settings.limits, tracing=tracing, cache=cache
+        )
         app.state.draining = False
         registry.start()
         remove_sighup = install_sighup(app)
@@ -76,6 +80,7 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.draining = True
             await registry.stop(settings.server.graceful_shutdown_s)
             await security.limiter.close()
+            await cache.close()
             if tracing is not None:
                 await asyncio.to_thread(tracing.shutdown)
 
@@ -96,6 +101,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.refusal_pacer = pacer
     app.state.tracing = None
     app.state.metrics = metrics
+    app.state.cache = cache
     app.include_router(ops.router)
     app.include_router(embeddings.router)
     if metrics is not None:
@@ -115,9 +121,10 @@ def _middleware(settings: Settings, concurrency: ConcurrencyLimit) -> list[Middl
             CORSMiddleware,
             allow_origins=settings.server.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Cache-Control"],
             expose_headers=[
                 "X-Embedhost-Model",
+                "X-Embedhost-Cache",
                 "Retry-After",
                 *RATE_LIMIT_HEADERS,
                 *TIMING_HEADERS,

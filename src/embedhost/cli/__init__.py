@@ -1,7 +1,7 @@
 """The ``embedhost`` command.
 
 Local commands (:mod:`.local`): serve, check-config, keys create, export-onnx, version.
-Remote commands (:mod:`.remote`), which call a running server: embed, models ....
+Remote commands (:mod:`.remote`), which call a running server: embed, models ..., cache clear.
 ``loadtest`` (:mod:`.loadtest`): load against any OpenAI-compatible embeddings endpoint.
 """
 
@@ -26,6 +26,7 @@ cli.command()(local.version)
 cli.command("export-onnx")(local.export_onnx_cmd)
 cli.add_typer(remote.models_cli, name="models")
 cli.command()(loadtest.loadtest)
+cli.add_typer(remote.cache_cli, name="cache")
 
 
 def main() -> None:

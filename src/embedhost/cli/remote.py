@@ -357,3 +357,31 @@ def models_shadow(
 def models_reload(url: UrlOpt = "http://127.0.0.1:8008", api_key: KeyOpt = None) -> None:
     """Re-read the server's config file and apply the difference (as SIGHUP does)."""
     typer.echo(json.dumps(_admin("POST", url, "/reload", api_key), indent=2))
+
+
+# --- embedhost cache ... : the embedding cache of a running server -------------------------
+
+cache_cli = typer.Typer(help="The embedding cache of a running server.", no_args_is_help=True)
+
+
+@cache_cli.command("clear")
+def cache_clear(
+    model: Annotated[str | None, typer.Option(help="Only this model's entries.")] = None,
+    version: Annotated[
+        str | None, typer.Option(help="Only this version's entries (needs --model).")
+    ] = None,
+    url: UrlOpt = "http://127.0.0.1:8008",
+    api_key: KeyOpt = None,
+) -> None:
+    """Clear the cache (the server's memory and the shared Redis): all, a model or a version."""
+    if version is not None and model is None:
+        raise typer.BadParameter("--version needs --model")
+    from urllib.parse import urlencode
+
+    query = urlencode({k: v for k, v in (("model", model), ("version", version)) if v})
+    data = _admin("DELETE", url, "/cache" + (f"?{query}" if query else ""), api_key)
+    redis_removed = data["redis_keys_removed"]
+    typer.echo(
+        f"cleared {data['memory_entries_removed']} in-process entries"
+        + (f" and {redis_removed} Redis keys" if redis_removed is not None else "")
+    )

@@ -1,4 +1,5 @@
-"""Admin routes (scope ``admin``): model versions, swaps, A/B splits, shadow, config reload.
+"""Admin routes (scope ``admin``): model versions, swaps, A/B splits, shadow, config reload,
+clearing the embedding cache.
 
 Every change goes through :class:`~embedhost.models.registry.ModelRegistry`; this module
 only parses, waits when asked (``wait``), and shapes answers. A load answers 202 at once
@@ -15,6 +16,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from embedhost.api.deps import RegistryDep, require_scope
+from embedhost.cache import EmbeddingCache
 from embedhost.config import ModelConfig
 from embedhost.errors import Conflict, InvalidRequest, MethodNotAllowed
 from embedhost.models.preflight import version_config
@@ -175,3 +177,16 @@ async def get_model(name: str, registry: RegistryDep) -> dict[str, Any]:
             f"GET is not allowed on {action}", headers={"Allow": _ACTIONS[action]}
         )
     return registry.group(name).describe()
+
+
+@router.delete("/cache", summary="Clear the embedding cache: all, one model, or one version")
+async def clear_cache(
+    request: Request, model: str | None = None, version: str | None = None
+) -> dict[str, Any]:
+    """Both tiers (this instance's memory and the shared Redis). Other replicas keep their
+    in-process entries until they are evicted or cleared on each replica."""
+    if version is not None and model is None:
+        raise InvalidRequest("version needs model", param="version")
+    cache: EmbeddingCache = request.app.state.cache
+    removed = await cache.clear(model, version)
+    return {"model": model, "version": version, **removed}

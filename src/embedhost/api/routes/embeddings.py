@@ -11,6 +11,7 @@ document them.
 from __future__ import annotations
 
 import base64
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ from fastapi.responses import Response
 
 from embedhost.api.deps import EmbedAdmission, ServiceDep
 from embedhost.api.observability import note_inputs, timing_headers
+from embedhost.cache import CachePolicy
 from embedhost.errors import InvalidRequest
 from embedhost.protocol import (
     EmbeddingRequest,
@@ -86,6 +88,9 @@ async def _embed_response(
     ``payload(result)``."""
     handle = service.resolve(model, routing_key(admission, user))
     note_inputs(request, handle.name, inputs)
+    cache_control = request.headers.get("cache-control")
+    if cache_control:
+        options = dataclasses.replace(options, cache=CachePolicy.from_header(cache_control))
     result = await service.embed(
         handle,
         inputs,
@@ -99,6 +104,7 @@ async def _embed_response(
         media_type="application/json",
         headers={
             "X-Embedhost-Model": f"{result.model.name}@{result.model.version}",
+            **({"X-Embedhost-Cache": result.cache} if result.cache else {}),
             **timing_headers(request, result),
         },
     )

@@ -105,6 +105,7 @@ async def info(request: Request, registry: RegistryDep) -> dict[str, Any]:
         "environment": request.app.state.settings.environment,
         "default_model": registry.default.name,
         "models": registry.describe(),
+        "cache": request.app.state.cache.describe(),
     }
 
 
