@@ -53,6 +53,7 @@ def start(src: str, tmp: Path, tag: str) -> tuple[subprocess.Popen[bytes], str]:
     cfg = {
         "server": {"port": port, "log_level": "info"},
         "logs": {"requests": False},
+        "cache": {"enabled": False},  # the engine path, not the vector cache (issue 11)
         "models": [{"name": n, **resolve_entry(e)} for n, e in MODELS.items()],
     }
     path = tmp / f"fair-{tag}.yaml"

@@ -58,6 +58,7 @@ def start(mode: str, tmp: Path) -> tuple[subprocess.Popen[bytes], str, float]:
     port = free_port()
     cfg: dict[str, Any] = {
         "server": {"port": port, "log_level": "warning"},
+        "cache": {"enabled": False},  # the engine path, not the vector cache (issue 11)
         "models": [{"name": "bench", "path": MINILM, **model}],
     }
     if on_ray:

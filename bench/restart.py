@@ -49,6 +49,7 @@ def start(src: str, tmp: Path, tag: str) -> tuple[subprocess.Popen[bytes], str, 
         "server": {"port": port, "log_level": "info"},
         "logs": {"requests": False},
         "limits": {"max_concurrent_requests": 150},
+        "cache": {"enabled": False},  # the engine path, not the vector cache (issue 11)
         "models": [
             {
                 "name": "bench",

@@ -108,6 +108,7 @@ def start(entry: dict[str, Any], tmp: Path, log_level: str) -> tuple[subprocess.
     cfg = {
         "server": {"port": port, "log_level": log_level},
         "limits": {"max_concurrent_requests": 150},
+        "cache": {"enabled": False},  # the engine path, not the vector cache (issue 11)
         "models": [
             {"name": "bench", **entry, "batching": {"max_queue_items": 32}},
         ],

@@ -218,6 +218,7 @@ def start_server(
     port = free_port()
     cfg = {
         "server": {"port": port, "log_level": "warning"},
+        "cache": {"enabled": False},  # the engine path, not the vector cache (issue 11)
         "models": [{"name": name, **entry}],
     }
     path = tmp / f"{name}.yaml"
