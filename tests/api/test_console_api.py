@@ -12,7 +12,6 @@ import httpx
 import pytest
 import pytest_asyncio
 from fastapi import FastAPI
-from prometheus_client import Counter
 
 from embedhost.api.console import CSP, wants_html
 from embedhost.api.console.stats import quantile
@@ -127,8 +126,10 @@ async def test_stats_report_requests_latency_batches_workers(
 ) -> None:
     _, client = keyed
     before = (await client.get("/console/stats", headers=_auth(EMBED))).json()
-    for _ in range(3):
-        r = await client.post("/v1/embeddings", json={"input": ["a", "b"]}, headers=_auth(EMBED))
+    for i in range(3):  # distinct texts: a cached one would not reach a batch
+        r = await client.post(
+            "/v1/embeddings", json={"input": [f"a{i}", f"b{i}"]}, headers=_auth(EMBED)
+        )
         assert r.status_code == 200
     r = await client.post(
         "/v1/embeddings", json={"input": "x", "model": "nope"}, headers=_auth(EMBED)
@@ -149,27 +150,28 @@ async def test_stats_report_requests_latency_batches_workers(
     (w,) = s["workers"]
     assert (w["model"], w["version"], w["replica"], w["up"]) == ("fake", "1", 0, True)
     assert w["rss_bytes"] > 0 and w["restarts"] == 0
-    assert s["cache"] is None  # no cache metrics on this server
+    # The vector cache is on by default: the six new texts were six memory misses.
+    assert s["cache"]["tiers"]["memory"]["lookups"] >= 6
 
 
 async def test_stats_cache_hit_rate_when_the_cache_counts(
     keyed: tuple[FastAPI, httpx.AsyncClient],
 ) -> None:
-    app, client = keyed
-    # The cache (issue 11) exports embedhost_cache_requests_total{tier,result}.
-    c = Counter(
-        "embedhost_cache_requests",
-        "cache lookups",
-        ["tier", "result"],
-        registry=app.state.metrics.registry,
-    )
-    c.labels("memory", "hit").inc(3)
-    c.labels("memory", "miss").inc(1)
-    c.labels("redis", "miss").inc(4)
+    _, client = keyed
+    # The vector cache (issue 11) counts lookups in embedhost_cache_requests_total{tier,result}:
+    # two new texts miss the memory tier, the same two again hit it.
+    before = (await client.get("/console/stats", headers=_auth(EMBED))).json()["cache"]
+    for _ in range(2):
+        r = await client.post(
+            "/v1/embeddings", json={"input": ["cached p", "cached q"]}, headers=_auth(EMBED)
+        )
+        assert r.status_code == 200
     cache = (await client.get("/console/stats", headers=_auth(EMBED))).json()["cache"]
-    assert cache["tiers"]["memory"] == {"hits": 3, "lookups": 4, "hit_rate": 0.75}
-    assert cache["tiers"]["redis"]["hit_rate"] == 0
-    assert (cache["hits"], cache["lookups"], cache["hit_rate"]) == (3, 8, 0.375)
+    mem = cache["tiers"]["memory"]
+    old = (before or {"tiers": {}})["tiers"].get("memory", {"hits": 0, "lookups": 0})
+    assert (mem["hits"] - old["hits"], mem["lookups"] - old["lookups"]) == (2, 4)
+    assert mem["hit_rate"] == pytest.approx(mem["hits"] / mem["lookups"])
+    assert cache["hit_rate"] == pytest.approx(cache["hits"] / cache["lookups"])
 
 
 def test_quantile_matches_prometheus() -> None:

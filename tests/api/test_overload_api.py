@@ -35,6 +35,8 @@ async def _fill_queue(app: Any, client: Any) -> list[asyncio.Future[Any]]:
 SETTINGS = {
     "engine_options": {"slow_s": 2.0},
     "batching": {"max_queue_items": 2, "max_batch_size": 1, "pipeline_depth": 1},
+    # The identical slow requests must each queue: the vector cache would join them.
+    "cache": False,
 }
 
 

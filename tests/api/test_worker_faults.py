@@ -127,6 +127,9 @@ async def test_full_queue_answers_429_fast(tmp_path: Path) -> None:
                 "f",
                 engine_options={"gate": str(gate)},
                 batching={"max_queue_items": 4, "max_batch_size": 1, "max_wait_ms": 0},
+                # Without the vector cache: its single-flight would send the identical
+                # blocked requests to the engine once, and leave pipeline slots free.
+                cache=False,
             )
         ]
     )

@@ -10,6 +10,7 @@ test's tmp_path (and to docs/console.png with EMBEDHOST_UPDATE_SCREENSHOT=1).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from playwright.sync_api import ConsoleMessage, Page, sync_playwright
+from playwright.sync_api import ConsoleMessage, Page, expect, sync_playwright
 
 from embedhost.security.keys import new_key_entry
 from tests.conftest import MINILM, ROOT, LiveServer, start_server, stop_server
@@ -127,9 +128,9 @@ def test_console_playground_matches_the_api(
             headers={"Authorization": f"Bearer {KEY}"},
             timeout=60,
         )
-    pg.wait_for_function(
-        "document.getElementById('stat-p50').textContent.endsWith('ms')", timeout=30_000
-    )
+    # A locator assertion polls from Python: wait_for_function would evaluate a string in the
+    # page, which the console's CSP (no 'unsafe-eval') refuses once it has to poll.
+    expect(pg.locator("#stat-p50")).to_have_text(re.compile(r"ms$"), timeout=30_000)
     workers = pg.locator("#workers tbody tr").first.inner_text()
     assert "all-MiniLM-L6-v2" in workers and "up" in workers and "MiB" in workers
 
