@@ -77,7 +77,7 @@ def load(url: str, tmp: Path, senders: int, duration: int) -> dict[str, int]:
     script.write_text(WRK_LUA)
     procs = {}
     for name in MODELS:
-        bodies = bodies_file("short", name, tmp)
+        bodies, _ = bodies_file("short", name, tmp)
         target = tmp / f"bodies-{name}.jsonl"
         bodies.replace(target)
         procs[name] = subprocess.Popen(

@@ -115,7 +115,7 @@ def main() -> None:
         tmp = Path(d)
         script = tmp / "storm.lua"
         script.write_text(LUA)
-        bodies = bodies_file("short", None, tmp)
+        bodies, _ = bodies_file("short", None, tmp)
         for tag, src in trees:
             proc, url, log_path = start(src, tmp, tag)
             try:

@@ -218,7 +218,7 @@ def main() -> None:
         try:
             script = tmp / "storm.lua"
             script.write_text(LUA)
-            bodies = bodies_file("short", None, tmp)
+            bodies, _ = bodies_file("short", None, tmp)
             # warm-up
             subprocess.run(
                 ["wrk", "-t2", "-c32", "-d3s", "-s", str(script), url, "--", str(bodies), "naive"],
