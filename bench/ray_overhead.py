@@ -160,7 +160,10 @@ def main() -> None:
                 proc, url, t0 = start(mode, tmp)
                 try:
                     ready = wait_ready(proc, url, t0, timeout=400)
-                    loads = [run_wrk(url, load, None, tmp, args.duration) for load in ("short", "passages")]
+                    loads = [
+                        run_wrk(url, load, None, tmp, args.duration)
+                        for load in ("short", "passages")
+                    ]
                     hop = sequential_ms(url)
                     rss = tree_rss_mb(proc.pid)
                 except Exception:
