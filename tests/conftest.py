@@ -180,6 +180,3 @@ def live_minilm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
 ServerFactory = Callable[..., LiveServer]
 
 
-# tests/ray starts a local Ray cluster (embedhost[ray], 3-5 minutes on 2 cores): its own
-# command, scripts/test-ray, which sets EMBEDHOST_TEST_RAY=1 (.ci/run runs both).
-collect_ignore = [] if os.environ.get("EMBEDHOST_TEST_RAY") else ["ray"]
