@@ -178,5 +178,3 @@ def live_minilm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
 
 
 ServerFactory = Callable[..., LiveServer]
-
-
