@@ -337,7 +337,11 @@ class ServerConfig(_Strict):
         return self
 
 
-class LimitsConfig(_Strict):
+class RequestLimitsConfig(_Strict):
+    """The ``limits`` section: how big one request may be, and how many may be in flight
+    on the server. Budgets per key and address over time are :class:`RateLimitsConfig`
+    (the ``rate_limits`` section)."""
+
     max_inputs_per_request: int = Field(default=2048, ge=1, le=100_000)
     max_request_tokens: int = Field(default=500_000, ge=1)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
@@ -670,7 +674,7 @@ class Settings(BaseSettings):
 
     environment: str = "development"
     server: ServerConfig = Field(default_factory=ServerConfig)
-    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    limits: RequestLimitsConfig = Field(default_factory=RequestLimitsConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     rate_limits: RateLimitsConfig = Field(default_factory=RateLimitsConfig)

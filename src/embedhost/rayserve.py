@@ -35,9 +35,11 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedhost.api.app import create_app
+from embedhost.api.context import AppContext, context_of_app
 from embedhost.config import Settings, load_settings
 from embedhost.errors import ConfigError, error_body
 from embedhost.logs import setup_logging
+from embedhost.metrics import Metrics
 from embedhost.models.version import VersionState
 
 try:
@@ -89,29 +91,28 @@ def deployment_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def unhealthy_reason(app: FastAPI) -> str | None:
+def unhealthy_reason(context: AppContext) -> str | None:
     """Why this replica should be replaced, or None. Embedhost's readiness, except for what
     it recovers from by itself: a worker restarting after a crash (its requests get 503 +
     Retry-After meanwhile) or still loading is healthy; a model whose worker has given up
     (``failed``), a stopped one, or a replica that is draining is not."""
-    registry = getattr(app.state, "registry", None)
-    if registry is None:
+    if context.core is None:
         return "the app has not started"
-    if getattr(app.state, "draining", False):
+    if context.draining:
         return "draining"
-    for name, handle in registry.handles.items():
+    for name, handle in context.core.registry.handles.items():
         if handle.state in (VersionState.FAILED, VersionState.STOPPED):
             return f"model {name} is {handle.status}: {handle.reason or 'no reason given'}"
     return None
 
 
-async def _wait_ready(app: FastAPI, timeout_s: float) -> None:
+async def _wait_ready(context: AppContext, timeout_s: float) -> None:
     """Until every model serves; raises (failing the replica's start, which Ray retries)
     when a model fails or the time is up."""
-    registry = app.state.registry
+    registry = context.registry
     deadline = time.monotonic() + timeout_s
     while not registry.ready:
-        reason = unhealthy_reason(app)
+        reason = unhealthy_reason(context)
         if reason is not None:
             raise RuntimeError(f"embedhost replica did not start: {reason}")
         if time.monotonic() > deadline:
@@ -123,8 +124,7 @@ class _MetricsServer:
     """This replica's ``/metrics`` on a port of its own (``ray.metrics_port``): Ray's proxy
     sends ``GET /metrics`` to any one replica; a scraper needs each."""
 
-    def __init__(self, app: FastAPI, host: str, first_port: int) -> None:
-        metrics = app.state.metrics
+    def __init__(self, metrics: Metrics, host: str, first_port: int) -> None:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
@@ -178,9 +178,9 @@ class EmbedhostReplica:
         setup_logging(
             self.settings.server.log_level, self.settings.server.log_format, instance=replica_id
         )
-        app = create_app(self.settings)
         # The admin API refuses model changes on one replica (api/routes/admin.py).
-        app.state.orchestrator = "ray-serve"
+        app = create_app(self.settings, orchestrator="ray-serve")
+        context = context_of_app(app)
         inner = app.router.lifespan_context
         # The supervisor gives a worker start_timeout_s to load and warm, then fails it.
         timeout = self.settings.worker.start_timeout_s + 30
@@ -190,12 +190,11 @@ class EmbedhostReplica:
             # Ray sends traffic once the lifespan has started and the first health check
             # passed: hold the start until the models serve.
             async with inner(a) as state:
-                await _wait_ready(a, timeout)
+                await _wait_ready(context, timeout)
                 r = self.settings.ray
                 side = None
-                if r.metrics_port is not None and a.state.metrics is not None:
-                    side = _MetricsServer(a, r.metrics_host, r.metrics_port)
-                    a.state.metrics_port = side.port
+                if r.metrics_port is not None and context.metrics is not None:
+                    side = _MetricsServer(context.metrics, r.metrics_host, r.metrics_port)
                 try:
                     yield state
                 finally:
@@ -210,7 +209,9 @@ class EmbedhostReplica:
         """Ray's replica health check (``health_check_period_s``): raising makes Ray replace
         this replica."""
         app = self.embedhost_app
-        reason = "the app has not been built" if app is None else unhealthy_reason(app)
+        reason = (
+            "the app has not been built" if app is None else unhealthy_reason(context_of_app(app))
+        )
         if reason is not None:
             raise RuntimeError(reason)
 

@@ -3,8 +3,8 @@ the HTTP protocol with a header-read timeout for slow clients (:func:`header_tim
 
 On SIGTERM (or SIGINT):
 
-1. ``app.state.draining`` is set in the signal handler itself, so ``/ready`` answers 503
-   from that instant;
+1. the app context's ``draining`` is set in the signal handler itself, so ``/ready``
+   answers 503 from that instant;
 2. if ``server.shutdown_delay_s`` is set, requests are still taken for that long (a load
    balancer that polls /ready stops sending meanwhile); a second signal skips the wait;
 3. uvicorn stops accepting connections, closes idle keep-alive ones and waits up to
@@ -20,11 +20,10 @@ import asyncio
 import logging
 import time
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 import uvicorn
 from fastapi import FastAPI
-from starlette.datastructures import State
 
 from embedhost import __version__
 from embedhost.config import Settings
@@ -32,19 +31,25 @@ from embedhost.config import Settings
 log = logging.getLogger(__name__)
 
 
+class Drains(Protocol):
+    """What the server tells the app on a shutdown signal (the app's context)."""
+
+    draining: bool
+
+
 class EmbedhostServer(uvicorn.Server):
     def __init__(
-        self, config: uvicorn.Config, app_state: State, shutdown_delay_s: float = 0.0
+        self, config: uvicorn.Config, drains: Drains, shutdown_delay_s: float = 0.0
     ) -> None:
         super().__init__(config)
-        self.app_state = app_state
+        self.drains = drains
         self.shutdown_delay_s = shutdown_delay_s
         self._exit_at: float | None = None
         self._announced = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Runs in a signal handler: set flags only (logging could deadlock on its lock).
-        self.app_state.draining = True
+        self.drains.draining = True
         if self._exit_at is None and self.shutdown_delay_s > 0 and not self.should_exit:
             self._exit_at = time.monotonic() + self.shutdown_delay_s
             return
@@ -52,7 +57,7 @@ class EmbedhostServer(uvicorn.Server):
         self._captured_signals.clear()
 
     async def on_tick(self, counter: int) -> bool:
-        if getattr(self.app_state, "draining", False) and not self._announced:
+        if self.drains.draining and not self._announced:
             self._announced = True
             left = max(0.0, (self._exit_at or 0.0) - time.monotonic())
             log.info(
@@ -112,8 +117,9 @@ def header_timeout_protocol(timeout_s: float) -> type[Any] | str:
     return HeaderTimeoutProtocol
 
 
-def run(app: FastAPI, settings: Settings) -> None:
-    """Serve ``app`` with uvicorn as ``settings.server`` says, until a signal stops it."""
+def run(app: FastAPI, settings: Settings, drains: Drains) -> None:
+    """Serve ``app`` with uvicorn as ``settings.server`` says, until a signal stops it;
+    ``drains`` (the app's context) is told at once when one arrives."""
     s = settings.server
     tls: dict[str, Any] = {}
     if s.ssl_certfile and s.ssl_keyfile:
@@ -149,4 +155,4 @@ def run(app: FastAPI, settings: Settings) -> None:
         s.host,
         s.port,
     )
-    EmbedhostServer(uv, app.state, s.shutdown_delay_s).run()
+    EmbedhostServer(uv, drains, s.shutdown_delay_s).run()

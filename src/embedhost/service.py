@@ -12,7 +12,7 @@ agreement with the answer are recorded, the client never waits for it or sees it
 
 How to embed is one :class:`EmbedOptions` value (truncation, ``dimensions``,
 normalization); who is asking is the ``admission`` (its allowed models and token budget).
-The service makes the batch :class:`~embedhost.batching.Ticket` of each call itself. The
+The service makes the batch :class:`~embedhost.models.replica.Ticket` of each call itself. The
 caller, which alone knows its transport, may pass ``disconnected``: an awaitable factory
 that returns once the client has gone (for HTTP, the server's ``receive`` saying
 ``http.disconnect``). The service awaits it in a task for the length of the call and marks
@@ -30,13 +30,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from embedhost.batching import Batcher, Ticket
 from embedhost.cache import BYPASS, DEFAULT_POLICY, CachePolicy, EmbeddingCache
-from embedhost.config import LimitsConfig
+from embedhost.config import RequestLimitsConfig
 from embedhost.engines.base import Vectors
 from embedhost.errors import EmbedhostError, InvalidRequest, PayloadTooLarge
 from embedhost.models.registry import ModelRegistry
-from embedhost.models.version import ModelHandle
+from embedhost.models.replica import Replica, Ticket
+from embedhost.models.version import ModelVersion
 from embedhost.protocol import Truncate
 from embedhost.security.admission import Admission
 from embedhost.tokenization import Policy, Prompt, Tokenized, prepare_ids, prepare_texts
@@ -72,7 +72,7 @@ _DEFAULT = EmbedOptions()
 
 @dataclass(slots=True)
 class EmbedResult:
-    model: ModelHandle
+    model: ModelVersion
     vectors: Vectors
     tokens: Tokenized
     # Where the time went, in seconds: tokenizing, waiting for the first batch to run,
@@ -88,7 +88,7 @@ class EmbeddingService:
     def __init__(
         self,
         registry: ModelRegistry,
-        limits: LimitsConfig,
+        limits: RequestLimitsConfig,
         *,
         tracing: Tracing | None = None,
         cache: EmbeddingCache | None = None,
@@ -98,13 +98,13 @@ class EmbeddingService:
         self.tracing = tracing
         self.cache = cache
 
-    def resolve(self, model: str | None, key: str | None = None) -> ModelHandle:
+    def resolve(self, model: str | None, key: str | None = None) -> ModelVersion:
         """The version that serves ``model`` for caller ``key`` (sticky A/B)."""
         return self.registry.route(model, key)
 
     async def embed(
         self,
-        handle: ModelHandle,
+        handle: ModelVersion,
         inputs: list[str] | list[list[int]],
         options: EmbedOptions = _DEFAULT,
         *,
@@ -137,7 +137,7 @@ class EmbeddingService:
 
     def _mirror(
         self,
-        handle: ModelHandle,
+        handle: ModelVersion,
         inputs: list[str] | list[list[int]],
         result: EmbedResult,
         options: EmbedOptions,
@@ -158,7 +158,7 @@ class EmbeddingService:
         )
 
     async def _shadow(
-        self, target: ModelHandle, texts: list[str], answer: Vectors, original: EmbedOptions
+        self, target: ModelVersion, texts: list[str], answer: Vectors, original: EmbedOptions
     ) -> None:
         dimensions = original.dimensions
         start = time.perf_counter()
@@ -187,7 +187,7 @@ class EmbeddingService:
 
     async def _embed(
         self,
-        handle: ModelHandle,
+        handle: ModelVersion,
         inputs: list[str] | list[list[int]],
         options: EmbedOptions,
         ticket: Ticket,
@@ -203,7 +203,7 @@ class EmbeddingService:
                 param="input",
             )
         replica = handle.pick()
-        info = replica.worker.info
+        info = replica.info
         assert info is not None
         if dimensions is not None and dimensions > info.dims:
             raise InvalidRequest(
@@ -234,7 +234,7 @@ class EmbeddingService:
         if admission is not None and charge_all:
             await admission.charge_tokens(tokens.total)
         t_submit = time.monotonic()
-        batch = _Batch(replica.batcher, ticket, None if charge_all else admission)
+        batch = _Batch(replica, ticket, None if charge_all else admission)
         cache_state = None
         if cache is None:
             results = await batch(tokens.ids)
@@ -272,7 +272,7 @@ class EmbeddingService:
 
     @staticmethod
     def _prompt(
-        handle: ModelHandle, inputs: list[str] | list[list[int]], options: EmbedOptions
+        handle: ModelVersion, inputs: list[str] | list[list[int]], options: EmbedOptions
     ) -> Prompt | None:
         """The prompt the request asks for (or the model's default); token-id input is
         used as given, so it takes none."""
@@ -287,7 +287,7 @@ class EmbeddingService:
 
     async def _tokenize(
         self,
-        handle: ModelHandle,
+        handle: ModelVersion,
         inputs: list[str] | list[list[int]],
         max_tokens: int,
         policy: Policy,
@@ -309,17 +309,17 @@ class EmbeddingService:
 
 @dataclass(slots=True)
 class _Batch:
-    """Embeds sequences on one replica's batcher (what the cache calls for its misses);
+    """Embeds sequences on one replica (what the cache calls for its misses);
     ``admission``, when set, is charged the tokens of what is computed."""
 
-    batcher: Batcher
+    replica: Replica
     ticket: Ticket
     admission: Admission | None
 
     async def __call__(self, seqs: list[list[int]]) -> list[Vectors]:
         if self.admission is not None:
             await self.admission.charge_tokens(sum(len(s) for s in seqs))
-        futures = self.batcher.submit(seqs, self.ticket)
+        futures = self.replica.submit(seqs, self.ticket)
         try:
             results = await asyncio.gather(*futures, return_exceptions=True)
         except asyncio.CancelledError:

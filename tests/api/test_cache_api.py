@@ -57,13 +57,13 @@ async def cached() -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
 
 def sequences(app: FastAPI, model: str) -> int:
     """Sequences the model's engine has embedded so far."""
-    stats = app.state.registry.handles[model].replicas[0].batcher.stats
+    stats = app.state.context.registry.handles[model].replicas[0].batcher.stats
     n: int = stats.sequences
     return n
 
 
 def ids_of(app: FastAPI, model: str, text: str) -> list[int]:
-    tok = app.state.registry.handles[model].tokenizer
+    tok = app.state.context.registry.handles[model].tokenizer
     ids: list[int] = tok.encode_batch([text])[0]
     return ids
 

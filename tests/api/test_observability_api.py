@@ -284,7 +284,7 @@ async def test_metrics_disabled() -> None:
         r = await client.post("/v1/embeddings", json={"input": "still works"})
         assert r.status_code == 200
         assert "x-request-id" in r.headers
-        assert app.state.metrics is None
+        assert app.state.context.metrics is None
 
 
 async def test_metrics_scope_key_labels_and_rate_limited_counter() -> None:

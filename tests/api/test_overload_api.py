@@ -24,7 +24,7 @@ def _post_slow(client: Any) -> asyncio.Future[Any]:
 
 async def _fill_queue(app: Any, client: Any) -> list[asyncio.Future[Any]]:
     """One slow batch in the engine, then two requests waiting: the queue (2) is full."""
-    batcher = app.state.registry.default.replicas[0].batcher
+    batcher = app.state.context.registry.default.replicas[0].batcher
     first = _post_slow(client)
     await _until(lambda: batcher.in_flight == 1, "the first request is in the engine")
     rest = [_post_slow(client) for _ in range(2)]
@@ -104,7 +104,7 @@ async def test_full_queue_is_refused_before_the_body_is_read() -> None:
 async def test_retry_after_follows_the_measured_drain_time() -> None:
     settings = make_settings([fake_model("f", **SETTINGS)])
     async with app_client(settings) as (app, client):
-        batcher = app.state.registry.default.replicas[0].batcher
+        batcher = app.state.context.registry.default.replicas[0].batcher
         tasks = await _fill_queue(app, client)
         r = await client.post("/v1/embeddings", json={"input": "x"})
         assert r.status_code == 429
@@ -118,7 +118,7 @@ async def test_no_model_ready_is_refused_before_the_body_is_read() -> None:
     # A restart that waits 2 s (backoff) before it even spawns the new worker.
     settings = make_settings([fake_model("f")], worker={"restart_backoff_initial_s": 2.0})
     async with app_client(settings) as (app, client):
-        worker = app.state.registry.default.replicas[0].worker
+        worker = app.state.context.registry.default.replicas[0].worker
         r = await client.post("/v1/embeddings", json={"input": [101, CRASH, 102]})
         assert r.status_code == 503
         assert worker.state.value == "restarting"

@@ -409,8 +409,8 @@ async def test_concurrency_limit_fast_503() -> None:
         err = assert_error(r, 503, "server_error", "server_overloaded")
         assert "limit of 1 concurrent requests" in err["message"]
         assert r.headers["retry-after"] == "2"
-        assert app.state.concurrency.overloaded >= 1
-        assert app.state.concurrency.in_flight == 1
+        assert app.state.context.concurrency.overloaded >= 1
+        assert app.state.context.concurrency.in_flight == 1
         # Probes still answer.
         assert (await client.get("/health")).status_code == 200
         assert (await slow).status_code == 200

@@ -134,7 +134,7 @@ async def test_full_queue_answers_429_fast(tmp_path: Path) -> None:
         ]
     )
     async with app_client(settings) as (app, client):
-        batcher = app.state.registry.route("f").replicas[0].batcher
+        batcher = app.state.context.registry.route("f").replicas[0].batcher
 
         def post(inp: object) -> asyncio.Future[httpx.Response]:
             return asyncio.ensure_future(client.post("/v1/embeddings", json={"input": inp}))

@@ -60,12 +60,12 @@ def _prefix() -> str:
 
 
 def sequences(app: FastAPI, model: str = "fake") -> int:
-    n: int = app.state.registry.handles[model].replicas[0].batcher.stats.sequences
+    n: int = app.state.context.registry.handles[model].replicas[0].batcher.stats.sequences
     return n
 
 
 def ids_of(app: FastAPI, text: str, model: str = "fake") -> list[int]:
-    ids: list[int] = app.state.registry.handles[model].tokenizer.encode_batch([text])[0]
+    ids: list[int] = app.state.context.registry.handles[model].tokenizer.encode_batch([text])[0]
     return ids
 
 
@@ -110,7 +110,7 @@ async def test_two_instances_share_one_redis_one_round_trip_per_request(
             texts = [f"shared text number {i}" for i in range(8)]
             ra = await embed(a, texts)
             assert ra.headers["x-embedhost-cache"] == "miss"
-            await a_app.state.cache.flush()
+            await a_app.state.context.cache.flush()
             keys = rds.keys(f"{prefix}:cache:fake@1:*")
             assert len(keys) == 8
             assert all(len(rds.get(k) or b"") == 32 * 4 for k in keys)  # raw float32
@@ -118,14 +118,14 @@ async def test_two_instances_share_one_redis_one_round_trip_per_request(
 
             # The other instance computes nothing: one MGET answers its eight inputs.
             rds.config_resetstat()
-            before, trips = sequences(b_app), b_app.state.cache.round_trips
+            before, trips = sequences(b_app), b_app.state.context.cache.round_trips
             rb = await embed(b, texts)
             assert rb.headers["x-embedhost-cache"] == "hit"
             assert raw(rb) == raw(ra) == [vector_for(ids_of(b_app, t)).tobytes() for t in texts]
             assert sequences(b_app) == before
             calls = commands(rds)
             assert calls.get("mget") == 1 and "get" not in calls and "set" not in calls
-            assert b_app.state.cache.round_trips == trips + 1
+            assert b_app.state.context.cache.round_trips == trips + 1
 
             # Its Redis hits filled its memory: the same request again never reaches Redis.
             rds.config_resetstat()
@@ -137,11 +137,11 @@ async def test_two_instances_share_one_redis_one_round_trip_per_request(
             more = [*texts[:3], "new one", "new two", "new one"]
             r = await embed(b, more)
             assert r.headers["x-embedhost-cache"] == "partial"
-            await b_app.state.cache.flush()
+            await b_app.state.context.cache.flush()
             assert sequences(b_app) == before + 2
             calls = commands(rds)
             assert calls.get("mget") == 1 and calls.get("set") == 2
-            assert b_app.state.cache.round_trips == trips + 3
+            assert b_app.state.context.cache.round_trips == trips + 3
             info = (await b.get("/info")).json()["cache"]["redis"]
             assert info["url"] == redis_server.url and info["hits"] == 8
     finally:
@@ -157,7 +157,7 @@ async def test_ttl_expiry_and_corrupt_values(redis_server: RedisServer) -> None:
         async with app_client(settings) as (app, client):
             text = "expires soon"
             assert (await embed(client, [text])).headers["x-embedhost-cache"] == "miss"
-            await app.state.cache.flush()
+            await app.state.context.cache.flush()
             (key,) = rds.keys(f"{prefix}:cache:*")
             assert 0 < rds.pttl(key) <= 1000
             assert (await embed(client, [text])).headers["x-embedhost-cache"] == "hit"
@@ -167,14 +167,14 @@ async def test_ttl_expiry_and_corrupt_values(redis_server: RedisServer) -> None:
             assert sequences(app) == before + 1
 
             # A value of the wrong size: ignored (recomputed) and overwritten.
-            await app.state.cache.flush()
+            await app.state.context.cache.flush()
             rds.set(key, b"not a vector", ex=60)
             r = await embed(client, [text])
             assert r.headers["x-embedhost-cache"] == "miss"
             assert raw(r) == [vector_for(ids_of(app, text)).tobytes()]
-            await app.state.cache.flush()
+            await app.state.context.cache.flush()
             assert rds.get(key) == vector_for(ids_of(app, text)).tobytes()
-            assert app.state.cache.redis_corrupt == 1
+            assert app.state.context.cache.redis_corrupt == 1
             metrics = (await client.get("/metrics")).text
             assert 'embedhost_cache_requests_total{result="corrupt",tier="redis"} 1.0' in metrics
     finally:
@@ -202,7 +202,7 @@ async def test_redis_killed_and_restarted_under_load(
             await asyncio.sleep(0)  # a memory hit never suspends in-process (no socket)
 
     async with app_client(settings) as (app, client):
-        cache = app.state.cache
+        cache = app.state.context.cache
         tasks = [asyncio.create_task(client_loop(client, n)) for n in range(4)]
         try:
             await until(lambda: len(statuses) >= 40, tasks)

@@ -91,7 +91,7 @@ async def test_redis_killed_fails_open(
             r = await client.post(path, json=body, headers=AUTH)
             assert r.status_code == 200, r.text
             assert "x-ratelimit-remaining" not in r.headers
-        limiter = app.state.security.limiter
+        limiter = app.state.context.security.limiter
         assert limiter.storage_errors >= 6
         warnings = [r for r in caplog.records if "rate-limit storage failed" in r.getMessage()]
         assert len(warnings) == 1  # logged once, not per request
@@ -136,7 +136,7 @@ async def test_redis_killed_fails_closed(redis_server: RedisServer) -> None:
         # Probes do not depend on the limiter.
         assert (await client.get("/health")).status_code == 200
         assert (await client.get("/ready")).status_code == 200
-        assert app.state.security.limiter.storage_errors >= 3
+        assert app.state.context.security.limiter.storage_errors >= 3
 
 
 async def test_unreachable_redis_from_the_start() -> None:

@@ -146,12 +146,12 @@ async def test_proxy_leaves_embedhost_answers_alone() -> None:
 async def test_health_rule_and_admin_answer_under_ray() -> None:
     settings = make_settings([fake_model()], auth={"enabled": False})
     async with app_client(settings) as (app, client):
-        assert unhealthy_reason(app) is None
-        app.state.orchestrator = "ray-serve"
+        assert unhealthy_reason(app.state.context) is None
+        app.state.context.orchestrator = "ray-serve"
         r = await client.post("/admin/reload")
         assert r.status_code == 409
         assert "redeploy" in r.json()["error"]["message"]
         assert (await client.get("/admin/models")).status_code == 200
-        app.state.draining = True
-        assert unhealthy_reason(app) == "draining"
-        app.state.draining = False
+        app.state.context.draining = True
+        assert unhealthy_reason(app.state.context) == "draining"
+        app.state.context.draining = False

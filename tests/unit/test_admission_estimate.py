@@ -8,7 +8,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from embedhost.api.limits import RefusalPacer
+from embedhost.api.overload import RefusalPacer
 from embedhost.batching import RETRY_AFTER_MAX_S, RETRY_AFTER_MIN_S, Batcher, Ticket
 from embedhost.config import BatchingConfig
 from embedhost.errors import QueueFull

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from embedhost.api.limits import json_too_deep
+from embedhost.api.middleware import json_too_deep
 from embedhost.cli import cli
 from embedhost.config import ApiKeyConfig, load_settings
 from embedhost.errors import ConfigError, Unauthorized

@@ -1,18 +1,19 @@
-"""``create_app(settings)``: the FastAPI application, its lifespan, its middleware and its
-metrics wiring.
+"""``create_app(settings)``: the FastAPI application, its context, its lifespan, its
+middleware and its metrics wiring.
 
-The lifespan builds the model registry (which spawns the engine workers) and the service
-and puts them on ``app.state``; routes get them through ``api/deps.py``. Error responses
-are ``api/errors.py``'s, the pre-route limits ``api/limits.py``'s, the per-request
+``create_app`` builds the app's one context (:class:`~embedhost.api.context.AppContext`,
+``app.state.context``); the lifespan builds the serving core into it
+(:meth:`~embedhost.core.Core.build`: model registry, engine workers, cache, service) and
+stops it at the end. Routes get its parts through ``api/deps.py``. Error responses are
+``api/errors.py``'s, the pre-route limits ``api/middleware.py``'s, the per-request
 metrics, log line and span ``api/observability.py``'s.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI
@@ -21,32 +22,39 @@ from starlette.middleware import Middleware
 
 from embedhost import __version__
 from embedhost.api import console
+from embedhost.api.context import AppContext
 from embedhost.api.deps import require_scope
 from embedhost.api.errors import EXCEPTION_HANDLERS
-from embedhost.api.limits import (
+from embedhost.api.middleware import (
     BodyLimitMiddleware,
-    ConcurrencyLimit,
     ConcurrencyLimitMiddleware,
     QueueGate,
     RateLimitHeadersMiddleware,
-    RefusalPacer,
 )
 from embedhost.api.observability import TIMING_HEADERS, ObservabilityMiddleware
+from embedhost.api.overload import ConcurrencyLimit, RefusalPacer
 from embedhost.api.routes import admin, embeddings, ops
 from embedhost.api.routes import metrics as metrics_routes
-from embedhost.cache import EmbeddingCache
 from embedhost.config import Settings
+from embedhost.core import Core
+from embedhost.errors import EmbedhostError
 from embedhost.metrics import Metrics, StateSnapshot, WorkerSnapshot
-from embedhost.models.registry import ModelRegistry
 from embedhost.models.reload import install_sighup
 from embedhost.security.admission import Security
 from embedhost.security.ratelimit import RATE_LIMIT_HEADERS
-from embedhost.service import EmbeddingService
-from embedhost.tracing import Tracing
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """Raises :class:`ConfigError` when the configuration cannot serve here (no keys on a
+def create_app(
+    settings: Settings,
+    *,
+    config_path: Path | None = None,
+    orchestrator: str | None = None,
+) -> FastAPI:
+    """The app for ``settings``. ``config_path``: the file they were read from (SIGHUP and
+    ``POST /admin/reload`` re-read it); ``orchestrator``: what runs many identical copies
+    of this app (``ray-serve``: the admin API then refuses per-copy model changes).
+
+    Raises :class:`ConfigError` when the configuration cannot serve here (no keys on a
     network address, a missing keys file, ...)."""
     security = Security(settings)
     pacer = RefusalPacer(settings.limits.refusals_per_s)
@@ -57,32 +65,32 @@ def create_app(settings: Settings) -> FastAPI:
     metrics = (
         Metrics(version=__version__, instance=instance_id) if settings.metrics.enabled else None
     )
-    cache = EmbeddingCache(settings.cache, metrics.cache_observer() if metrics else None)
+    context = AppContext(
+        settings,
+        security,
+        concurrency,
+        metrics,
+        instance_id,
+        config_path=config_path,
+        orchestrator=orchestrator,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        tracing = None
-        if settings.tracing.enabled:
-            tracing = Tracing(settings.tracing.service_name)
-        app.state.tracing = tracing
-        registry = ModelRegistry(settings, metrics)
-        app.state.registry = registry
-        app.state.service = EmbeddingService(
-            registry, settings.limits, tracing=tracing, cache=cache
-        )
-        app.state.draining = False
-        registry.start()
-        remove_sighup = install_sighup(app)
+        core = context.core = Core.build(settings, metrics)
+        context.draining = False
+        core.start()
+        remove_sighup = install_sighup(core.registry, config_path)
         try:
             yield {}
         finally:
             remove_sighup()
-            app.state.draining = True
-            await registry.stop(settings.server.graceful_shutdown_s)
+            context.draining = True
+            await core.stop(settings.server.graceful_shutdown_s)
             await security.limiter.close()
-            await cache.close()
-            if tracing is not None:
-                await asyncio.to_thread(tracing.shutdown)
+
+    def refusal() -> EmbedhostError | None:
+        return context.core.registry.refusal() if context.core is not None else None
 
     app = FastAPI(
         title="embedhost",
@@ -91,21 +99,13 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
         root_path=settings.server.root_path,
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=_middleware(settings, concurrency),
+        middleware=_middleware(settings, concurrency, refusal),
     )
-    app.state.settings = settings
-    app.state.instance_id = instance_id
-    app.state.started = time.monotonic()
-    app.state.security = security
-    app.state.concurrency = concurrency
-    app.state.refusal_pacer = pacer
-    app.state.tracing = None
-    app.state.metrics = metrics
-    app.state.cache = cache
+    app.state.context = context
     app.include_router(ops.router)
     app.include_router(embeddings.router)
     if metrics is not None:
-        metrics.add_state(lambda: _snapshot(app, security, concurrency))
+        metrics.add_state(lambda: _snapshot(context))
         # auth.metrics_open lets it through without the scope (Security.admit decides).
         app.include_router(metrics_routes.router, dependencies=[Depends(require_scope("metrics"))])
     app.include_router(admin.router)
@@ -114,7 +114,11 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-def _middleware(settings: Settings, concurrency: ConcurrencyLimit) -> list[Middleware]:
+def _middleware(
+    settings: Settings,
+    concurrency: ConcurrencyLimit,
+    refusal: Callable[[], EmbedhostError | None],
+) -> list[Middleware]:
     """The app's middleware, outermost first."""
     cors = [
         Middleware(
@@ -137,7 +141,7 @@ def _middleware(settings: Settings, concurrency: ConcurrencyLimit) -> list[Middl
         Middleware(ObservabilityMiddleware),
         *(cors if settings.server.cors_origins else []),
         # A full queue is refused here, before the body is read and without a slot.
-        Middleware(QueueGate, pacer=concurrency.pacer),
+        Middleware(QueueGate, refusal=refusal, pacer=concurrency.pacer),
         # Outside the body limit, so that a request waiting for its body holds a slot.
         Middleware(ConcurrencyLimitMiddleware, limit=concurrency),
         Middleware(RateLimitHeadersMiddleware),
@@ -150,28 +154,20 @@ def _middleware(settings: Settings, concurrency: ConcurrencyLimit) -> list[Middl
     ]
 
 
-def _snapshot(app: FastAPI, security: Security, concurrency: ConcurrencyLimit) -> StateSnapshot:
+def _snapshot(context: AppContext) -> StateSnapshot:
     """The state the metrics read at scrape time: readiness, workers, refusals."""
-    registry: ModelRegistry | None = getattr(app.state, "registry", None)
     snap = StateSnapshot(
         ready=False,
-        draining=bool(getattr(app.state, "draining", False)),
-        overloaded_requests=concurrency.overloaded,
-        rate_limit_storage_errors=security.limiter.storage_errors,
+        draining=context.draining,
+        overloaded_requests=context.concurrency.overloaded,
+        rate_limit_storage_errors=context.security.limiter.storage_errors,
     )
-    if registry is None:
+    if context.core is None:
         return snap
+    registry = context.core.registry
     snap.ready = registry.ready
     snap.workers = [
-        WorkerSnapshot(
-            h.name,
-            h.version,
-            r.worker.replica,
-            r.worker.state == "ready",
-            r.worker.pid,
-            r.batcher.load_ratio,
-        )
-        for h in registry.handles.values()
-        for r in h.replicas
+        WorkerSnapshot(h.name, h.version, r.replica, r.ready, r.pid, r.load_ratio)
+        for h, r in registry.replica_loads()
     ]
     return snap

@@ -1,5 +1,5 @@
-"""Dependencies: the objects the lifespan put on ``app.state``, and the admitted request,
-typed for the routes."""
+"""Dependencies: the parts of the app's context (:mod:`embedhost.api.context`) and the
+admitted request, typed for the routes."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPBearer
 
+from embedhost.api.context import AppContext, context_of
 from embedhost.api.record import record_of
-from embedhost.config import SCOPES, Scope
+from embedhost.cache import EmbeddingCache
+from embedhost.config import SCOPES, Scope, Settings
+from embedhost.metrics import Metrics
 from embedhost.models.registry import ModelRegistry
 from embedhost.security.admission import Admission
 from embedhost.security.admission import Security as SecurityLayer
@@ -20,18 +23,36 @@ from embedhost.service import EmbeddingService
 # thread pool, a thread hop per dependency per request on the hot path.
 
 
+async def get_context(request: Request) -> AppContext:
+    return context_of(request)
+
+
 async def get_registry(request: Request) -> ModelRegistry:
-    registry: ModelRegistry = request.app.state.registry
-    return registry
+    return context_of(request).registry
 
 
 async def get_service(request: Request) -> EmbeddingService:
-    service: EmbeddingService = request.app.state.service
-    return service
+    return context_of(request).service
 
 
+async def get_cache(request: Request) -> EmbeddingCache:
+    return context_of(request).cache
+
+
+async def get_settings(request: Request) -> Settings:
+    return context_of(request).settings
+
+
+async def get_metrics(request: Request) -> Metrics | None:
+    return context_of(request).metrics
+
+
+ContextDep = Annotated[AppContext, Depends(get_context)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 ServiceDep = Annotated[EmbeddingService, Depends(get_service)]
+CacheDep = Annotated[EmbeddingCache, Depends(get_cache)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+MetricsDep = Annotated[Metrics | None, Depends(get_metrics)]
 
 
 # Declared for the OpenAPI schema (so /docs and generated clients know how to send a key);
@@ -42,8 +63,7 @@ _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="
 
 
 def get_security(request: Request) -> SecurityLayer:
-    security: SecurityLayer = request.app.state.security
-    return security
+    return context_of(request).security
 
 
 def require_scope(scope: str) -> Callable[..., Awaitable[Admission]]:

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import Send
 
+from embedhost.api.context import context_of
 from embedhost.api.record import record_of
 from embedhost.errors import (
     EmbedhostError,
@@ -60,9 +61,7 @@ async def embedhost_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, EmbedhostError)
     record_of(request).error = exc  # for the errors metric and the request log line
     if isinstance(exc, PACED):
-        pacer = getattr(request.app.state, "refusal_pacer", None)
-        if pacer is not None:
-            await pacer.pace()
+        await context_of(request).concurrency.pacer.pace()
     headers = dict(exc.headers)
     if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))

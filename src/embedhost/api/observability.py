@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from fastapi import Request
-from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from embedhost.api.context import AppContext, context_in, context_of
 from embedhost.api.errors import send_error
-from embedhost.api.limits import PROBE_PATHS
+from embedhost.api.middleware import PROBE_PATHS
 from embedhost.api.record import RequestRecord, record_of
 from embedhost.errors import RateLimited
 from embedhost.metrics import ANONYMOUS
@@ -75,7 +75,7 @@ def _route(scope: Scope) -> str:
 
 
 class ObservabilityMiddleware:
-    """Reads settings, metrics and tracing from the state of the app it serves
+    """Reads settings, metrics and tracing from the context of the app it serves
     (``scope["app"]``): tracing only exists once the lifespan has started."""
 
     def __init__(self, app: ASGIApp) -> None:
@@ -101,9 +101,9 @@ class ObservabilityMiddleware:
                 message = {**message, "headers": [*message.get("headers", ()), rid_header]}
             await send(message)
 
-        app: Starlette = scope["app"]
-        metrics: Metrics | None = getattr(app.state, "metrics", None)
-        tracing: Tracing | None = getattr(app.state, "tracing", None)
+        context = context_in(scope)
+        metrics = context.metrics
+        tracing = context.tracing
         bound = structlog.contextvars.bind_contextvars(request_id=rid)
         if metrics is not None:
             metrics.in_flight.inc()
@@ -135,7 +135,7 @@ class ObservabilityMiddleware:
             if metrics is not None:
                 metrics.in_flight.dec()
             try:
-                self._finish(app, scope, record, status, time.monotonic() - t0, metrics)
+                self._finish(context, scope, record, status, time.monotonic() - t0, metrics)
             finally:
                 structlog.contextvars.reset_contextvars(**bound)
 
@@ -177,14 +177,14 @@ class ObservabilityMiddleware:
 
     @staticmethod
     def _finish(
-        app: Starlette,
+        context: AppContext,
         scope: Scope,
         record: RequestRecord,
         status: int,
         seconds: float,
         metrics: Metrics | None,
     ) -> None:
-        settings = app.state.settings
+        settings = context.settings
         route = _route(scope)
         method = str(scope.get("method", ""))
         model = record.model or ""
@@ -266,7 +266,7 @@ def note_inputs(request: Request, model: str, inputs: list[str] | list[list[int]
     record.inputs = len(inputs)
     if inputs and isinstance(inputs[0], str):
         record.input_chars = sum(len(t) for t in inputs)
-        if request.app.state.settings.logs.log_inputs:
+        if context_of(request).settings.logs.log_inputs:
             record.input_texts = list(inputs)
     else:
         record.input_chars = None

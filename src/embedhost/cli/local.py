@@ -80,14 +80,15 @@ def serve(
         serve_forever(settings, config, {"server": server} if server else None)
         return
     try:
-        app = create_app(settings)
-        app.state.config_path = config  # SIGHUP and POST /admin/reload re-read it
+        # SIGHUP and POST /admin/reload re-read the config file.
+        app = create_app(settings, config_path=config)
     except ConfigError as exc:
         typer.echo(exc.message, err=True)
         raise typer.Exit(2) from None
+    from embedhost.api.context import context_of_app
     from embedhost.server import run
 
-    run(app, settings)
+    run(app, settings, context_of_app(app))
 
 
 def check_config(

@@ -1,7 +1,7 @@
 """Loaded models: names, their versions, and the router between them.
 
 A *model* (:class:`ModelGroup`) is a name clients send. It holds one or more versions
-(:class:`~embedhost.models.version.ModelHandle`), one of which is *current*. A request
+(:class:`~embedhost.models.version.ModelVersion`), one of which is *current*. A request
 names ``name`` (the router picks: the current version, or a sticky A/B slice when a split
 is set) or pins ``name@version``. An unknown name or version is a 404, never a silent
 fallback.
@@ -13,7 +13,7 @@ It also owns the background tasks those start, and cancels them on stop.
 
 A swap (:meth:`ModelRegistry.promote`) changes ``current`` in one step of the event loop,
 so every request is routed either before or after it; the old version then drains (see
-:meth:`~embedhost.models.version.ModelHandle.retire`).
+:meth:`~embedhost.models.version.ModelVersion.retire`).
 """
 
 from __future__ import annotations
@@ -32,11 +32,14 @@ from embedhost.errors import (
     EmbedhostError,
     InvalidRequest,
     ModelNotFound,
+    ModelNotReady,
+    QueueFull,
     VersionLoadFailed,
 )
 from embedhost.models import router
 from embedhost.models.preflight import check_engine, preflight
-from embedhost.models.version import DEAD, GONE, NEVER_UP, ModelHandle, VersionState
+from embedhost.models.replica import ReplicaLoad
+from embedhost.models.version import DEAD, GONE, NEVER_UP, TRANSIENT, ModelVersion, VersionState
 from embedhost.tokenization import load_prompts, load_tokenizer
 from embedhost.worker import budget
 
@@ -52,17 +55,17 @@ class ModelGroup:
 
     name: str
     current: str
-    versions: dict[str, ModelHandle] = field(default_factory=dict)
+    versions: dict[str, ModelVersion] = field(default_factory=dict)
     history: list[str] = field(default_factory=list)
     weights: dict[str, float] = field(default_factory=dict)
     shadow: str | None = None
     shadow_rate: float = 1.0
 
     @property
-    def current_handle(self) -> ModelHandle:
+    def current_handle(self) -> ModelVersion:
         return self.versions[self.current]
 
-    def choose(self, key: str | None) -> ModelHandle:
+    def choose(self, key: str | None) -> ModelVersion:
         """The version for an unpinned request: the caller's A/B slice if it is ready,
         else the current version."""
         if self.weights and key is not None:
@@ -97,7 +100,7 @@ class ModelRegistry:
             log.warning("%s", warning)
         self.groups: dict[str, ModelGroup] = {}
         for m in settings.models:
-            self._add_configured(m, ModelHandle(m, settings, metrics=metrics))
+            self._add_configured(m, ModelVersion(m, settings, metrics=metrics))
         self.default_name = settings.models[0].name
         self.metrics = metrics
         self._start_task: asyncio.Task[Any] | None = None
@@ -106,7 +109,7 @@ class ModelRegistry:
         # (SIGHUP and POST /admin/reload) never interleave their loads and promotes.
         self.reload_lock = asyncio.Lock()
 
-    def _add_configured(self, m: ModelConfig, handle: ModelHandle) -> ModelGroup:
+    def _add_configured(self, m: ModelConfig, handle: ModelVersion) -> ModelGroup:
         """The first configured version of a name is its current one."""
         group = self.groups.get(m.name)
         if group is None:
@@ -121,12 +124,12 @@ class ModelRegistry:
     # -- views ------------------------------------------------------------------------------
 
     @property
-    def handles(self) -> dict[str, ModelHandle]:
+    def handles(self) -> dict[str, ModelVersion]:
         """Each model name's current version."""
         return {name: g.current_handle for name, g in self.groups.items()}
 
     @property
-    def default(self) -> ModelHandle:
+    def default(self) -> ModelVersion:
         return self.groups[self.default_name].current_handle
 
     @property
@@ -146,7 +149,7 @@ class ModelRegistry:
             raise ModelNotFound(f"model {name!r} is not served here; available: {self._known()}")
         return group
 
-    def version(self, name: str, version: str) -> ModelHandle:
+    def version(self, name: str, version: str) -> ModelVersion:
         handle = self.group(name).versions.get(version)
         if handle is None:
             raise ModelNotFound(
@@ -183,9 +186,56 @@ class ModelRegistry:
             out.append(entry)
         return out
 
+    def replica_loads(self) -> list[tuple[ModelVersion, ReplicaLoad]]:
+        """Each current version's replicas, as the metrics read them at scrape time."""
+        return [(h, r.snapshot()) for h in self.handles.values() for r in h.replicas]
+
+    # -- admission ----------------------------------------------------------------------------
+
+    def refusal(self) -> EmbedhostError | None:
+        """Whether an embedding request can be taken before its body is read (the model it
+        names is not known yet), and if not, why and for how long: the error to answer
+        with, its ``retry_after`` set; None when some served version could take it.
+
+        :class:`~embedhost.errors.QueueFull` when every ready replica's queue is full (with
+        the Retry-After of the one that drains first); :class:`~embedhost.errors.ModelNotReady`
+        when no replica is ready at all and every version is loading or restarting (a
+        failed version passes, so that the answer can say why). The replica and the
+        service check again once the model is known.
+        """
+        retry: float | None = None
+        transient, seen = True, False
+        for group in self.groups.values():
+            for handle in group.versions.values():
+                state = handle.state
+                if state in GONE:
+                    continue
+                seen = True
+                if state not in TRANSIENT and state is not VersionState.READY:
+                    transient = False
+                for r in handle.replicas:
+                    if not r.ready:
+                        continue
+                    if r.refuses(1) is None:
+                        return None
+                    ra = r.retry_after()
+                    retry = ra if retry is None else min(retry, ra)
+        if retry is not None:
+            return QueueFull(
+                "every queue that could serve this request is full; "
+                "retry after the indicated delay",
+                retry_after=retry,
+            )
+        if transient and seen:
+            return ModelNotReady(
+                "no model is ready yet (loading or restarting); retry shortly",
+                retry_after=self.settings.worker.retry_after_s,
+            )
+        return None
+
     # -- routing ----------------------------------------------------------------------------
 
-    def route(self, ref: str | None, key: str | None = None) -> ModelHandle:
+    def route(self, ref: str | None, key: str | None = None) -> ModelVersion:
         """The version that serves a request for ``ref`` from caller ``key``."""
         if not ref:
             return self.groups[self.default_name].choose(key)
@@ -207,7 +257,7 @@ class ModelRegistry:
             )
         return handle
 
-    def shadow_for(self, served: ModelHandle) -> ModelHandle | None:
+    def shadow_for(self, served: ModelVersion) -> ModelVersion | None:
         """The ready shadow version that should get a copy of this request, if any."""
         group = self.groups.get(served.name)
         if group is None or group.shadow is None or group.shadow == served.version:
@@ -244,7 +294,7 @@ class ModelRegistry:
         if self._start_task is not None:
             await asyncio.shield(self._start_task)
 
-    async def load(self, config: ModelConfig, *, promote: bool = False) -> ModelHandle:
+    async def load(self, config: ModelConfig, *, promote: bool = False) -> ModelVersion:
         """Start loading a version (new name or new version of a name) in the background.
 
         Refuses at once, before any process starts, when the version is already loaded,
@@ -271,7 +321,7 @@ class ModelRegistry:
         old = group.versions.get(config.version)
         if old is not None:  # a failed or stopped entry of the same version: replace it
             self.spawn(old.stop(0), name=f"stop-{old.ref}")
-        handle = ModelHandle(
+        handle = ModelVersion(
             config,
             self.settings,
             tokenizer=tokenizer,
@@ -296,7 +346,7 @@ class ModelRegistry:
                 param="version",
             )
 
-    async def _start_version(self, handle: ModelHandle, promote: bool) -> None:
+    async def _start_version(self, handle: ModelVersion, promote: bool) -> None:
         await handle.start()
         if handle.state is VersionState.READY:
             log.info("model %s: ready", handle.ref)
@@ -306,7 +356,7 @@ class ModelRegistry:
         else:
             log.error("model %s: load failed: %s", handle.ref, handle.reason)
 
-    async def wait_loaded(self, handle: ModelHandle) -> ModelHandle:
+    async def wait_loaded(self, handle: ModelVersion) -> ModelVersion:
         """Wait for a version started by :meth:`load`; raise if it did not become ready."""
         if handle.start_task is not None:
             await asyncio.shield(handle.start_task)
@@ -344,7 +394,7 @@ class ModelRegistry:
             return None
         return self.retire(previous)
 
-    def retire(self, handle: ModelHandle) -> asyncio.Task[Any]:
+    def retire(self, handle: ModelVersion) -> asyncio.Task[Any]:
         group = self.groups.get(handle.name)
         if group is not None:
             group.weights.pop(handle.version, None)
@@ -354,7 +404,7 @@ class ModelRegistry:
             handle.retire(self.settings.lifecycle.drain_timeout_s), name=f"retire-{handle.ref}"
         )
 
-    async def rollback(self, name: str) -> ModelHandle:
+    async def rollback(self, name: str) -> ModelVersion:
         """Back to the version that was current before: at once when it is still loaded,
         else it is loaded again from its config (checksum verified again) and promoted
         when ready."""

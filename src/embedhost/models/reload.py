@@ -15,7 +15,6 @@ import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from embedhost.config import ModelConfig, Settings, load_settings
 from embedhost.errors import ConfigError, EmbedhostError, InvalidRequest
@@ -122,31 +121,28 @@ async def _apply(registry: ModelRegistry, new: Settings) -> dict[str, list[str]]
     return report
 
 
-async def reload_config(app: Any) -> dict[str, list[str]]:
-    """Read the config file the server was started with, and apply it."""
-    path: Path | None = getattr(app.state, "config_path", None)
+async def reload_config(registry: ModelRegistry, path: Path | None) -> dict[str, list[str]]:
+    """Read the config file the server was started with (``path``), and apply it."""
     if path is None:
         raise InvalidRequest("the server was started without --config; there is nothing to reload")
     try:
         settings = await asyncio.to_thread(load_settings, path)
     except ConfigError as exc:
         raise InvalidRequest(f"config reload refused: {exc.message}") from None
-    registry: ModelRegistry = app.state.registry
     return await apply_settings(registry, settings)
 
 
-def install_sighup(app: Any) -> Callable[[], None]:
+def install_sighup(registry: ModelRegistry, path: Path | None) -> Callable[[], None]:
     """SIGHUP reloads the config file (when the server has one); returns the remover."""
-    if getattr(app.state, "config_path", None) is None:
+    if path is None:
         return lambda: None
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     loop = asyncio.get_running_loop()
 
     def on_hup() -> None:
-        log.info("SIGHUP: reloading %s", app.state.config_path)
-        registry: ModelRegistry = app.state.registry
-        registry.spawn(reload_config(app), name="sighup-reload")
+        log.info("SIGHUP: reloading %s", path)
+        registry.spawn(reload_config(registry, path), name="sighup-reload")
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
 

@@ -18,19 +18,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from embedhost.batching import Batcher
 from embedhost.config import ModelConfig, Settings
 from embedhost.engines.base import EngineInfo
 from embedhost.errors import ModelNotReady
+from embedhost.models.replica import Replica, WorkerState
 from embedhost.models.stats import VersionStats
 from embedhost.tokenization import Prompts, Tokenizer, load_prompts, load_tokenizer
 from embedhost.worker.budget import thread_budget
-from embedhost.worker.supervisor import EngineWorker, WorkerState
 
 if TYPE_CHECKING:
     from embedhost.metrics import Metrics
@@ -58,16 +56,8 @@ DEAD = (VersionState.FAILED, VersionState.STOPPED)
 """Holds no process: the same version may be loaded again in its place."""
 NEVER_UP = (VersionState.LOADING, VersionState.WARMING, VersionState.FAILED)
 """Has not served (yet)."""
-
-
-@dataclass(slots=True)
-class Replica:
-    worker: EngineWorker
-    batcher: Batcher
-
-    @property
-    def load(self) -> int:
-        return self.batcher.queued + self.batcher.in_flight
+TRANSIENT = (VersionState.LOADING, VersionState.WARMING, VersionState.RESTARTING)
+"""On its way to serving, without anyone's help."""
 
 
 def _budgeted(config: ModelConfig, settings: Settings) -> ModelConfig:
@@ -83,7 +73,7 @@ def _budgeted(config: ModelConfig, settings: Settings) -> ModelConfig:
     return config.model_copy(update={"threads": threads})
 
 
-class ModelHandle:
+class ModelVersion:
     """One version of one model: its tokenizer, replicas, state and counters."""
 
     def __init__(
@@ -109,33 +99,18 @@ class ModelHandle:
         self._idle = asyncio.Event()
         self._idle.set()
         self.start_task: asyncio.Task[None] | None = None
-        self.replicas: list[Replica] = []
         worker_config = _budgeted(config, settings)
-        for i in range(config.replicas):
-            worker = EngineWorker(
-                worker_config,
-                settings.worker,
-                replica=i,
-                observer=metrics.worker_observer(config.name, config.version, i)
-                if metrics
-                else None,
-                retry_failed_load=not runtime,
+        self.replicas: list[Replica] = [
+            Replica(
+                config,
+                settings,
+                i,
+                worker_config=worker_config,
+                runtime=runtime,
+                metrics=metrics,
             )
-            batcher = Batcher(
-                worker.embed,
-                config.batching,
-                retry_after_s=settings.worker.retry_after_s,
-                depth=config.batching.pipeline_depth,
-                observer=(
-                    metrics.batch_observer(
-                        config.name, config.version, i, config.batching.max_queue_items
-                    )
-                    if metrics
-                    else None
-                ),
-                packed=_packs(worker),
-            )
-            self.replicas.append(Replica(worker, batcher))
+            for i in range(config.replicas)
+        ]
 
     @property
     def name(self) -> str:
@@ -152,15 +127,15 @@ class ModelHandle:
     @property
     def info(self) -> EngineInfo | None:
         for r in self.replicas:
-            if r.worker.info is not None:
-                return r.worker.info
+            if r.info is not None:
+                return r.info
         return None
 
     @property
     def state(self) -> VersionState:
         if self._retired is not None:
             return self._retired
-        states = {r.worker.state for r in self.replicas}
+        states = {r.state for r in self.replicas}
         if WorkerState.READY in states:
             return VersionState.READY
         if states == {WorkerState.FAILED}:
@@ -169,7 +144,7 @@ class ModelHandle:
             return VersionState.RESTARTING
         if states == {WorkerState.STOPPED}:
             return VersionState.STOPPED
-        if any(r.worker.phase == "warming" for r in self.replicas):
+        if any(r.warming for r in self.replicas):
             return VersionState.WARMING
         return VersionState.LOADING
 
@@ -180,8 +155,8 @@ class ModelHandle:
     @property
     def reason(self) -> str | None:
         for r in self.replicas:
-            if r.worker.reason:
-                return r.worker.reason
+            if r.reason:
+                return r.reason
         return None
 
     @property
@@ -192,15 +167,13 @@ class ModelHandle:
         return self.config.max_input_tokens or 512
 
     async def start(self) -> None:
-        for r in self.replicas:
-            r.batcher.start()
-        await asyncio.gather(*(r.worker.start() for r in self.replicas))
+        await asyncio.gather(*(r.start() for r in self.replicas))
 
     def pick(self) -> Replica:
         """The ready replica with the least queued work."""
-        ready = [r for r in self.replicas if r.worker.state is WorkerState.READY]
+        ready = [r for r in self.replicas if r.ready]
         if not ready or self._retired is VersionState.STOPPED:
-            self.replicas[0].worker.check_ready()  # raises the precise reason
+            self.replicas[0].check_ready()  # raises the precise reason
             raise ModelNotReady(f"model {self.config.ref} is not ready")
         return min(ready, key=lambda r: r.load)
 
@@ -236,8 +209,8 @@ class ModelHandle:
         log.info("model %s: stopped", self.ref)
 
     async def stop(self, drain_timeout: float) -> None:
-        await asyncio.gather(*(r.batcher.close(True, drain_timeout) for r in self.replicas))
-        await asyncio.gather(*(r.worker.stop() for r in self.replicas))
+        await asyncio.gather(*(r.close_batcher(drain_timeout) for r in self.replicas))
+        await asyncio.gather(*(r.stop_worker() for r in self.replicas))
         self._retired = VersionState.STOPPED
 
     def describe(self) -> dict[str, Any]:
@@ -263,28 +236,7 @@ class ModelHandle:
             **self.prompts.describe(),
             "loaded_at": self.created,
             "active_requests": self.active,
-            "replicas": [
-                {
-                    "replica": r.worker.replica,
-                    "state": r.worker.state.value,
-                    "phase": r.worker.phase,
-                    "pid": r.worker.pid,
-                    "restarts": r.worker.restarts,
-                    "queued": r.batcher.queued,
-                    "in_flight": r.batcher.in_flight,
-                }
-                for r in self.replicas
-            ],
+            "replicas": [r.describe() for r in self.replicas],
             "stats": self.stats.snapshot(),
             "details": info.details if info else {},
         }
-
-
-def _packs(worker: EngineWorker) -> Callable[[], bool]:
-    """Whether the worker's engine packs sequences without padding (its ``/info`` details)."""
-
-    def packed() -> bool:
-        info = worker.info
-        return bool(info is not None and info.details.get("packing"))
-
-    return packed

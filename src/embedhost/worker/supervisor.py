@@ -5,8 +5,9 @@ own process (``multiprocessing`` spawn, see :mod:`embedhost.worker.process`), fe
 over a pipe and answering float32 vectors. :class:`EngineWorker`:
 
 * starts the process and waits for it to verify the checksum, load and warm up;
-* sends batches and resolves one future per batch; at most ``depth`` batches are in the
-  pipe so the engine never idles waiting for the next one;
+* sends each batch it is given and resolves one future per batch (how many batches are
+  in the pipe at once, so that the engine never idles waiting for the next one, is the
+  batcher's ``pipeline_depth``: :mod:`embedhost.batching`);
 * notices death (EOF on the pipe, whatever the cause, SIGSEGV and SIGKILL included), fails
   every in-flight batch with :class:`WorkerCrashed` (503 + Retry-After) and restarts the
   process with exponential backoff (tenacity's ``wait_exponential``; only the process is

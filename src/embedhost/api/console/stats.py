@@ -14,9 +14,9 @@ import math
 from collections import defaultdict
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
-from embedhost.api.deps import EmbedAdmission
+from embedhost.api.deps import EmbedAdmission, MetricsDep
 from embedhost.metrics import Metrics
 from embedhost.protocol import ErrorResponse
 
@@ -162,8 +162,7 @@ def _cache(tiers: dict[str, dict[str, float]]) -> dict[str, Any]:
     summary="Live numbers for the web console",
     responses={code: {"model": ErrorResponse} for code in (401, 403, 429, 503)},
 )
-async def console_stats(request: Request, admission: EmbedAdmission) -> dict[str, Any]:
-    m: Metrics | None = request.app.state.metrics
+async def console_stats(admission: EmbedAdmission, m: MetricsDep) -> dict[str, Any]:
     if m is None:
         return {"metrics": False}
     # A walk over every series, and /proc reads for worker memory: off the event loop.

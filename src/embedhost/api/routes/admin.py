@@ -15,8 +15,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from embedhost.api.deps import RegistryDep, require_scope
-from embedhost.cache import EmbeddingCache
+from embedhost.api.context import context_of
+from embedhost.api.deps import CacheDep, ContextDep, RegistryDep, require_scope
 from embedhost.config import ModelConfig
 from embedhost.errors import Conflict, InvalidRequest, MethodNotAllowed
 from embedhost.models.preflight import version_config
@@ -31,7 +31,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 async def _one_of_many(request: Request) -> None:
     """Under an orchestrator that runs many identical replicas (Ray Serve), a change made
     here would reach the one replica that took the request: refuse it, say what to do."""
-    orchestrator = getattr(request.app.state, "orchestrator", None)
+    orchestrator = context_of(request).orchestrator
     if orchestrator is None or request.method in ("GET", "HEAD"):
         return
     raise Conflict(
@@ -94,8 +94,8 @@ async def list_models(registry: RegistryDep) -> dict[str, Any]:
 
 
 @router.post("/reload", summary="Re-read the config file and apply the difference (as SIGHUP)")
-async def reload(request: Request) -> dict[str, Any]:
-    return await reload_config(request.app)
+async def reload(context: ContextDep) -> dict[str, Any]:
+    return await reload_config(context.registry, context.config_path)
 
 
 @router.post("/models/{name:path}/versions", status_code=202, summary="Load a new version")
@@ -181,12 +181,11 @@ async def get_model(name: str, registry: RegistryDep) -> dict[str, Any]:
 
 @router.delete("/cache", summary="Clear the embedding cache: all, one model, or one version")
 async def clear_cache(
-    request: Request, model: str | None = None, version: str | None = None
+    cache: CacheDep, model: str | None = None, version: str | None = None
 ) -> dict[str, Any]:
     """Both tiers (this instance's memory and the shared Redis). Other replicas keep their
     in-process entries until they are evicted or cleared on each replica."""
     if version is not None and model is None:
         raise InvalidRequest("version needs model", param="version")
-    cache: EmbeddingCache = request.app.state.cache
     removed = await cache.clear(model, version)
     return {"model": model, "version": version, **removed}

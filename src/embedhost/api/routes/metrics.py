@@ -12,7 +12,7 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from embedhost.metrics import Metrics
+from embedhost.api.deps import MetricsDep
 
 router = APIRouter()
 
@@ -24,7 +24,7 @@ router = APIRouter()
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus exposition"}},
 )
-async def metrics(request: Request) -> Response:
-    m: Metrics = request.app.state.metrics
+async def metrics(request: Request, m: MetricsDep) -> Response:
+    assert m is not None  # create_app includes this route only with metrics enabled
     body, content_type = await asyncio.to_thread(m.render, request.headers.get("accept"))
     return Response(body, media_type=content_type)

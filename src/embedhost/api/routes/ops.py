@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 
 from embedhost import __version__
 from embedhost.api import console
-from embedhost.api.deps import EmbedAdmission, RegistryDep, require_scope
+from embedhost.api.deps import ContextDep, EmbedAdmission, RegistryDep, SettingsDep, require_scope
 from embedhost.protocol import ErrorResponse, ModelCard, ModelList
 
 router = APIRouter()
@@ -29,11 +29,9 @@ _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     summary="Index (JSON); the web console for browsers",
     responses={200: {"content": {"text/html": {}}}},
 )
-async def index(request: Request) -> Response:
+async def index(request: Request, settings: SettingsDep) -> Response:
     # A browser (Accept prefers text/html) gets the console; every other client the JSON.
-    if request.app.state.settings.server.console and console.wants_html(
-        request.headers.get("accept")
-    ):
+    if settings.server.console and console.wants_html(request.headers.get("accept")):
         return console.page()
     body = {
         "name": "embedhost",
@@ -75,17 +73,18 @@ def _memory() -> dict[str, int]:
     summary="Readiness: every model loaded, warm and its worker alive",
     responses={503: {"description": "Not ready; the body says why"}},
 )
-async def ready(request: Request, registry: RegistryDep) -> JSONResponse:
+async def ready(context: ContextDep) -> JSONResponse:
+    registry = context.registry
     models = {
         h.name: {"status": h.status, **({"reason": h.reason} if h.status != "ready" else {})}
         for h in registry.handles.values()
     }
-    draining = bool(getattr(request.app.state, "draining", False))
+    draining = context.draining
     ok = registry.ready and not draining
     body = {
         "status": "ready" if ok else ("draining" if draining else "not_ready"),
         "models": models,
-        "uptime_s": round(time.monotonic() - request.app.state.started, 3),
+        "uptime_s": round(time.monotonic() - context.started, 3),
         "memory": _memory(),
     }
     return JSONResponse(body, status_code=200 if ok else 503)
@@ -98,14 +97,15 @@ async def ready(request: Request, registry: RegistryDep) -> JSONResponse:
     dependencies=[Depends(require_scope("embed"))],
     responses=_AUTH_ERRORS,
 )
-async def info(request: Request, registry: RegistryDep) -> dict[str, Any]:
+async def info(context: ContextDep) -> dict[str, Any]:
+    registry = context.registry
     return {
-        "instance_id": request.app.state.instance_id,
+        "instance_id": context.instance_id,
         "version": __version__,
-        "environment": request.app.state.settings.environment,
+        "environment": context.settings.environment,
         "default_model": registry.default.name,
         "models": registry.describe(),
-        "cache": request.app.state.cache.describe(),
+        "cache": context.cache.describe(),
     }
 
 

@@ -1,7 +1,8 @@
-"""Limits applied before a request reaches a route: body size, JSON nesting and body-read
-time (:class:`BodyLimitMiddleware`), requests in flight (:class:`ConcurrencyLimit`), a full
-queue (:class:`QueueGate`: refused before the body is read), the pace of refusals
-(:class:`RefusalPacer`), and
+"""The middleware that applies limits before a request reaches a route: body size, JSON
+nesting and body-read time (:class:`BodyLimitMiddleware`), requests in flight
+(:class:`ConcurrencyLimitMiddleware`, counting on :mod:`embedhost.api.overload`'s
+:class:`~embedhost.api.overload.ConcurrencyLimit`), a full queue or no model ready
+(:class:`QueueGate`: refused before the body is read, on the registry's answer), and
 the ``X-RateLimit-*`` headers that tell an admitted client what is left of its budget
 (:class:`RateLimitHeadersMiddleware`; the budgets themselves are spent by
 ``security/admission.py`` when ``require_scope`` admits the request).
@@ -15,20 +16,14 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedhost.api.errors import send_error
+from embedhost.api.overload import ConcurrencyLimit, RefusalPacer
 from embedhost.api.record import record_in
-from embedhost.errors import Overloaded
-from embedhost.models.version import GONE, VersionState
-from embedhost.worker.supervisor import WorkerState
-
-if TYPE_CHECKING:
-    from embedhost.models.registry import ModelRegistry
+from embedhost.errors import EmbedhostError, Overloaded, status_for
 
 PROBE_PATHS = frozenset({"/health", "/ready", "/metrics", "/console/stats"})
 """Probes and scrapes (the web console polls its stats every 2 s): never refused for
@@ -161,113 +156,30 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-class RefusalPacer:
-    """Bounds how fast the server answers refusals (429/503 for overload): at most
-    ``per_s`` a second; beyond, each refusal is held (an asyncio timer, no CPU) until its
-    turn, at most ``max_hold_s``.
-
-    Clients that retry a refusal at once would otherwise turn the API process into a
-    refusal loop that takes the CPU the engine needs: however cheap one refusal is, their
-    number grows until a core is spent on them. Held, a naive client retries no faster
-    than a polite one; a client that honours Retry-After never waits here.
-    """
-
-    def __init__(self, per_s: float | None, max_hold_s: float = 2.0) -> None:
-        self.per_s = per_s
-        self.max_hold_s = max_hold_s
-        self._next = 0.0
-        self.held = 0
-        """Refusals held since start."""
-
-    def hold_s(self) -> float:
-        """Claim the next refusal's turn; how long to hold it (0: answer now)."""
-        if self.per_s is None:
-            return 0.0
-        now = time.monotonic()
-        start = min(max(now, self._next), now + self.max_hold_s)
-        self._next = start + 1.0 / self.per_s
-        return start - now
-
-    async def pace(self) -> None:
-        wait = self.hold_s()
-        if wait > 0:
-            self.held += 1
-            await asyncio.sleep(wait)
-
-
 EMBED_PATHS = ("/v1/embeddings", "/embed")
-
-
-_TRANSIENT = (VersionState.LOADING, VersionState.WARMING, VersionState.RESTARTING)
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    status: int
-    type: str
-    code: str
-    message: str
-    retry_after_s: float
-
-
-def refusal_before_body(registry: ModelRegistry, retry_after_s: float) -> Refusal | None:
-    """Why an embedding request must be refused before its body is read, or None.
-
-    The model the request names is not known yet: it is refused here only when no
-    served version could take it. 429 when every ready replica's queue is full (with the
-    Retry-After of the one that drains first); 503 when no replica is ready at all and
-    every version is loading or restarting (a failed version passes, so that the answer
-    can say why). The batcher and the service check again once the model is known.
-    """
-    retry: float | None = None
-    transient, seen = True, False
-    for group in registry.groups.values():
-        for handle in group.versions.values():
-            state = handle.state
-            if state in GONE:
-                continue
-            seen = True
-            if state not in _TRANSIENT and state is not VersionState.READY:
-                transient = False
-            for r in handle.replicas:
-                if r.worker.state is not WorkerState.READY:
-                    continue
-                if r.batcher.refuses(1) is None:
-                    return None
-                ra = r.batcher.retry_after()
-                retry = ra if retry is None else min(retry, ra)
-    if retry is not None:
-        return Refusal(
-            429,
-            "rate_limit_error",
-            "queue_full",
-            "every queue that could serve this request is full; retry after the indicated delay",
-            retry,
-        )
-    if transient and seen:
-        return Refusal(
-            503,
-            "server_error",
-            "model_not_ready",
-            "no model is ready yet (loading or restarting); retry shortly",
-            retry_after_s,
-        )
-    return None
 
 
 class QueueGate:
     """429 + Retry-After (the queue's estimated drain time) for an embedding request when
     every queue that could take it is full, and 503 + Retry-After while no model is ready
-    yet (:func:`refusal_before_body`), answered before its body is read or parsed.
+    yet, answered before its body is read or parsed. Whether to refuse is the model
+    registry's answer (:meth:`~embedhost.models.registry.ModelRegistry.refusal`), asked
+    through ``refusal`` (None before the models exist).
 
     A refusal here costs the HTTP parse of the request line and headers and one small
     write; the same refusal from the batcher costs reading and parsing the body,
     validation, admission and tokenization first. Refusals are paced
-    (:class:`RefusalPacer`).
+    (:class:`~embedhost.api.overload.RefusalPacer`).
     """
 
-    def __init__(self, app: ASGIApp, pacer: RefusalPacer) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        refusal: Callable[[], EmbedhostError | None],
+        pacer: RefusalPacer,
+    ) -> None:
         self.app = app
+        self.refusal = refusal
         self.pacer = pacer
         self.refused = 0
 
@@ -277,44 +189,22 @@ class QueueGate:
             and scope.get("method") == "POST"
             and str(scope.get("path", "")).endswith(EMBED_PATHS)
         ):
-            state = scope["app"].state
-            registry: ModelRegistry | None = getattr(state, "registry", None)
-            refusal = (
-                refusal_before_body(registry, state.settings.worker.retry_after_s)
-                if registry is not None
-                else None
-            )
+            refusal = self.refusal()
             if refusal is not None:
                 self.refused += 1
                 record_in(scope).error_code = refusal.code  # the errors metric, the log line
                 await self.pacer.pace()
+                retry_after = refusal.retry_after or 1
                 await send_error(
                     send,
-                    refusal.status,
+                    status_for(refusal),
                     refusal.message,
                     refusal.type,
                     refusal.code,
-                    {"retry-after": str(max(1, math.ceil(refusal.retry_after_s)))},
+                    {"retry-after": str(max(1, math.ceil(retry_after)))},
                 )
                 return
         await self.app(scope, receive, send)
-
-
-class ConcurrencyLimit:
-    """At most ``max_concurrent`` requests in flight (None: no limit), and the counters
-    the metrics read. Built by ``create_app`` (``app.state.concurrency``) and enforced by
-    :class:`ConcurrencyLimitMiddleware`."""
-
-    def __init__(
-        self, max_concurrent: int | None, retry_after_s: int, pacer: RefusalPacer | None = None
-    ) -> None:
-        self.max_concurrent = max_concurrent
-        self.retry_after_s = retry_after_s
-        self.pacer = pacer or RefusalPacer(None)
-        self.in_flight = 0
-        """Requests in flight under the limit (probes are not counted)."""
-        self.overloaded = 0
-        """Requests refused with 503 since start."""
 
 
 class ConcurrencyLimitMiddleware:
