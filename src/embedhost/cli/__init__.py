@@ -1,7 +1,10 @@
 """The ``embedhost`` command.
 
-Local commands (:mod:`.local`): serve, check-config, keys create, export-onnx, version.
-Remote commands (:mod:`.remote`), which call a running server: embed, models ..., cache clear.
+Commands that run here, without a server (:mod:`.local`): serve, check-config, keys create,
+export-onnx, version.
+``embed`` (:mod:`.embed`): texts or a corpus file (:mod:`.corpus`), against a server or
+in-process with ``--local``.
+Commands that call a running server's admin API (:mod:`.admin`): models ..., cache clear.
 ``loadtest`` (:mod:`.loadtest`): load against any OpenAI-compatible embeddings endpoint.
 """
 
@@ -9,7 +12,7 @@ from __future__ import annotations
 
 import typer
 
-from embedhost.cli import loadtest, local, remote
+from embedhost.cli import admin, embed, loadtest, local
 
 cli = typer.Typer(
     name="embedhost",
@@ -20,13 +23,13 @@ cli = typer.Typer(
 )
 cli.command()(local.serve)
 cli.command("check-config")(local.check_config)
-cli.command()(remote.embed)
+cli.command()(embed.embed)
 cli.add_typer(local.keys_cli, name="keys")
 cli.command()(local.version)
 cli.command("export-onnx")(local.export_onnx_cmd)
-cli.add_typer(remote.models_cli, name="models")
+cli.add_typer(admin.models_cli, name="models")
 cli.command()(loadtest.loadtest)
-cli.add_typer(remote.cache_cli, name="cache")
+cli.add_typer(admin.cache_cli, name="cache")
 
 
 def main() -> None:

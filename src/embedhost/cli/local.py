@@ -1,4 +1,5 @@
-"""Commands that run here, without a server: serve, check-config, keys, export-onnx, version.
+"""Commands that run here, without a server: serve, check-config, keys create, export-onnx,
+version.
 
 Heavy imports (the app, torch through the engines, uvicorn) happen inside the commands
 that need them, so that ``embedhost --help`` and ``embedhost keys create`` start fast.
