@@ -10,11 +10,14 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from embedhost.cli.corpus.errors import CorpusError, EmbedFailed
+
+if TYPE_CHECKING:
+    from embedhost.core import Core
 
 
 class Embedder(Protocol):
@@ -133,9 +136,11 @@ def _failure(r: Any) -> EmbedFailed:
 
 
 class LocalEmbedder:
-    """The server's own path in this process: model registry (tokenizer, prompts, engine
-    worker), batcher and service, without HTTP. ``config``: a server config file (its
-    models); without it, the built-in default model."""
+    """The server's own path in this process, without HTTP: the serving core that the
+    server's lifespan builds (:meth:`~embedhost.core.Core.build`: model registry with its
+    tokenizers, prompts and engine workers, the embedding cache, the service).
+    ``config``: a server config file (its models and cache); without it, the built-in
+    default model."""
 
     def __init__(
         self, config: Path | None = None, *, model: str | None = None, input_type: str | None = None
@@ -143,21 +148,24 @@ class LocalEmbedder:
         self.config = config
         self.model = model
         self.input_type = input_type
-        self._registry: Any = None
-        self._service: Any = None
+        self._core: Core | None = None
+
+    @property
+    def core(self) -> Core:
+        if self._core is None:
+            raise CorpusError("the local embedder has not started")
+        return self._core
 
     async def start(self, timeout: float = 600.0) -> None:
         from embedhost.config import load_settings
+        from embedhost.core import Core
         from embedhost.errors import EmbedhostError
-        from embedhost.models.registry import ModelRegistry
-        from embedhost.service import EmbeddingService
 
         try:
             settings = load_settings(self.config)
-            self._registry = ModelRegistry(settings)
-            self._service = EmbeddingService(self._registry, settings.limits)
-            self._registry.start()
-            handle = self._service.resolve(self.model)  # an unknown model fails here
+            core = self._core = Core.build(settings)
+            core.start()
+            handle = core.service.resolve(self.model)  # an unknown model fails here
         except EmbedhostError as exc:
             raise CorpusError(exc.message) from None
         deadline = time.monotonic() + timeout
@@ -172,10 +180,9 @@ class LocalEmbedder:
         from embedhost.service import EmbedOptions
 
         try:
-            handle = self._service.resolve(self.model)
-            result = await self._service.embed(
-                handle, texts, EmbedOptions(input_type=self.input_type)
-            )
+            service = self.core.service
+            handle = service.resolve(self.model)
+            result = await service.embed(handle, texts, EmbedOptions(input_type=self.input_type))
         except EmbedhostError as exc:
             m = _ITEM.search(exc.message)
             raise EmbedFailed(
@@ -184,8 +191,8 @@ class LocalEmbedder:
         return np.asarray(result.vectors, dtype=np.float32)
 
     async def close(self) -> None:
-        if self._registry is not None:
-            await self._registry.stop(10.0)
+        if self._core is not None:
+            await self._core.stop(10.0)
 
 
 def local_answer(
