@@ -47,8 +47,8 @@ class RefusalPacer:
 
 class ConcurrencyLimit:
     """At most ``max_concurrent`` requests in flight (None: no limit), and the counters
-    the metrics read. Built by ``create_app`` (``app.state.concurrency``) and enforced by
-    :class:`ConcurrencyLimitMiddleware`."""
+    the metrics read. Built by ``create_app`` (the app context's ``concurrency``) and
+    enforced by :class:`~embedhost.api.middleware.ConcurrencyLimitMiddleware`."""
 
     def __init__(
         self, max_concurrent: int | None, retry_after_s: int, pacer: RefusalPacer | None = None
