@@ -374,3 +374,25 @@ def test_cli_against_an_unreachable_server(tmp_path: Path) -> None:
     assert r.exit_code == 1, r.output
     assert "rows 1-3: cannot reach" in r.output
     assert "--resume" in r.output
+
+
+def test_local_embedder_has_the_servers_cache(tmp_path: Path) -> None:
+    """`--local` builds the server's own core (Core.build), its vector cache included: a
+    repeated text is answered from memory, with the vector the engine gave."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump({"models": [fake_model("fake")]}))
+
+    async def go() -> tuple[np.ndarray, np.ndarray, int, int]:
+        e = LocalEmbedder(cfg)
+        try:
+            await e.start()
+            first = await e.embed(["a repeated text", "another"])
+            again = await e.embed(["a repeated text"])
+            cache = e.core.cache
+            return first, again, cache.memory_hits, cache.memory_misses
+        finally:
+            await e.close()
+
+    first, again, hits, misses = asyncio.run(go())
+    assert (hits, misses) == (1, 2)
+    np.testing.assert_array_equal(again[0], first[0])
