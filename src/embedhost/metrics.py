@@ -202,7 +202,7 @@ class WorkerObserver:
 
 
 class CacheObserver:
-    """Bound to the app's embedding cache; called by it (``cache.py``)."""
+    """Bound to the app's embedding cache; called by it (``cache/``)."""
 
     __slots__ = ("_bytes", "_entries", "_errors", "_lookups", "_seconds")
 
@@ -355,7 +355,7 @@ class Metrics:
             ["model"],
             registry=self.local,
         )
-        # -- the embedding cache (cache.py) --
+        # -- the embedding cache (cache/) --
         self.cache_requests = Counter(
             "embedhost_cache_requests",
             "Cache lookups, one per distinct input of a request, by tier and result",
