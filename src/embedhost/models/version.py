@@ -281,10 +281,10 @@ class ModelHandle:
 
 
 def _packs(worker: EngineWorker) -> Callable[[], bool]:
-    """Whether the worker's engine packs sequences without padding (its ``/info`` details)."""
+    """Whether the worker's engine packs sequences without padding (``EngineInfo.packs``)."""
 
     def packed() -> bool:
         info = worker.info
-        return bool(info is not None and info.details.get("packing"))
+        return info is not None and info.packs
 
     return packed
