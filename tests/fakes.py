@@ -9,6 +9,9 @@ routing can be asserted exactly. Special token ids trigger faults inside the wor
 ``engine_options["delay_s"]`` slows every batch; ``engine_options["salt"]`` gives other vectors
 (a distinguishable second version).
 
+:data:`ROW` is its catalog row (engine ``fake``), registered by tests/conftest.py: what adding
+an engine takes. Most tests name it ``plugin:tests.fakes:FakeEngine`` instead, as a plugin.
+
 The real engines have their own tests (tests/engines); this never stands in for them.
 """
 
@@ -21,12 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
+from embedhost.catalog import EngineRow, PathKind
 from embedhost.config import ModelConfig
 from embedhost.engines.base import EngineInfo, Vectors
 
 CRASH, RAISE, HANG, SLOW = 29001, 29002, 29003, 29004
 GATE = 29005
 DIMS = 32
+
+# A model directory with a tokenizer.json (the tests use MiniLM's); no extra to install.
+ROW = EngineRow(name="fake", target="tests.fakes:FakeEngine", path=PathKind.DIRECTORY)
 
 
 class FakeEngine:

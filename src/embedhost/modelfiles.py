@@ -1,9 +1,10 @@
 """Model files on disk: where a model is, what its weights are, and whether they are intact.
 
 One home for the rules every layer asks about a model's files: how a ``path`` resolves
-(``pkg:NAME`` means the model bundled in an installed Python package), which engines take
-a file and which a directory, which files are weights, their sha256 (a single digest, or
-a sha256sum-format manifest), and the GGUF file-type names used for quantization.
+(``pkg:NAME`` means the model bundled in an installed Python package), whether an
+engine's path is the right kind (file or directory, as its row in ``catalog`` says),
+which files are weights, their sha256 (a single digest, or a sha256sum-format
+manifest), and the GGUF file-type names used for quantization.
 
 Used by the config (path checks at start), the preflight of run-time loads, the worker
 (checksum verification before a load), the llama.cpp engine and the CLI. Nothing here
@@ -19,15 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from embedhost import catalog
 from embedhost.errors import ChecksumMismatch
 
 WEIGHT_EXTS = (".safetensors", ".bin", ".onnx", ".gguf", ".pt", ".onnx_data")
 """File name endings that hold weights (what a checksum covers, what memory estimates count)."""
-
-FILE_ENGINES = frozenset({"llama_cpp"})
-"""Engines whose ``path`` is one file (a .gguf)."""
-DIR_ENGINES = frozenset({"transformers", "onnx"})
-"""Engines whose ``path`` is a model directory."""
 
 
 def resolve_model_path(path: str) -> Path:
@@ -47,13 +44,14 @@ def resolve_model_path(path: str) -> Path:
 
 def path_problem(engine: str, path: Path) -> str | None:
     """What is wrong with ``path`` for ``engine`` (missing, a file where a directory is
-    needed, or the reverse), or None. Plugin engines get only the existence check."""
+    needed, or the reverse; the engine's catalog row says which), or None. Plugin engines
+    get only the existence check."""
+    entry = catalog.row(engine)
     if not path.exists():
-        want = ".gguf file" if engine in FILE_ENGINES else "directory"
-        return f"{path} does not exist; point it at a model {want}"
-    if engine in FILE_ENGINES and not path.is_file():
-        return f"{path} is not a file; {engine} needs a .gguf file"
-    if engine in DIR_ENGINES and not path.is_dir():
+        return f"{path} does not exist; point it at a model {entry.path_noun}"
+    if entry.path is catalog.PathKind.FILE and not path.is_file():
+        return f"{path} is not a file; {engine} needs a {entry.path_noun}"
+    if entry.path is catalog.PathKind.DIRECTORY and not path.is_dir():
         return f"{path} is not a directory; {engine} needs a model directory"
     return None
 

@@ -7,7 +7,8 @@ the model's special tokens (``[CLS] ... [SEP]``) and cuts the content between th
 Two tokenizers: :class:`HFTokenizer` (a Hugging Face ``tokenizer.json``, the fast Rust
 tokenizer) and :class:`GGUFTokenizer`, which loads only a GGUF file's vocabulary
 (``vocab_only``, so the API process stays small) and tokenizes with llama.cpp's own
-tokenizer, so that counting and truncation agree with what the engine sees.
+tokenizer, so that counting and truncation agree with what the engine sees. The engine's
+row in ``catalog`` says which one a model gets.
 
 Prompts (:class:`Prompts`): a model's named instructions ("query: ", "passage: ", ...),
 from its config or its sentence-transformers ``config_sentence_transformers.json``. A
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+from embedhost import catalog
 from embedhost.config import ModelConfig
 from embedhost.engines.gguf import GGUFModel
 from embedhost.errors import ConfigError, InputTooLong, InvalidRequest
@@ -232,7 +234,7 @@ def load_tokenizer(config: ModelConfig) -> Tokenizer:
     tok_path = config.engine_options.get("tokenizer")
     if tok_path:
         return HFTokenizer(Path(str(tok_path)))
-    if config.engine == "llama_cpp":
+    if catalog.row(config.engine).tokenizer is catalog.TokenizerKind.GGUF:
         return GGUFTokenizer(path)
     return HFTokenizer(path)
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 import socket
 
 import httpx
+import numpy as np
 
 from embedhost import __version__
+from embedhost.tokenization import load_tokenizer
+from tests.conftest import app_client, fake_model, make_settings
+from tests.fakes import vector_for
 
 
 async def test_index(fake_client: httpx.AsyncClient) -> None:
@@ -62,3 +66,18 @@ async def test_openapi_docs(fake_client: httpx.AsyncClient) -> None:
     spec = (await fake_client.get("/openapi.json")).json()
     assert "/v1/embeddings" in spec["paths"]
     assert "/embed" in spec["paths"]
+
+
+async def test_an_engine_added_by_its_row_serves() -> None:
+    """``engine: fake`` is tests/fakes.py's catalog row (registered by conftest): the config
+    takes the name, the API process builds the tokenizer the row says, and the worker (a
+    spawned process whose catalog starts without the row) loads the class the row names."""
+    settings = make_settings([fake_model("new", engine="fake", max_input_tokens=16)])
+    text = "a new engine is one module and one row"
+    async with app_client(settings) as (_, client):
+        assert (await client.get("/info")).json()["models"][0]["engine"] == "fake"
+        r = await client.post("/embed", json={"texts": [text], "model": "new", "normalize": False})
+    assert r.status_code == 200, r.text
+    ids = load_tokenizer(settings.models[0]).encode_batch([text])[0]
+    got = np.asarray(r.json()["embeddings"][0], dtype=np.float32)
+    np.testing.assert_allclose(got, vector_for(ids), rtol=1e-6)

@@ -53,6 +53,7 @@ def test_info_from_gguf_metadata(gguf_f16: Path) -> None:
         "mean",
     )
     assert info.dtype == "f16"
+    assert info.packs  # llama.cpp decodes sequences without padding
     d = info.details
     assert d["architecture"] == "bert"
     assert d["quantization"] == "f16"

@@ -131,7 +131,7 @@ def test_packed_rows_match_padded_batches(minilm_dir: Path, pooling: str) -> Non
             )
         )
         info = engine.load()
-        assert info.details["packing"] is packing
+        assert info.packs is info.details["packing"] is packing
         out[packing] = engine.embed(prepare_texts(tok, texts, info.max_tokens, "right").ids)
     np.testing.assert_allclose(out[True], out[False], rtol=1e-4, atol=2e-5)
 

@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
+from embedhost import catalog
+
 # --- embedhost models ... : the admin API over HTTP --------------------------------------
 
 models_cli = typer.Typer(
@@ -99,7 +101,9 @@ def models_load(
     name: Annotated[str, typer.Argument(help="Model name (new or existing).")],
     path: Annotated[str, typer.Argument(help="Model directory, .gguf file, or pkg:NAME.")],
     version: Annotated[str, typer.Option(help="The new version's label.")],
-    engine: Annotated[str, typer.Option(help="transformers, llama_cpp, onnx.")] = "transformers",
+    engine: Annotated[
+        str, typer.Option(help=", ".join(catalog.names()) + ", or plugin:module:attr.")
+    ] = catalog.DEFAULT_ENGINE,
     checksum: Annotated[str | None, typer.Option(help="sha256:<hex> or manifest:FILE.")] = None,
     dtype: Annotated[str | None, typer.Option(help="auto, float32, bfloat16, float16.")] = None,
     quantization: Annotated[str | None, typer.Option(help="GGUF quantization.")] = None,

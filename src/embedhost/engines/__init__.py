@@ -1,27 +1,23 @@
-"""Engines: transformers (PyTorch), llama_cpp (GGUF), onnx. Imported lazily, in the worker."""
+"""Engines: transformers (PyTorch), llama_cpp (GGUF), onnx. Imported lazily, in the worker.
+
+Which class an engine name means is its row in :mod:`embedhost.catalog`; this module only
+imports it.
+"""
 
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING
 
+from embedhost import catalog
+
 if TYPE_CHECKING:
     from embedhost.config import ModelConfig
     from embedhost.engines.base import Engine
 
-_BUILTIN = {
-    "transformers": "embedhost.engines.transformers:TransformersEngine",
-    "llama_cpp": "embedhost.engines.llama_cpp:LlamaCppEngine",
-    "onnx": "embedhost.engines.onnx:OnnxEngine",
-}
-
 
 def engine_class(name: str) -> type[Engine]:
-    target = _BUILTIN.get(name)
-    if target is None:
-        # plugin:module:attr
-        target = name.split(":", 1)[1]
-    module, attr = target.split(":")
+    module, attr = catalog.row(name).target.split(":")
     cls: type[Engine] = getattr(importlib.import_module(module), attr)
     return cls
 

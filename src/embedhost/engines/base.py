@@ -35,7 +35,10 @@ class EngineInfo:
     normalize: bool
     dtype: str
     device: str
+    packs: bool = False
+    """Batches run packed, without padding: the batcher may mix lengths freely."""
     details: dict[str, Any] = field(default_factory=dict)
+    """Descriptive facts shown on ``/info``; nothing decides by them."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

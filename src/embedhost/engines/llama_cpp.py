@@ -205,6 +205,7 @@ class LlamaCppEngine:
             normalize=True if cfg.normalize is None else cfg.normalize,
             dtype=dtype,
             device=cfg.device,
+            packs=True,  # sequences share a decode without padding
             details=details,
         )
 

@@ -115,6 +115,7 @@ class TransformersEngine:
             normalize=normalize,
             dtype=dtype_name,
             device=cfg.device,
+            packs=self._packing,
             details={
                 "architecture": (getattr(hf_conf, "architectures", None) or ["?"])[0],
                 "torch_threads": torch.get_num_threads(),

@@ -15,6 +15,7 @@ from typing import Any
 import psutil
 from pydantic import ValidationError
 
+from embedhost import catalog
 from embedhost.config import LifecycleConfig, ModelConfig, Settings, validation_problems
 from embedhost.errors import InsufficientMemory, InvalidRequest
 from embedhost.modelfiles import path_problem, weight_bytes
@@ -36,7 +37,7 @@ def check_engine(config: ModelConfig, settings: Settings) -> None:
     """A plugin engine is arbitrary code imported by the worker: over the admin API only
     when allowed, or when the configuration already uses that same engine."""
     if (
-        config.engine.startswith("plugin:")
+        catalog.row(config.engine).plugin
         and not settings.lifecycle.allow_plugin_engines
         and config.engine not in {m.engine for m in settings.models}
     ):

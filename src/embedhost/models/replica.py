@@ -107,7 +107,7 @@ class Replica:
         """Whether the loaded engine packs sequences without padding (the batcher then
         counts real tokens against its budget, with no padding rule)."""
         info = self.worker.info
-        return bool(info is not None and info.details.get("packing"))
+        return info is not None and info.packs
 
     # -- its load -----------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from embedhost import catalog
 from embedhost.config import ModelConfig
 from embedhost.engines import create_engine
 from embedhost.engines.base import EngineInfo
@@ -65,13 +66,16 @@ def _warm(
 def worker_main(
     conn: Connection,
     config_json: str,
+    engine_row: catalog.EngineRow,
     log_config: dict[str, str] | None = None,
     known_files: dict[str, Any] | None = None,
     restart: bool = False,
 ) -> None:
-    """Entry point of the worker process. ``known_files``: weight files already hashed in
-    this process tree (``modelfiles.hashed_files``), not hashed again when unchanged.
-    ``restart``: the replica served before and is coming back; it warms up briefly."""
+    """Entry point of the worker process. ``engine_row``: the engine's catalog row as the
+    parent resolved it (a row registered there is not in this fresh process's catalog
+    until adopted here). ``known_files``: weight files already hashed in this process tree
+    (``modelfiles.hashed_files``), not hashed again when unchanged. ``restart``: the
+    replica served before and is coming back; it warms up briefly."""
     # The API process owns shutdown: Ctrl-C in a terminal, or a SIGTERM sent to the whole
     # process group (systemd's default), must not kill batches that the API process is
     # still draining. The worker exits when told to, or when the pipe closes (parent gone).
@@ -88,6 +92,7 @@ def worker_main(
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s"
         )
+    catalog.adopt(engine_row)  # before the config is validated: it names this engine
     config = ModelConfig.model_validate_json(config_json)
     try:
         conn.send(("phase", "verifying"))

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 import tenacity
 
+from embedhost import catalog
 from embedhost.config import ModelConfig, WorkerConfig
 from embedhost.engines.base import EngineInfo, Vectors
 from embedhost.errors import (
@@ -138,6 +139,7 @@ class EngineWorker:
             args=(
                 child,
                 self.config.model_dump_json(),
+                catalog.row(self.config.engine),  # the child's catalog lacks registered rows
                 worker_log_config(),
                 hashed_files(),
                 self._ever_ready,  # a restart: a brief warm-up
