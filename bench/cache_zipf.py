@@ -2,7 +2,7 @@
 
 One ``embedhost serve`` with two model names on the same weights: ``cached`` (the default
 in-process cache) and ``uncached`` (``cache: false``). Each round sends the same fixed
-sequence of ``--requests`` short queries (bench/data/queries.txt, one per request), drawn
+sequence of ``--requests`` short queries (the package's queries.txt, one per request), drawn
 from a Zipf distribution over the corpus whose exponent is chosen so that about half of the
 requests repeat an earlier text, through ``--clients`` (32) concurrent keep-alive clients
 (httpx, in this process: the same client cost for both models). Rounds alternate off / on
@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,18 +31,17 @@ from typing import Any
 
 import httpx
 import psutil
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import (
+from _harness import (
     MINILM,
-    ROOT,
     corpus,
-    free_port,
     machine,
+    start_serve,
     stop,
     tree_rss_mb,
     wait_ready,
+    write_json,
 )
 
 MODELS = ("uncached", "cached")
@@ -199,23 +197,14 @@ def main() -> None:
     entry = {"path": MINILM, "dtype": args.dtype}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        port = free_port()
         cfg = {
-            "server": {"port": port, "log_level": "warning"},
+            "server": {"log_level": "warning"},
             "models": [
                 {"name": "cached", **entry},
                 {"name": "uncached", **entry, "cache": False},
             ],
         }
-        (tmp / "c.yaml").write_text(yaml.safe_dump(cfg))
-        url = f"http://127.0.0.1:{port}"
-        t0 = time.monotonic()
-        with (tmp / "server.log").open("wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "embedhost", "serve", "--config", str(tmp / "c.yaml")],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        proc, url, t0 = start_serve(cfg, tmp, "server")
         try:
             wait_ready(proc, url, t0)
             bodies = {m: [{"input": texts[i], "model": m} for i in order] for m in MODELS}
@@ -255,10 +244,7 @@ def main() -> None:
             out["info_cache"] = httpx.get(f"{url}/info", timeout=10).json()["cache"]
         finally:
             stop(proc)
-    dest = ROOT / "bench" / "out"
-    dest.mkdir(exist_ok=True)
-    path = dest / f"cache-zipf-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(out, indent=2))
+    path = write_json("cache-zipf", out)
     print(f"wrote {path}")
     print("| round | cache | texts/s | p50 ms | p99 ms | hit rate | API CPU ms/request | non-2xx |")
     print("|---|---|---|---|---|---|---|---|")

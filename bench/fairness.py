@@ -21,24 +21,22 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from throughput import (
+from _harness import (
     MINILM,
     ROOT,
     WRK_LUA,
     bodies_file,
-    free_port,
     machine,
     resolve_entry,
+    start_serve,
     stop,
     wait_ready,
+    write_json,
 )
 
 MODELS = {
@@ -49,25 +47,14 @@ MODELS = {
 
 
 def start(src: str, tmp: Path, tag: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
     cfg = {
-        "server": {"port": port, "log_level": "info"},
+        "server": {"log_level": "info"},
         "logs": {"requests": False},
         "cache": {"enabled": False},  # the engine path, not the vector cache (issue 11)
         "models": [{"name": n, **resolve_entry(e)} for n, e in MODELS.items()],
     }
-    path = tmp / f"fair-{tag}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "PYTHONPATH": f"{src}:{ROOT}"}
-    url = f"http://127.0.0.1:{port}"
-    t0 = time.monotonic()
-    with (tmp / f"fair-{tag}.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "embedhost", "serve", "--config", str(path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+    proc, url, t0 = start_serve(cfg, tmp, f"fair-{tag}", env=env)
     wait_ready(proc, url, t0, timeout=600)
     return proc, url
 
@@ -127,10 +114,7 @@ def main() -> None:
                 }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    out = ROOT / "bench" / "out"
-    out.mkdir(exist_ok=True)
-    path = out / f"fairness-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+    path = write_json("fairness", {"machine": machine(), "rows": rows})
     print(f"wrote {path}")
 
 

@@ -23,16 +23,15 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
 import uvloop
+from _harness import ROOT, free_port, wait_answering
 
 from embedhost.cli.loadtest import (
     OPEN_LOOP_IN_FLIGHT,
@@ -43,15 +42,6 @@ from embedhost.cli.loadtest import (
     request_bodies,
     run_load,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def cpu() -> float:
@@ -115,15 +105,7 @@ def main() -> None:
     port = free_port()
     proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "stub_server.py"), str(port)])
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.post(f"http://127.0.0.1:{port}/v1/embeddings", content=b"{}")
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        wait_answering(proc, f"http://127.0.0.1:{port}/v1/embeddings", timeout=30, what="stub")
         stub = psutil.Process(proc.pid)
         target = Target(f"http://127.0.0.1:{port}", "stub")
         texts = read_corpus("queries")

@@ -1,6 +1,7 @@
 """Build the benchmark corpus from real English prose: the Python standard library's
-docstrings (PSF license). Writes bench/data/queries.txt (short texts, about 12 tokens) and
-bench/data/passages.txt (about 100 tokens). Deterministic for a given Python version; the
+docstrings (PSF license). Writes queries.txt (short texts, about 12 tokens) and passages.txt
+(about 100 tokens) into src/embedhost/cli/texts/, the one copy: ``embedhost loadtest`` ships
+it and the bench scripts read it (bench/_harness.py). Deterministic for a given Python version; the
 committed files came from CPython 3.11.
 """
 
@@ -165,8 +166,7 @@ def main() -> None:
             if sum(len(b.split()) for b in buf) >= 70:
                 passages.append(" ".join(buf))
                 buf = []
-    data = Path(__file__).parent / "data"
-    data.mkdir(exist_ok=True)
+    data = Path(__file__).resolve().parent.parent / "src" / "embedhost" / "cli" / "texts"
     (data / "queries.txt").write_text("\n".join(queries[:2000]) + "\n")
     (data / "passages.txt").write_text(
         "\n".join(p for p in passages[:600] if len(p.split()) <= 110) + "\n"

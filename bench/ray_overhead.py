@@ -15,7 +15,6 @@ Needs wrk and embedhost[ray]. Writes bench/out/ray-<time>.json and prints markdo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
@@ -28,18 +27,18 @@ from typing import Any
 
 import httpx
 import psutil
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import (
+from _harness import (
     LOADS,
     MINILM,
-    ROOT,
-    free_port,
     machine,
     run_wrk,
+    start_serve,
     stop,
+    tree_rss_mb,
     wait_ready,
+    write_json,
 )
 
 # name -> (how it runs, extra config). One engine thread everywhere: on a shared, busy
@@ -55,33 +54,15 @@ MODES: dict[str, tuple[bool, dict[str, Any]]] = {
 
 def start(mode: str, tmp: Path) -> tuple[subprocess.Popen[bytes], str, float]:
     on_ray, model = MODES[mode]
-    port = free_port()
     cfg: dict[str, Any] = {
-        "server": {"port": port, "log_level": "warning"},
+        "server": {"log_level": "warning"},
         "cache": {"enabled": False},  # the engine path, not the vector cache (issue 11)
         "models": [{"name": "bench", "path": MINILM, **model}],
     }
     if on_ray:
         n = int(mode.split("-")[1])
         cfg["ray"] = {"min_replicas": n, "max_replicas": n, "num_cpus": 1}
-    path = tmp / f"{mode}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    cmd = [sys.executable, "-m", "embedhost", "serve", "--config", str(path)]
-    t0 = time.monotonic()
-    with (tmp / f"{mode}.log").open("ab") as log:
-        proc = subprocess.Popen([*cmd, *(["--ray"] if on_ray else [])], stdout=log, stderr=log)
-    return proc, f"http://127.0.0.1:{port}", t0
-
-
-def tree_rss_mb(pid: int) -> float:
-    p = psutil.Process(pid)
-    total = p.memory_info().rss
-    for c in p.children(recursive=True):
-        try:
-            total += c.memory_info().rss
-        except psutil.Error:
-            continue
-    return total / 2**20
+    return start_serve(cfg, tmp, mode, extra=("--ray",) if on_ray else (), append=True)
 
 
 def ensure_gone(proc: subprocess.Popen[bytes]) -> None:
@@ -165,7 +146,7 @@ def main() -> None:
                         for load in ("short", "passages")
                     ]
                     hop = sequential_ms(url)
-                    rss = tree_rss_mb(proc.pid)
+                    rss = tree_rss_mb(proc.pid)["total"]
                 except Exception:
                     print((tmp / f"{mode}.log").read_text(errors="replace")[-3000:])
                     raise
@@ -190,10 +171,7 @@ def main() -> None:
                     flush=True,
                 )
                 print(f"round {i + 1} {mode:6s}: one client, one at a time: {hop}", flush=True)
-    out = ROOT / "bench" / "out"
-    out.mkdir(exist_ok=True)
-    path = out / f"ray-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(results, indent=2))
+    path = write_json("ray", results)
     print(f"wrote {path}")
 
 

@@ -29,12 +29,20 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _harness import (
+    ROOT,
+    bodies_file,
+    machine,
+    resolve_entry,
+    start_serve,
+    stop,
+    wait_ready,
+    write_json,
+)
 from storm import LUA
-from throughput import ROOT, bodies_file, free_port, machine, resolve_entry, stop, wait_ready
 
 READY = re.compile(
     r"replica 0 ready \(pid (\d+), ([\d.]+)s(?:: (.*?))?\)(?:\s+\[[\w.]+\])?\s*$", re.M
@@ -44,9 +52,8 @@ READY = re.compile(
 def start(src: str, tmp: Path, tag: str) -> tuple[subprocess.Popen[bytes], str, Path]:
     entry = resolve_entry({"engine": "llama_cpp", "path": "gguf:f16"})
     digest = hashlib.sha256(Path(entry["path"]).read_bytes()).hexdigest()
-    port = free_port()
     cfg = {
-        "server": {"port": port, "log_level": "info"},
+        "server": {"log_level": "info"},
         "logs": {"requests": False},
         "limits": {"max_concurrent_requests": 150},
         "cache": {"enabled": False},  # the engine path, not the vector cache (issue 11)
@@ -59,21 +66,10 @@ def start(src: str, tmp: Path, tag: str) -> tuple[subprocess.Popen[bytes], str, 
             }
         ],
     }
-    path = tmp / f"restart-{tag}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "PYTHONPATH": f"{src}:{ROOT}"}
-    url = f"http://127.0.0.1:{port}"
-    log_path = tmp / f"restart-{tag}.log"
-    t0 = time.monotonic()
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "embedhost", "serve", "--config", str(path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+    proc, url, t0 = start_serve(cfg, tmp, f"restart-{tag}", env=env)
     wait_ready(proc, url, t0, timeout=600)
-    return proc, url, log_path
+    return proc, url, tmp / f"restart-{tag}.log"
 
 
 def worker_pid(server: int) -> int:
@@ -145,10 +141,7 @@ def main() -> None:
                         time.sleep(3)
             finally:
                 stop(proc)
-    out = ROOT / "bench" / "out"
-    out.mkdir(exist_ok=True)
-    path = out / f"restart-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+    path = write_json("restart", {"machine": machine(), "rows": rows})
     print(f"wrote {path}")
 
 

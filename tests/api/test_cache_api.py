@@ -18,9 +18,9 @@ import pytest_asyncio
 from fastapi import FastAPI
 
 from embedhost.security.keys import new_key_entry
-from tests.api.test_observability_api import Samples, parse, value
-from tests.conftest import app_client, fake_model, make_settings
 from tests.fakes import vector_for
+from tests.support.app import app_client, fake_model, make_settings
+from tests.support.prom import Samples, parse, value
 
 ADMIN, ADMIN_E = new_key_entry("ops", ["embed", "admin", "metrics"])
 TENANT_A, TENANT_A_E = new_key_entry("tenant-a", ["embed"])

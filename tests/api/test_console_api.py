@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from embedhost.api.console import CSP, wants_html
 from embedhost.api.console.stats import quantile
 from embedhost.security.keys import new_key_entry
-from tests.conftest import app_client, fake_model, make_settings
+from tests.support.app import app_client, fake_model, make_settings
 
 BROWSER = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
 EMBED, EMBED_E = new_key_entry("console-user", ["embed"])

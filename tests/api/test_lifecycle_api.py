@@ -14,7 +14,9 @@ import pytest_asyncio
 
 from embedhost.api.app import create_app
 from embedhost.security.keys import new_key_entry
-from tests.conftest import MINILM, app_client, fake_model, make_settings, wait_ready
+from tests.support import MINILM
+from tests.support.app import app_client, fake_model, make_settings, wait_ready
+from tests.support.wait import wait_until_async
 
 ADMIN, ADMIN_E = new_key_entry("ops", ["embed", "admin"])
 USERS = [new_key_entry(f"team-{i}", ["embed"]) for i in range(6)]
@@ -35,13 +37,19 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 async def _wait_state(
     c: httpx.AsyncClient, name: str, version: str, *states: str
 ) -> dict[str, Any]:
-    for _ in range(600):
+    r: httpx.Response | None = None
+
+    async def reached() -> dict[str, Any] | None:
+        nonlocal r
         r = await c.get(f"/admin/models/{name}/versions/{version}")
         if r.status_code == 200 and r.json()["status"] in states:
             body: dict[str, Any] = r.json()
             return body
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{name}@{version} never reached {states}: {r.text}")
+        return None
+
+    return await wait_until_async(
+        reached, lambda: f"{name}@{version} to reach {states}: {r and r.text}", timeout=30
+    )
 
 
 async def _served_by(c: httpx.AsyncClient, **body: Any) -> str:
@@ -152,11 +160,13 @@ async def test_shadow_records_agreement_without_changing_answers(
         after = await client.post("/v1/embeddings", json={"input": ["a b c", "d e"], "model": "m"})
         assert after.headers["x-embedhost-model"] == "m@1"
         assert after.json()["data"] == before.json()["data"]
-    for _ in range(100):
+
+    async def shadowed() -> dict[str, Any] | None:
         v2 = (await client.get("/admin/models/m/versions/2")).json()["stats"]
-        if v2.get("shadow", {}).get("requests", 0) + v2.get("shadow", {}).get("dropped", 0) >= 20:
-            break
-        await asyncio.sleep(0.02)
+        done = v2.get("shadow", {}).get("requests", 0) + v2.get("shadow", {}).get("dropped", 0)
+        return v2 if done >= 20 else None
+
+    v2 = await wait_until_async(shadowed, "20 shadowed requests", timeout=30, every=0.02)
     shadow = v2["shadow"]
     assert shadow["requests"] >= 1
     assert shadow["errors"] == 0

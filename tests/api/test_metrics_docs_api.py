@@ -10,8 +10,9 @@ import re
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ROOT, app_client, fake_model, make_settings, wait_ready
 from tests.fakes import CRASH
+from tests.support import ROOT
+from tests.support.app import app_client, fake_model, make_settings, wait_ready
 
 # The exposition names a counter with its _total and an info metric as a gauge ending in _info.
 _EXPOSED_TYPE = {"counter": "counter", "gauge": "gauge", "histogram": "histogram", "info": "gauge"}

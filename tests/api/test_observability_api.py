@@ -9,27 +9,13 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 import pytest_asyncio
-from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from embedhost.security.keys import new_key_entry
-from tests.conftest import app_client, fake_model, make_settings
 from tests.fakes import HANG, RAISE
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def parse(text: str) -> Samples:
-    out: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """The sample's value, or 0 when the series does not exist yet."""
-    return samples.get((name, frozenset(labels.items())), 0.0)
+from tests.support.app import app_client, fake_model, make_settings
+from tests.support.prom import Samples, parse, value
+from tests.support.wait import wait_until_async
 
 
 async def scrape(client: httpx.AsyncClient) -> Samples:
@@ -258,11 +244,12 @@ async def test_wedged_worker_is_killed_and_replaced(obs_client: httpx.AsyncClien
     # ran on the replacement.
     assert r_behind.status_code in (200, 503, 504)
     # The kill is noticed when the pipe closes; then the replacement loads.
-    for _ in range(600):
+
+    async def replaced() -> dict | None:  # type: ignore[type-arg]
         replica = wedge_replica((await obs_client.get("/info")).json())
-        if replica["state"] == "ready" and replica["pid"] != old_pid:
-            break
-        await asyncio.sleep(0.1)
+        return replica if replica["state"] == "ready" and replica["pid"] != old_pid else None
+
+    replica = await wait_until_async(replaced, "the replacement worker", timeout=60, every=0.1)
     assert replica["state"] == "ready"
     assert replica["pid"] != old_pid
     assert replica["restarts"] == 1

@@ -9,7 +9,7 @@ import numpy as np
 
 from embedhost import __version__
 from embedhost.tokenization import load_tokenizer
-from tests.conftest import app_client, fake_model, make_settings
+from tests.support.app import app_client, fake_model, make_settings
 from tests.fakes import vector_for
 
 

@@ -6,16 +6,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from tests.conftest import app_client, fake_model, make_settings, wait_ready
 from tests.fakes import CRASH, SLOW
+from tests.support.app import app_client, fake_model, make_settings, wait_ready
+from tests.support.wait import wait_until_async
 
 
 async def _until(cond: Any, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + 30
-    while not cond():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"never: {what}")
-        await asyncio.sleep(0.01)
+    await wait_until_async(cond, what, timeout=30, every=0.01)
 
 
 def _post_slow(client: Any) -> asyncio.Future[Any]:

@@ -14,8 +14,8 @@ import pytest
 import pytest_asyncio
 
 from embedhost.tokenization import HFTokenizer
-from tests.conftest import app_client, fake_model, make_settings
 from tests.fakes import vector_for
+from tests.support.app import app_client, fake_model, make_settings
 
 PROMPTS = {"query": "query: ", "passage": "passage: ", "huge": "word " * 20}
 LONG = "the quick brown fox jumps over the lazy dog and keeps running far away"

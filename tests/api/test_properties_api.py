@@ -18,22 +18,14 @@ import json
 from typing import Any
 
 import httpx
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from embedhost.tokenization import _SURROGATE
+from tests.support import strategies
+from tests.support.strategies import json_text
 
-PROPERTY = settings(
-    max_examples=120,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
-
-# Text as JSON can carry it: any code point, lone surrogates included (hypothesis' text()
-# leaves out the surrogate category by default).
-_surrogate = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
-_chunk = st.one_of(st.text(max_size=12), _surrogate.map(str), st.text(_surrogate, max_size=3))
-json_text = st.lists(_chunk, max_size=4).map("".join)
+PROPERTY = settings(strategies.PROPERTY, max_examples=120)
 
 _scalar = st.one_of(
     st.none(),

@@ -17,8 +17,9 @@ from embedhost.api.app import create_app
 from embedhost.api.deps import require_scope
 from embedhost.api.record import record_of
 from embedhost.security.keys import new_key_entry
-from tests.conftest import app_client, fake_model, make_settings, wait_ready
 from tests.fakes import SLOW
+from tests.support.app import app_client, fake_model, make_settings, wait_ready
+from tests.support.wait import wait_until_async
 
 FULL, FULL_E = new_key_entry("full", ["embed", "admin", "metrics"])
 ONLY_FAKE, ONLY_FAKE_E = new_key_entry("only-fake", ["embed"], ["fake"])
@@ -401,11 +402,13 @@ async def test_concurrency_limit_fast_503() -> None:
         slow = asyncio.create_task(
             client.post("/v1/embeddings", json={"input": [SLOW], "model": "fake"})
         )
-        for _ in range(200):
-            await asyncio.sleep(0.01)
+
+        async def refused() -> httpx.Response | None:
+            await asyncio.sleep(0.01)  # the slow request goes first and holds the one slot
             r = await client.post("/v1/embeddings", json=EMBED)
-            if r.status_code == 503:
-                break
+            return r if r.status_code == 503 else None
+
+        r = await wait_until_async(refused, "a 503", timeout=10, every=0)
         err = assert_error(r, 503, "server_error", "server_overloaded")
         assert "limit of 1 concurrent requests" in err["message"]
         assert r.headers["retry-after"] == "2"

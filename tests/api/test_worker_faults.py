@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,29 +14,28 @@ import httpx
 import pytest
 
 from embedhost import modelfiles
-from tests.conftest import app_client, fake_model, make_settings
 from tests.fakes import CRASH, GATE
+from tests.support.app import app_client, fake_model, make_settings
+from tests.support.wait import wait_until_async
 
 
 async def until(condition: Callable[[], bool], timeout: float = 30) -> None:
     """Wait for ``condition``, with a deadline."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.01)
+    await wait_until_async(condition, timeout=timeout, every=0.01)
 
 
 async def wait_status(client, name: str, status: str, timeout: float = 30) -> dict:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
+    model: dict = {}  # type: ignore[type-arg]
+
+    async def became() -> dict | None:  # type: ignore[type-arg]
+        nonlocal model
         info = (await client.get("/info")).json()
         model = next(m for m in info["models"] if m["name"] == name)
-        if model["status"] == status:
-            return model
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{name} never became {status}: {model}")
-        await asyncio.sleep(0.05)
+        return model if model["status"] == status else None
+
+    return await wait_until_async(
+        became, lambda: f"{name} to become {status}: {model}", timeout=timeout
+    )
 
 
 async def test_segfault_answers_503_and_worker_restarts() -> None:

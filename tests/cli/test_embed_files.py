@@ -32,7 +32,9 @@ from embedhost.cli.corpus import (
     retry_after,
     text_hash,
 )
-from tests.conftest import MINILM, app_client, fake_model, free_port, make_settings
+from tests.support import MINILM
+from tests.support.app import app_client, fake_model, make_settings
+from tests.support.servers import free_port
 
 TEXTS = [f"sentence number {i} about {w}" for i, w in enumerate("abcdefghijklm")]
 IDS = [f"doc-{i}" for i in range(len(TEXTS))]

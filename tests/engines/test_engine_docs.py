@@ -10,7 +10,7 @@ import yaml
 from embedhost.config import load_settings
 from embedhost.engines import llama_cpp, onnx
 from embedhost.engines.base import check_options
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 
 def engine_section_models() -> list[dict[str, object]]:

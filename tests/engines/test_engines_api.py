@@ -4,7 +4,6 @@ the crash path of a llama.cpp worker that segfaults."""
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import httpx
@@ -13,9 +12,10 @@ import pytest
 
 from embedhost.engines.transformers import TransformersEngine
 from embedhost.tokenization import GGUFTokenizer, HFTokenizer
-from tests.conftest import app_client, make_settings
-from tests.engines.conftest import SENTENCES, cosine_rows
 from tests.engines.crashing import TRIGGER
+from tests.support.app import app_client, make_settings
+from tests.support.engines import SENTENCES, cosine_rows
+from tests.support.wait import wait_until_async
 
 
 def normalized_reference(reference: TransformersEngine, ids: list[list[int]]) -> np.ndarray:
@@ -126,13 +126,14 @@ async def ready_status(client: httpx.AsyncClient, name: str) -> dict[str, str]:
 async def wait_status(
     client: httpx.AsyncClient, name: str, want: str, within: float = 120
 ) -> dict[str, str]:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
+    st: dict[str, str] = {}
+
+    async def became() -> dict[str, str] | None:
+        nonlocal st
         st = await ready_status(client, name)
-        if st["status"] == want:
-            return st
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{name} never became {want}: {st}")
+        return st if st["status"] == want else None
+
+    return await wait_until_async(became, lambda: f"{name} to become {want}: {st}", timeout=within)
 
 
 @pytest.mark.timeout(400)

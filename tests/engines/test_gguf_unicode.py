@@ -11,9 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from embedhost.tokenization import GGUFTokenizer, Policy
-from tests.api.test_properties_api import json_text
-from tests.conftest import app_client, make_settings
-from tests.unit.test_tokenization_properties import PROPERTY, check_prepare_texts, policies
+from tests.support.app import app_client, make_settings
+from tests.support.strategies import PROPERTY, json_text, policies
+from tests.support.tokenization import check_prepare_texts
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from embedhost.engines.transformers import TransformersEngine
 from embedhost.errors import ConfigError
 from embedhost.modelfiles import quantization_mismatches
 from embedhost.tokenization import GGUFTokenizer, HFTokenizer, prepare_texts
-from tests.engines.conftest import SENTENCES, cosine_rows
+from tests.support.engines import SENTENCES, cosine_rows
 
 
 def gguf_config(path: Path, **kw: object) -> ModelConfig:

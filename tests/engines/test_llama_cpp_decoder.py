@@ -16,8 +16,8 @@ import pytest
 from embedhost.config import ModelConfig
 from embedhost.engines.llama_cpp import LlamaCppEngine
 from embedhost.tokenization import GGUFTokenizer
-from tests.engines.conftest import SENTENCES, cosine_rows
 from tests.engines.gguf_build import tiny_decoder_gguf
+from tests.support.engines import SENTENCES, cosine_rows
 
 
 @pytest.fixture(scope="module")

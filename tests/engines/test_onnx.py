@@ -17,7 +17,7 @@ from embedhost.engines.transformers import TransformersEngine
 from embedhost.errors import ConfigError
 from embedhost.modelfiles import sha256_of
 from embedhost.tokenization import HFTokenizer
-from tests.engines.conftest import SENTENCES, cosine_rows
+from tests.support.engines import SENTENCES, cosine_rows
 
 
 def onnx_config(path: Path, **kw: object) -> ModelConfig:

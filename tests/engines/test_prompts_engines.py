@@ -14,8 +14,8 @@ import pytest
 from sentence_transformers import SentenceTransformer
 
 from embedhost.tokenization import GGUFTokenizer, HFTokenizer
-from tests.conftest import app_client, make_settings
-from tests.engines.conftest import SENTENCES, cosine_rows
+from tests.support.app import app_client, make_settings
+from tests.support.engines import SENTENCES, cosine_rows
 
 PROMPTS = {
     "query": "query: ",

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,18 +24,12 @@ import redis
 from fastapi import FastAPI
 
 from embedhost.config import Settings
-from tests.conftest import (
-    FAKE_ENGINE,
-    MINILM,
-    ROOT,
-    app_client,
-    fake_model,
-    make_settings,
-    start_server,
-    stop_server,
-)
 from tests.fakes import vector_for
-from tests.integration.conftest import RedisServer, start_redis
+from tests.support import MINILM, ROOT
+from tests.support.app import FAKE_ENGINE, app_client, fake_model, make_settings
+from tests.support.redis_server import RedisServer, start_redis
+from tests.support.servers import start_server, stop_server
+from tests.support.wait import wait_until, wait_until_async
 
 
 def cache_settings(
@@ -83,14 +76,16 @@ async def until(
     cond: Callable[[], object], tasks: Sequence[asyncio.Task[None]] = (), timeout: float = 60
 ) -> None:
     """Wait for ``cond`` (a deadline, never a fixed sleep); a failed load task fails the test."""
-    deadline = time.monotonic() + timeout
-    while not cond():
+
+    def met() -> bool:
+        if cond():
+            return True
         for t in tasks:
             if t.done():
                 t.result()
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.02)
+        return False
+
+    await wait_until_async(met, timeout=timeout, every=0.02)
 
 
 def commands(client: redis.Redis) -> dict[str, int]:
@@ -327,9 +322,7 @@ def test_cli_cache_clear(redis_server: RedisServer, tmp_path: Path) -> None:
                 f"{server.url}/embed", json={"texts": ["a", "b"], "model": model}, timeout=30
             )
             assert r.headers["x-embedhost-cache"] == "miss"
-        deadline = time.monotonic() + 10
-        while len(rds.keys(f"{prefix}:cache:*")) < 4 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: len(rds.keys(f"{prefix}:cache:*")) >= 4, "4 Redis keys", timeout=10)
         assert len(rds.keys(f"{prefix}:cache:*")) == 4
         assert cli("--model", "other", "--version", "1") == (
             "cleared 2 in-process entries and 2 Redis keys\n"

@@ -21,7 +21,8 @@ import pytest
 from playwright.sync_api import ConsoleMessage, Page, expect, sync_playwright
 
 from embedhost.security.keys import new_key_entry
-from tests.conftest import MINILM, ROOT, LiveServer, start_server, stop_server
+from tests.support import MINILM, ROOT
+from tests.support.servers import LiveServer, start_server, stop_server
 
 CHROMIUM = "/usr/bin/chromium"
 KEY, KEY_E = new_key_entry("console", ["embed"])

@@ -6,51 +6,17 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from embedhost.metrics import Metrics, StateSnapshot, WorkerSnapshot
+from tests.support import ROOT
+from tests.support.deploy import exported_names, promtool
 
-ROOT = Path(__file__).resolve().parents[2]
 PROM = ROOT / "deploy" / "prometheus"
 DASHBOARD = ROOT / "deploy" / "grafana" / "embedhost.json"
 _NAME = re.compile(r"\b((?:embedhost|process)_[a-z0-9_]+)\b")
-
-
-def promtool(*args: str, cwd: Path) -> str:
-    exe = shutil.which("promtool")
-    assert exe, "promtool is missing: run scripts/system-deps (Debian package prometheus)"
-    r = subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return r.stdout
-
-
-def exported_names() -> set[str]:
-    """Every sample name /metrics can carry (series appear once labelled, so use families)."""
-    m = Metrics(version="test")
-    m.add_state(
-        lambda: StateSnapshot(
-            ready=True,
-            draining=False,
-            workers=[WorkerSnapshot("m", "1", 0, True, None)],
-            overloaded_requests=0,
-            rate_limit_storage_errors=0,
-        )
-    )
-    suffixes = {
-        "counter": ("_total", "_created"),
-        "histogram": ("_bucket", "_count", "_sum", "_created"),
-        "info": ("_info",),
-        "gauge": ("",),
-    }
-    names: set[str] = set()
-    for registry in {id(r): r for r in (m.registry, m.local)}.values():
-        for family in registry.collect():
-            names.update(family.name + s for s in suffixes.get(family.type, ("",)))
-    return names
 
 
 def test_promtool_check_config(tmp_path: Path) -> None:

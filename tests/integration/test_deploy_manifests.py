@@ -23,11 +23,19 @@ import yaml
 from pydantic import BaseModel
 
 from embedhost.config import API_KEYS_ENV, Settings
-from tests.conftest import ROOT
-from tests.integration.test_deploy_files import exported_names, promtool
+from tests.support import ROOT
+from tests.support.deploy import (
+    DEPLOY,
+    DOCKER,
+    exported_names,
+    final_stage,
+    image_command,
+    image_env,
+    instructions,
+    nginx_conf,
+    promtool,
+)
 
-DEPLOY = ROOT / "deploy"
-DOCKER = DEPLOY / "docker"
 K8S = DEPLOY / "kubernetes"
 BASE = K8S / "base"
 PROM = DEPLOY / "prometheus"
@@ -80,50 +88,9 @@ def test_hadolint_clean(name: str) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def _instructions(path: Path) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
-    out: list[tuple[str, str]] = []
-    buf = ""
-    for line in path.read_text().splitlines():
-        if line.lstrip().startswith("#"):
-            continue
-        if line.endswith("\\"):
-            buf += line[:-1] + " "
-            continue
-        buf += line
-        if buf.strip():
-            op, _, rest = buf.strip().partition(" ")
-            out.append((op.upper(), rest.strip()))
-        buf = ""
-    return out
-
-
-def final_stage(path: Path) -> list[tuple[str, str]]:
-    ins = _instructions(path)
-    last = max(i for i, (op, _) in enumerate(ins) if op == "FROM")
-    return ins[last:]
-
-
-def image_env(path: Path) -> dict[str, str]:
-    """The final stage's ENV, as the container would see it (PATH left as written)."""
-    env: dict[str, str] = {}
-    for op, rest in final_stage(path):
-        if op == "ENV":
-            for k, v in re.findall(r"(\w+)=(\S+)", rest):
-                env[k] = v
-    return env
-
-
-def image_command(path: Path) -> list[str]:
-    stage = dict(final_stage(path))
-    entry: list[str] = json.loads(stage["ENTRYPOINT"])
-    cmd: list[str] = json.loads(stage.get("CMD", "[]"))
-    return entry + cmd
-
-
 def test_dockerfile_shape() -> None:
     path = DOCKER / "Dockerfile"
-    ins = _instructions(path)
+    ins = instructions(path)
     froms = [rest for op, rest in ins if op == "FROM"]
     assert len(froms) == 2, "multi-stage: build, runtime"
     args = [rest for op, rest in ins if op == "ARG"]
@@ -150,7 +117,7 @@ def test_dockerfile_shape() -> None:
 
 
 def test_cuda_dockerfile_shape() -> None:
-    ins = _instructions(DOCKER / "Dockerfile.cuda")
+    ins = instructions(DOCKER / "Dockerfile.cuda")
     text = " ".join(f"{op} {rest}" for op, rest in ins)
     assert "nvidia/cuda:" in text
     assert "-DGGML_CUDA=on" in text  # llama.cpp with CUDA
@@ -535,8 +502,6 @@ def test_keda_scaledobject() -> None:
 def test_nginx_conf_matches_the_server_limits(tmp_path: Path) -> None:
     """The directives the issue asks for, with values taken from configs/production.yaml;
     and Debian's nginx accepts the file (tests/integration/test_replicas_nginx.py runs it)."""
-    from tests.integration.test_replicas_nginx import nginx_conf
-
     conf = (DEPLOY / "nginx" / "embedhost.conf").read_text()
     prod = yaml.safe_load((ROOT / "configs/production.yaml").read_text())
 

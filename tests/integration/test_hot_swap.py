@@ -21,7 +21,9 @@ import psutil
 import pytest
 
 from embedhost.config import DEFAULT_MODEL_SHA256
-from tests.conftest import MINILM, LiveServer, start_server, stop_server
+from tests.support import MINILM
+from tests.support.servers import LiveServer, start_server, stop_server
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -61,11 +63,7 @@ def _model(url: str) -> dict[str, Any]:
 
 def _until(cond: Callable[[], bool], what: str, timeout: float = 120) -> None:
     """Wait for a condition, with a deadline (never a fixed sleep that decides the outcome)."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    wait_until(cond, what, timeout=timeout)
 
 
 def _version(url: str, version: str) -> dict[str, Any]:
@@ -181,16 +179,14 @@ def test_swap_under_load_zero_failures(server: LiveServer) -> None:
     assert 0.99 < cos < 1.0 - 1e-7  # close, and not the same computation
 
     # The old version drains and its worker process goes away.
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def v1_stopped() -> dict[str, Any] | None:
         v1 = next(v for v in _model(url)["versions"] if v["version"] == "1")
-        if v1["status"] == "stopped":
-            break
-        time.sleep(0.1)
+        return v1 if v1["status"] == "stopped" else None
+
+    v1 = wait_until(v1_stopped, "version 1 to stop", timeout=60, every=0.1)
     assert v1["status"] == "stopped"
-    deadline = time.monotonic() + 10
-    while psutil.pid_exists(old_pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _until(lambda: not psutil.pid_exists(old_pid), "the old worker to exit", timeout=10)
     assert not psutil.pid_exists(old_pid)
     model = _model(url)
     assert model["current"] == "2"
@@ -281,8 +277,6 @@ def test_bad_loads_fail_cleanly(server: LiveServer, tmp_path: Path, minilm_dir: 
         for r in v["replicas"]
         if r["pid"]
     ]
-    deadline = time.monotonic() + 10
-    while any(psutil.pid_exists(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _until(lambda: not any(psutil.pid_exists(p) for p in pids), "the workers to exit", 10)
     assert not [p for p in pids if psutil.pid_exists(p)]
     assert os.path.getsize(huge / "model.safetensors") == 1 << 40

@@ -29,14 +29,9 @@ import httpx
 import pytest
 
 from embedhost.security.keys import new_key_entry
-from tests.conftest import ROOT, free_port
-from tests.integration.test_deploy_manifests import (
-    DOCKER,
-    _instructions,
-    final_stage,
-    image_command,
-    image_env,
-)
+from tests.support import ROOT
+from tests.support.deploy import DOCKER, final_stage, image_command, image_env, instructions
+from tests.support.servers import free_port, wait_answering
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -48,7 +43,7 @@ INSTALL = f'python -m venv {PREFIX} && {PREFIX}/bin/pip install -c constraints.t
 
 def _extras() -> str:
     """The EXTRAS build argument's default in the build stage."""
-    for op, rest in _instructions(DOCKERFILE):
+    for op, rest in instructions(DOCKERFILE):
         if op == "ARG" and rest.startswith("EXTRAS="):
             return rest.split("=", 1)[1]
     raise AssertionError("no ARG EXTRAS in the Dockerfile")
@@ -84,7 +79,7 @@ def _pip(venv: Path, *args: str, cwd: Path) -> None:
 
 @pytest.fixture(scope="module")
 def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    runs = " ".join(" ".join(rest.split()) for op, rest in _instructions(DOCKERFILE) if op == "RUN")
+    runs = " ".join(" ".join(rest.split()) for op, rest in instructions(DOCKERFILE) if op == "RUN")
     assert INSTALL in runs, "the Dockerfile's install command changed: update INSTALL here"
     extras = _extras()
     ctx = _context(tmp_path_factory.mktemp("image") / "context")
@@ -154,15 +149,7 @@ def test_image_command_serves(image_venv: Path, tmp_path: Path) -> None:
     mark = time.time()
     with _serve(image_venv, home, env) as proc:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, (home / "server.log").read_text()[-4000:]
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.2)
-        else:
-            raise AssertionError("not ready:\n" + (home / "server.log").read_text()[-4000:])
+        wait_answering(proc, f"{url}/ready", timeout=300, every=0.2, log=home / "server.log")
         # The HEALTHCHECK's command, as Docker runs it inside the container.
         health = json.loads(dict(final_stage(DOCKERFILE))["HEALTHCHECK"].split(" CMD ", 1)[1])
         r = subprocess.run(health, env=env, capture_output=True, text=True, timeout=30)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +12,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import fake_model, start_server, stop_server
 from tests.fakes import GATE
+from tests.support.app import fake_model
+from tests.support.servers import start_server, stop_server
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -83,20 +84,23 @@ def test_sigterm_under_load_finishes_every_accepted_request(tmp_path: Path) -> N
         # A batch that waits at the gate holds the engine, so that the others queue up
         # behind it and none can finish before the gate opens.
         threads = [post_in_thread(server.url, -1, results, [101, GATE, 102])]
-        while in_flight(server.url) < 1:
-            time.sleep(0.02)
+        wait_until(lambda: in_flight(server.url) >= 1, "the gated batch", every=0.02)
         threads += [post_in_thread(server.url, i, results) for i in range(n)]
-        deadline = time.monotonic() + 60
-        while (pending := in_flight(server.url)) + len(results) < n + 1:
-            assert time.monotonic() < deadline, "the requests never all arrived"
-            time.sleep(0.02)
+        pending = 0
+
+        def all_arrived() -> bool:
+            nonlocal pending
+            pending = in_flight(server.url)
+            return pending + len(results) >= n + 1
+
+        wait_until(all_arrived, "the requests to all arrive", timeout=60, every=0.02)
         # Every request is accepted and none has been answered: SIGTERM now, and open
         # the gate once the server has begun its shutdown.
         assert pending == n + 1 and not results
         server.proc.send_signal(signal.SIGTERM)
-        while "shutdown requested" not in server.log():
-            assert time.monotonic() < deadline, "the server never logged its shutdown"
-            time.sleep(0.02)
+        wait_until(
+            lambda: "shutdown requested" in server.log(), "the shutdown log line", every=0.02
+        )
         gate.touch()
         for t in threads:
             t.join(60)

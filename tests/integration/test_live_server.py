@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from tests.conftest import ROOT, LiveServer
+from tests.support import ROOT
+from tests.support.servers import LiveServer
+from tests.support.wait import wait_until
 
 TEXTS = [
     "How do I reset my password?",
@@ -148,10 +150,12 @@ def test_sigkill_worker_mid_load(live_minilm: LiveServer) -> None:
     assert statuses <= {200, 503}, statuses
     assert 503 in statuses
     assert all(ra is not None for s, ra in results if s == 503)
-    deadline = time.monotonic() + 60
-    while httpx.get(f"{live_minilm.url}/ready", timeout=5).status_code != 200:
-        assert time.monotonic() < deadline, "server did not recover"
-        time.sleep(0.2)
+    wait_until(
+        lambda: httpx.get(f"{live_minilm.url}/ready", timeout=5).status_code == 200,
+        "the server to recover",
+        timeout=60,
+        every=0.2,
+    )
     assert live_minilm.worker_pids() != [pid]
     assert httpx.post(url, json={"input": "back"}, timeout=30).status_code == 200
     # results after recovery are still 200 from here on

@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from embedhost.cli import cli
 from embedhost.security.keys import new_key_entry
-from tests.conftest import LiveServer, fake_model, start_server, stop_server
+from tests.support.app import fake_model
+from tests.support.servers import LiveServer, start_server, stop_server
 
 KEY, KEY_E = new_key_entry("load", ["embed"])
 LIMITED, LIMITED_E = new_key_entry("limited", ["embed"])
@@ -113,7 +114,7 @@ def test_errors_are_counted_by_status(server: LiveServer) -> None:
 
 
 def test_connection_errors(tmp_path: Path) -> None:
-    from tests.conftest import free_port
+    from tests.support.servers import free_port
 
     r = loadtest("--url", f"http://127.0.0.1:{free_port()}", "--requests", "3", code=1)
     assert r["runs"][0]["results"]["errors"] == {"connect_error": 3}

@@ -32,7 +32,8 @@ import typer.main
 import yaml
 
 from embedhost.cli import cli
-from tests.conftest import MINILM, ROOT, free_port
+from tests.support import MINILM, ROOT
+from tests.support.servers import free_port, wait_answering
 
 pytestmark = pytest.mark.slow
 
@@ -175,18 +176,4 @@ def test_serve_models_list_and_embed_from_the_install(installed: Path) -> None:
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 180) -> None:
-    import time
-
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"server not ready in {timeout}s:\n{log.read_text()}")
+    wait_answering(proc, f"{url}/ready", timeout=timeout, every=0.2, log=log)

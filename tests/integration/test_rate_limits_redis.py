@@ -12,8 +12,8 @@ import redis
 
 from embedhost.config import Settings
 from embedhost.security.keys import new_key_entry
-from tests.conftest import app_client, fake_model, make_settings
-from tests.integration.conftest import RedisServer, start_redis
+from tests.support.app import app_client, fake_model, make_settings
+from tests.support.redis_server import RedisServer, start_redis
 
 KEY, ENTRY = new_key_entry("tenant-a", ["embed"])
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -141,7 +141,7 @@ async def test_redis_killed_fails_closed(redis_server: RedisServer) -> None:
 
 async def test_unreachable_redis_from_the_start() -> None:
     """A Redis that never answered (nothing listens on the port): same policy, no 500."""
-    from tests.conftest import free_port
+    from tests.support.servers import free_port
 
     dead = RedisServer(free_port(), None, Path("/dev/null"))  # type: ignore[arg-type]
     settings = redis_settings(dead, "eh-test-dead", per_key={"requests_per_minute": 1})

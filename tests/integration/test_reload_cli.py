@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -15,7 +14,10 @@ import yaml
 from typer.testing import CliRunner
 
 from embedhost.cli import cli
-from tests.conftest import MINILM, LiveServer, fake_model, start_server, stop_server
+from tests.support import MINILM
+from tests.support.app import fake_model
+from tests.support.servers import LiveServer, start_server, stop_server
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -29,12 +31,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 
 
 def _wait(cond: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    wait_until(cond, what, timeout=timeout, every=0.1)
 
 
 def _group(url: str, name: str) -> dict[str, Any]:

@@ -27,7 +27,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -43,14 +42,23 @@ import yaml
 
 from embedhost.config import DEFAULT_MODEL_SHA256, RateLimit
 from embedhost.security.keys import new_key_entry
-from tests.conftest import MINILM, ROOT, free_port
-from tests.integration.conftest import RedisServer, start_redis
+from tests.support import MINILM, ROOT
+from tests.support.deploy import nginx_conf
+from tests.support.redis_server import RedisServer, start_redis
+from tests.support.servers import (
+    free_port,
+    repo_env,
+    serve_command,
+    spawn,
+    stop_process,
+    wait_answering,
+)
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 NAME = "all-MiniLM-L6-v2"
 REPLICAS = 2
-NGINX_CONF = ROOT / "deploy" / "nginx" / "embedhost.conf"
 PER_KEY_RPM = 10
 PER_ADDRESS_RPM = 20
 
@@ -98,45 +106,23 @@ class Replica:
 
     def start(self) -> None:
         self.starts += 1
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "embedhost", "serve", "--config", str(self.config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={
-                    **os.environ,
-                    "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}",
-                    # As the Kubernetes downward API or compose would set it.
-                    "EMBEDHOST_SERVER__INSTANCE_ID": self.instance_id,
-                },
-                cwd=ROOT,
-            )
+        # As the Kubernetes downward API or compose would set it.
+        env = repo_env({"EMBEDHOST_SERVER__INSTANCE_ID": self.instance_id})
+        self.proc = spawn(serve_command(self.config), self.log_path, env=env, cwd=ROOT, append=True)
 
     def wait_ready(self, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
         assert self.proc is not None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"replica {self.index} exited with {self.proc.returncode}:\n"
-                    + self.log_path.read_text(errors="replace")[-4000:]
-                )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise AssertionError(f"replica {self.index} not ready in {timeout}s")
+        wait_answering(
+            self.proc,
+            f"{self.url}/ready",
+            timeout=timeout,
+            log=self.log_path,
+            what=f"replica {self.index}",
+        )
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc, sig, timeout)
 
 
 def replica_config(port: int, redis: RedisServer, prefix: str) -> dict[str, Any]:
@@ -177,34 +163,6 @@ def replica_config(port: int, redis: RedisServer, prefix: str) -> dict[str, Any]
     }
 
 
-def nginx_conf(tmp: Path, port: int, upstreams: list[str]) -> Path:
-    """deploy/nginx/embedhost.conf with its upstreams, listen port and log on loopback/tmp."""
-    text = NGINX_CONF.read_text()
-    servers = re.findall(r"^\s*server embedhost-\d+:8008 (.*);$", text, flags=re.M)
-    assert servers, "the upstream block lost its `server embedhost-N:8008 ...;` lines"
-    params = servers[0]
-    block = "".join(f"    server {u} {params};\n" for u in upstreams)
-    text, n = re.subn(r"(?:^\s*server embedhost-\d+:8008 .*;\n)+", block, text, flags=re.M)
-    assert n == 1
-    text, n = re.subn(r"listen 8080;", f"listen 127.0.0.1:{port};", text)
-    assert n == 1
-    text = text.replace("/var/log/nginx/", f"{tmp}/")
-    site = tmp / "embedhost.conf"
-    site.write_text(text)
-    main = tmp / "nginx.conf"
-    temp = "".join(
-        f"  {kind}_temp_path {tmp}/{kind};\n"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    main.write_text(
-        f"{user}worker_processes 1;\npid {tmp}/nginx.pid;\nerror_log {tmp}/error.log info;\n"
-        f"events {{ worker_connections 512; }}\n"
-        f"http {{\n{temp}  include {site};\n}}\n"
-    )
-    return main
-
-
 @contextlib.contextmanager
 def run_nginx(tmp: Path, upstreams: list[str]) -> Iterator[str]:
     exe = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -224,15 +182,9 @@ def run_nginx(tmp: Path, upstreams: list[str]) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, (tmp / "error.log").read_text()
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.05)
-        else:
-            raise AssertionError("nginx did not answer")
+        wait_answering(
+            proc, f"{url}/health", timeout=20, every=0.05, log=tmp / "error.log", what="nginx"
+        )
         yield url
     finally:
         proc.send_signal(signal.SIGQUIT)
@@ -311,12 +263,7 @@ class Load:
             return [r for r in self.results if r.sent >= t0]
 
     def wait_for(self, what: str, cond: Callable[[list[Result]], bool], t0: float) -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if cond(self.since(t0)):
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"load: {what} did not happen within 120 s")
+        wait_until(lambda: cond(self.since(t0)), f"load: {what}", timeout=120)
 
 
 def _answered_by(r: Result) -> str:

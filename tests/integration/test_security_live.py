@@ -3,13 +3,11 @@ against its own OpenAPI schema, slow clients, TLS, the start rule, and its logs.
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,18 @@ import yaml
 from schemathesis.core.warnings import SchemathesisWarning
 
 from embedhost.security.keys import new_key_entry
-from tests.conftest import ROOT, LiveServer, fake_model, free_port, start_server, stop_server
+from tests.support import ROOT
+from tests.support.app import fake_model
+from tests.support.servers import (
+    LiveServer,
+    free_port,
+    repo_env,
+    serve_command,
+    spawn,
+    start_server,
+    stop_server,
+    wait_answering,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -131,12 +140,11 @@ def test_refuses_network_bind_without_keys(tmp_path: Path) -> None:
             }
         )
     )
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}"}
+    env = repo_env()
     env.pop("EMBEDHOST_API_KEYS", None)
     r = subprocess.run(
-        [sys.executable, "-m", "embedhost", "serve", "--config", str(cfg)],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=60,
-    )  # fmt: skip
+        serve_command(cfg), capture_output=True, text=True, env=env, cwd=ROOT, timeout=60
+    )
     assert r.returncode == 2, r.stdout + r.stderr
     assert "no API keys configured but server.host is 0.0.0.0" in r.stderr
     # The same with keys from the environment starts (and is stopped once ready).
@@ -192,26 +200,12 @@ def test_tls(tmp_path: Path) -> None:
     }
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}"}
     log = tmp_path / "tls.log"
-    with log.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "embedhost", "serve", "--config", str(cfg)],
-            stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-        )  # fmt: skip
+    proc = spawn(serve_command(cfg), log, env=repo_env(), cwd=ROOT)
     url = f"https://127.0.0.1:{port}"
     ctx = ssl.create_default_context(cafile=str(cert))
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/ready", verify=ctx, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+        wait_answering(proc, f"{url}/ready", timeout=120, log=log, verify=ctx)
         r = httpx.post(f"{url}/v1/embeddings", json={"input": "x"}, headers=_auth(), verify=ctx)
         assert r.status_code == 200
         with pytest.raises(httpx.HTTPError):

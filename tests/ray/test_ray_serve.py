@@ -35,8 +35,10 @@ import yaml
 import ray  # embedhost[ray]
 from embedhost.security.keys import hash_key
 from ray import serve
-from tests.conftest import MINILM, ROOT, free_port
-from tests.integration.conftest import RedisServer, start_redis
+from tests.support import MINILM, ROOT
+from tests.support.redis_server import RedisServer, start_redis
+from tests.support.servers import free_port
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.timeout(900)]
 
@@ -166,11 +168,12 @@ def ray_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayApp]:
     address = f"127.0.0.1:{gcs}"
     http_port = free_port()
     try:
-        deadline = time.monotonic() + 120
-        while b"Ray runtime started" not in head_log.read_bytes():
+
+        def head_started() -> bool:
             assert head.poll() is None, head_log.read_text(errors="replace")
-            assert time.monotonic() < deadline, "ray head did not start"
-            time.sleep(0.2)
+            return b"Ray runtime started" in head_log.read_bytes()
+
+        wait_until(head_started, "the ray head to start", timeout=120, every=0.2)
         ray.init(address=address, log_to_driver=False, configure_logging=False)
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})
         # The operator's path: `serve run` on the repo's Serve config, settings from the
@@ -182,13 +185,13 @@ def ray_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayApp]:
             env=env, check=True, timeout=300, stdout=subprocess.DEVNULL,
         )  # fmt: skip
         app = RayApp(f"http://127.0.0.1:{http_port}", metrics_port, redis, ray_tmp)
-        deadline = time.monotonic() + 240
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{app.url}/ready", timeout=5).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "the Serve application did not become ready"
-            time.sleep(0.5)
+        wait_until(
+            lambda: httpx.get(f"{app.url}/ready", timeout=5).status_code == 200,
+            "the Serve application to become ready",
+            timeout=240,
+            every=0.5,
+            ignore=(httpx.HTTPError,),
+        )
         print(f"\ncluster + deploy ready in {time.monotonic() - t0:.1f}s after the head")
         yield app
     finally:
@@ -280,10 +283,7 @@ def _assert_retryable(results: list[tuple[float, int, dict[str, Any]]]) -> list[
 
 
 def _wait_for(cond: Any, timeout: float, what: str, every: float = 0.5) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(every)
+    wait_until(cond, what, timeout=timeout, every=every)
 
 
 def test_openai_sdk_matches_sentence_transformers(ray_app: RayApp, minilm_dir: Path) -> None:

@@ -21,7 +21,8 @@ from embedhost.rayserve import (
     deployment_options,
     unhealthy_reason,
 )
-from tests.conftest import ROOT, app_client, fake_model, make_settings
+from tests.support import ROOT
+from tests.support.app import app_client, fake_model, make_settings
 
 
 def test_deployment_options_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import ROOT
+
 SRC = ROOT / "src" / "embedhost"
 MAX_LINES = 500
 
@@ -52,3 +53,12 @@ def test_nothing_reaches_into_a_replica() -> None:
         h for h in _hits(_py(SRC), reach) if not h.startswith("src/embedhost/models/replica.py")
     ]
     assert hits == []
+
+
+def test_tests_share_helpers_through_support() -> None:
+    """Test modules import shared helpers from tests/support, never from each other or
+    from a conftest.py (fixtures reach them through pytest, not imports)."""
+    other_test = re.compile(r"^\s*(from|import) tests(\.\w+)*\.(test_\w+|conftest)\b")
+    assert _hits(_py(ROOT / "tests") + _py(ROOT / "bench"), other_test) == []
+    bench_to_bench = re.compile(r"^\s*(from|import) (bench\.)?(throughput|storm|fairness)\b")
+    assert _hits(_py(ROOT / "bench"), bench_to_bench) == []

@@ -12,7 +12,7 @@ from embedhost.errors import ChecksumMismatch, ConfigError, InsufficientMemory
 from embedhost.modelfiles import verify_checksum
 from embedhost.models.preflight import estimate_bytes, preflight
 from embedhost.models.router import choose
-from tests.conftest import fake_model, make_settings
+from tests.support.app import fake_model, make_settings
 
 
 def _model_dir(tmp_path: Path) -> Path:

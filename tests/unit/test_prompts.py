@@ -13,7 +13,8 @@ import yaml
 from embedhost.config import ModelConfig, load_settings
 from embedhost.errors import ConfigError, InputTooLong, InvalidRequest
 from embedhost.tokenization import HFTokenizer, Prompt, Prompts, load_prompts, prepare_texts
-from tests.conftest import MINILM, ROOT, make_settings
+from tests.support import MINILM, ROOT
+from tests.support.app import make_settings
 
 
 def st_dir(tmp_path: Path, data: object) -> Path:

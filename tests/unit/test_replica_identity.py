@@ -19,7 +19,8 @@ from embedhost.config import BatchingConfig, Settings, load_settings
 from embedhost.errors import ConfigError
 from embedhost.logs import setup_logging, worker_log_config
 from embedhost.metrics import Metrics, StateSnapshot, WorkerSnapshot
-from tests.conftest import app_client, fake_model, make_settings
+from tests.support.app import app_client, fake_model, make_settings
+from tests.support.wait import wait_until_async
 
 
 def test_instance_id_defaults_to_the_host_name() -> None:
@@ -94,10 +95,7 @@ async def test_load_ratio_counts_queued_and_in_engine_sequences() -> None:
         assert b.load_ratio == 0.0
         futures = b.submit([[1, 2, 3]] * 12, Ticket())
         # Two batches of 4 go to the engine (pipeline depth 2), 4 wait: 12 / (4 x 2).
-        for _ in range(500):  # up to 5 s
-            if b.in_flight_sequences >= 8:
-                break
-            await asyncio.sleep(0.01)
+        await wait_until_async(lambda: b.in_flight_sequences >= 8, timeout=5, every=0.01)
         assert b.in_flight_sequences == 8
         assert b.queued == 4
         assert b.load_ratio == 1.5

@@ -31,7 +31,8 @@ from embedhost.security.keys import (
     new_key_entry,
     presented_key,
 )
-from tests.conftest import ROOT, fake_model
+from tests.support import ROOT
+from tests.support.app import fake_model
 
 
 def settings(**overrides: object):  # type: ignore[no-untyped-def]
