@@ -264,3 +264,51 @@ def write_json(stem: str, data: Any) -> Path:
     path = out / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(data, indent=2))
     return path
+
+
+# The retry storm (storm.py) and the restart under it (restart.py): wrk with many
+# connections that retry a refusal at once, or honour Retry-After ("polite").
+STORM_LUA = r"""
+local bodies = {}
+local i = 0
+local wait_ms = 0
+polite = false
+counts = {}
+setup = function(thread)
+  table.insert(threads_list, thread)
+end
+init = function(args)
+  for line in io.lines(args[1]) do bodies[#bodies + 1] = line end
+  i = math.random(#bodies)
+  polite = args[2] == "polite"
+  counts = {}
+end
+request = function()
+  i = i % #bodies + 1
+  return wrk.format("POST", "/v1/embeddings", {["Content-Type"] = "application/json"}, bodies[i])
+end
+delay = function()
+  local d = wait_ms
+  wait_ms = 0
+  return d
+end
+response = function(status, headers, body)
+  local k = tostring(status)
+  counts[k] = (counts[k] or 0) + 1
+  if polite and (status == 429 or status == 503) then
+    local ra = tonumber(headers["Retry-After"] or headers["retry-after"] or "1") or 1
+    wait_ms = ra * 1000
+  end
+end
+done = function(summary, latency, requests)
+  local total = {}
+  for _, t in ipairs(threads_list) do
+    local c = t:get("counts")
+    for k, v in pairs(c) do total[k] = (total[k] or 0) + v end
+  end
+  local parts = {}
+  for k, v in pairs(total) do parts[#parts + 1] = string.format('"%s": %d', k, v) end
+  io.write("COUNTS {" .. table.concat(parts, ", ") .. "}\n")
+end
+threads_list = {}
+"""

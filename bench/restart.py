@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import (
     ROOT,
+    STORM_LUA,
     bodies_file,
     machine,
     resolve_entry,
@@ -42,7 +43,6 @@ from _harness import (
     wait_ready,
     write_json,
 )
-from storm import LUA
 
 READY = re.compile(
     r"replica 0 ready \(pid (\d+), ([\d.]+)s(?:: (.*?))?\)(?:\s+\[[\w.]+\])?\s*$", re.M
@@ -110,7 +110,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         script = tmp / "storm.lua"
-        script.write_text(LUA)
+        script.write_text(STORM_LUA)
         bodies, _ = bodies_file("short", None, tmp)
         for tag, src in trees:
             proc, url, log_path = start(src, tmp, tag)

@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import (
     MINILM,
+    STORM_LUA,
     bodies_file,
     machine,
     start_serve,
@@ -47,51 +48,6 @@ from _harness import (
     wait_ready,
     write_json,
 )
-
-LUA = r"""
-local bodies = {}
-local i = 0
-local wait_ms = 0
-polite = false
-counts = {}
-setup = function(thread)
-  table.insert(threads_list, thread)
-end
-init = function(args)
-  for line in io.lines(args[1]) do bodies[#bodies + 1] = line end
-  i = math.random(#bodies)
-  polite = args[2] == "polite"
-  counts = {}
-end
-request = function()
-  i = i % #bodies + 1
-  return wrk.format("POST", "/v1/embeddings", {["Content-Type"] = "application/json"}, bodies[i])
-end
-delay = function()
-  local d = wait_ms
-  wait_ms = 0
-  return d
-end
-response = function(status, headers, body)
-  local k = tostring(status)
-  counts[k] = (counts[k] or 0) + 1
-  if polite and (status == 429 or status == 503) then
-    local ra = tonumber(headers["Retry-After"] or headers["retry-after"] or "1") or 1
-    wait_ms = ra * 1000
-  end
-end
-done = function(summary, latency, requests)
-  local total = {}
-  for _, t in ipairs(threads_list) do
-    local c = t:get("counts")
-    for k, v in pairs(c) do total[k] = (total[k] or 0) + v end
-  end
-  local parts = {}
-  for k, v in pairs(total) do parts[#parts + 1] = string.format('"%s": %d', k, v) end
-  io.write("COUNTS {" .. table.concat(parts, ", ") .. "}\n")
-end
-threads_list = {}
-"""
 
 ROUNDS = {
     # name: (connections, wrk threads, mode)
@@ -205,7 +161,7 @@ def main() -> None:
         proc, url = start(entry, tmp, args.log_level)
         try:
             script = tmp / "storm.lua"
-            script.write_text(LUA)
+            script.write_text(STORM_LUA)
             bodies, _ = bodies_file("short", None, tmp)
             # warm-up
             subprocess.run(

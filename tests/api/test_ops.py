@@ -9,8 +9,8 @@ import numpy as np
 
 from embedhost import __version__
 from embedhost.tokenization import load_tokenizer
-from tests.support.app import app_client, fake_model, make_settings
 from tests.fakes import vector_for
+from tests.support.app import app_client, fake_model, make_settings
 
 
 async def test_index(fake_client: httpx.AsyncClient) -> None:

@@ -1,6 +1,6 @@
 """Loaded models: names, their versions, and the router between them.
 
-A *model* (:class:`ModelGroup`) is a name clients send. It holds one or more versions
+A *model* (:class:`~embedhost.models.group.ModelGroup`) is a name clients send. It holds one or more versions
 (:class:`~embedhost.models.version.ModelVersion`), one of which is *current*. A request
 names ``name`` (the router picks: the current version, or a sticky A/B slice when a split
 is set) or pins ``name@version``. An unknown name or version is a 404, never a silent
@@ -9,7 +9,9 @@ fallback.
 The registry owns every change to that picture, each through a method that checks it:
 load (after :func:`~embedhost.models.preflight.preflight`), promote, rollback, unload,
 split, shadow, and the few steps a config reload (:mod:`embedhost.models.reload`) takes.
-It also owns the background tasks those start, and cancels them on stop.
+It also owns the background tasks those start, and cancels them on stop, and it answers
+whether an embedding request can be taken at all before its body is read
+(:meth:`ModelRegistry.refusal`).
 
 A swap (:meth:`ModelRegistry.promote`) changes ``current`` in one step of the event loop,
 so every request is routed either before or after it; the old version then drains (see
@@ -22,7 +24,6 @@ import asyncio
 import logging
 import random
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from embedhost.config import ModelConfig, Settings
@@ -36,7 +37,7 @@ from embedhost.errors import (
     QueueFull,
     VersionLoadFailed,
 )
-from embedhost.models import router
+from embedhost.models.group import ModelGroup
 from embedhost.models.preflight import check_engine, preflight
 from embedhost.models.replica import ReplicaLoad
 from embedhost.models.version import DEAD, GONE, NEVER_UP, TRANSIENT, ModelVersion, VersionState
@@ -47,45 +48,6 @@ if TYPE_CHECKING:
     from embedhost.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class ModelGroup:
-    """Every version of one model name, and how unpinned traffic is split between them."""
-
-    name: str
-    current: str
-    versions: dict[str, ModelVersion] = field(default_factory=dict)
-    history: list[str] = field(default_factory=list)
-    weights: dict[str, float] = field(default_factory=dict)
-    shadow: str | None = None
-    shadow_rate: float = 1.0
-
-    @property
-    def current_handle(self) -> ModelVersion:
-        return self.versions[self.current]
-
-    def choose(self, key: str | None) -> ModelVersion:
-        """The version for an unpinned request: the caller's A/B slice if it is ready,
-        else the current version."""
-        if self.weights and key is not None:
-            version = router.choose(self.name, key, self.weights)
-            handle = self.versions.get(version) if version else None
-            if handle is not None and handle.state is VersionState.READY:
-                return handle
-        return self.current_handle
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "current": self.current,
-            "previous": self.history[-1] if self.history else None,
-            "traffic": dict(self.weights),
-            "shadow": {"version": self.shadow, "sample_rate": self.shadow_rate}
-            if self.shadow
-            else None,
-            "versions": [h.describe() for h in self.versions.values()],
-        }
 
 
 class ModelRegistry:
