@@ -37,7 +37,7 @@ from embedhost.errors import (
 log = logging.getLogger(__name__)
 
 PACED = (QueueFull, RateLimited, ModelNotReady, WorkerCrashed)
-"""Refusals a client may retry at once, paced by ``api.limits.RefusalPacer``: held only
+"""Refusals a client may retry at once, paced by ``api.overload.RefusalPacer``: held only
 while refusals come faster than ``limits.refusals_per_s``."""
 
 

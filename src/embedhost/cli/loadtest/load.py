@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 BUNDLED = ("queries", "passages")
-"""Bundled corpora (real text: Python standard-library docstrings, as bench/data): short
+"""Bundled corpora (real text: Python standard-library docstrings; bench/ reads them too): short
 one-sentence texts, or passages of about 110 tokens."""
 
 PERCENTILES = (50, 95, 99)
