@@ -15,7 +15,8 @@ The queue is bounded (``max_queue_items``, and ``max_queue_wait_s`` when set: th
 estimated from the engine's measured throughput): a request that does not fit gets
 :class:`QueueFull` (429 + Retry-After) at once, before anything of it is queued. Its
 Retry-After is the queue's estimated drain time (:meth:`Batcher.drain_s`), not a
-constant. Items of a request whose client went away are dropped when a batch is formed. Every future is
+constant. Batch-priority work waits in its own lane (:mod:`embedhost.lanes`: its own
+bound, the capacity online work leaves, a floor share). Items of a request whose client went away are dropped when a batch is formed. Every future is
 resolved on every path: results, engine errors, worker crash, timeout, shutdown.
 """
 
@@ -30,9 +31,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from embedhost.config import BatchingConfig
+from embedhost.config import BatchingConfig, Priority
 from embedhost.engines.base import Vectors
 from embedhost.errors import ClientGone, EmbedhostError, EngineError, QueueFull, ShuttingDown
+from embedhost.lanes import BatchLane
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,7 @@ class Ticket:
     """
 
     gone: bool = False
+    priority: Priority = "online"
     dispatched: float = 0.0
     done: float = 0.0
 
@@ -106,7 +109,8 @@ class Batcher:
         self.observer = observer
         self.config = config
         self.retry_after_s = retry_after_s
-        self._queue: deque[Item] = deque()
+        self._queue: deque[Item] = deque()  # online work; batch work waits in the lane
+        self.lane: BatchLane[Item] = BatchLane(config)
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(depth)
         self._depth = depth
@@ -125,7 +129,7 @@ class Batcher:
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + len(self.lane)
 
     @property
     def in_flight(self) -> int:
@@ -151,9 +155,11 @@ class Batcher:
             return self.retry_after_s
         return min(max(drain, RETRY_AFTER_MIN_S), RETRY_AFTER_MAX_S)
 
-    def refuses(self, n: int) -> str | None:
+    def refuses(self, n: int, priority: Priority = "online") -> str | None:
         """Why a request of ``n`` sequences would be refused now, or None if it fits."""
         cfg = self.config
+        if priority == "batch":
+            return self.lane.refuses(n, len(self._queue))
         if len(self._queue) + n > cfg.max_queue_items:
             return f"the queue for this model is full ({cfg.max_queue_items} inputs)"
         limit = cfg.max_queue_wait_s
@@ -177,7 +183,7 @@ class Batcher:
         (``max_batch_size`` x pipeline depth): 1.0 means the pipeline is full and new work
         waits; the autoscaling signal (``embedhost_load_ratio``)."""
         held = self.config.max_batch_size * self._depth
-        return (len(self._queue) + self._in_flight_seqs) / held
+        return (self.queued + self._in_flight_seqs) / held
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
@@ -186,7 +192,7 @@ class Batcher:
         """Queue every sequence of one request, or none of them."""
         if self._closed:
             raise ShuttingDown("the server is shutting down", retry_after=self.retry_after_s)
-        why = self.refuses(len(seqs))
+        why = self.refuses(len(seqs), ticket.priority)
         if why is not None:
             raise QueueFull(
                 f"{why}; retry after the indicated delay", retry_after=self.retry_after()
@@ -194,12 +200,13 @@ class Batcher:
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         futures: list[asyncio.Future[Vectors]] = []
+        queue = self.lane.queue if ticket.priority == "batch" else self._queue
         for s in seqs:
             fut: asyncio.Future[Vectors] = loop.create_future()
-            self._queue.append(Item(s, fut, ticket, now))
+            queue.append(Item(s, fut, ticket, now))
             futures.append(fut)
         if self.observer is not None:
-            self.observer.queue_depth(len(self._queue))
+            self.observer.queue_depth(self.queued)
         self._wake.set()
         return futures
 
@@ -208,7 +215,7 @@ class Batcher:
         self._closed = True
         if drain:
             deadline = time.monotonic() + timeout
-            while (self._queue or self._running) and time.monotonic() < deadline:
+            while (self.queued or self._running) and time.monotonic() < deadline:
                 self._wake.set()
                 await asyncio.sleep(0.01)
         if self._task is not None:
@@ -220,17 +227,18 @@ class Batcher:
     # -- internals ---------------------------------------------------------------------------
 
     def _fail_queue(self, exc: EmbedhostError) -> None:
-        while self._queue:
-            it = self._queue.popleft()
-            if not it.future.done():
-                it.future.set_exception(exc)
+        for queue in (self._queue, self.lane.queue):
+            while queue:
+                it = queue.popleft()
+                if not it.future.done():
+                    it.future.set_exception(exc)
         if self.observer is not None:
             self.observer.queue_depth(0)
 
     async def _loop(self) -> None:
         try:
             while True:
-                if not self._queue:
+                if not self.queued:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
@@ -238,12 +246,12 @@ class Batcher:
                 if (
                     self._in_flight == 0
                     and self.config.max_wait_ms > 0
-                    and len(self._queue) < self.config.max_batch_size
+                    and self.queued < self.config.max_batch_size
                 ):
                     await self._gather_more()
                 batch = self._form()
                 if self.observer is not None:
-                    self.observer.queue_depth(len(self._queue))
+                    self.observer.queue_depth(self.queued)
                 if not batch:
                     self._slots.release()
                     continue
@@ -261,7 +269,7 @@ class Batcher:
 
     async def _gather_more(self) -> None:
         deadline = time.monotonic() + self.config.max_wait_ms / 1000
-        while len(self._queue) < self.config.max_batch_size:
+        while self.queued < self.config.max_batch_size:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
@@ -270,8 +278,9 @@ class Batcher:
                 await asyncio.wait_for(self._wake.wait(), left)
 
     def _form(self) -> list[Item]:
-        """Pick the next batch: around the oldest item, among similar lengths."""
-        q = self._queue
+        """Pick the next batch: around the oldest item, among similar lengths, from the
+        lane whose turn it is."""
+        q, bulk = self.lane.choose(self._queue)
         # Drop items whose client is gone, and items already resolved.
         while q and (q[0].ticket.gone or q[0].future.done()):
             self._drop(q.popleft())
@@ -343,6 +352,8 @@ class Batcher:
         rest = [it for it in window if id(it) not in taken]
         q.extendleft(reversed(rest))
         chosen.sort(key=lambda it: len(it.ids))
+        if bulk:
+            self.lane.took(len(chosen))
         return chosen
 
     def _measure(self, sequences: int, sent: float, done: float) -> None:

@@ -100,6 +100,18 @@ class BatchingConfig(_Strict):
         le=3600,
         description="A batch taking longer means the worker is wedged: it is killed and restarted.",
     )
+    batch_floor_share: float = Field(
+        default=0.1,
+        ge=0,
+        le=0.9,
+        description="Share of batches owed to batch-priority work while online work waits too (its floor; see embedhost.lanes).",
+    )
+    batch_max_queue_items: int = Field(
+        default=16384,
+        ge=1,
+        le=10_000_000,
+        description="Batch-priority sequences waiting per replica (their own bound, apart from max_queue_items).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> BatchingConfig:
@@ -358,6 +370,8 @@ class RequestLimitsConfig(_Strict):
 
 
 Scope = Literal["embed", "admin", "metrics"]
+Priority = Literal["online", "batch"]
+"""A request's lane in the batcher (see embedhost.lanes)."""
 SCOPES: tuple[Scope, ...] = ("embed", "admin", "metrics")
 
 
@@ -386,6 +400,10 @@ class ApiKeyConfig(_Strict):
     )
     revoked: bool = False
     description: str | None = Field(default=None, max_length=256)
+    priority: Priority = Field(
+        default="online",
+        description="This key's requests' default priority (X-Embedhost-Priority overrides it).",
+    )
 
     @field_validator("hash")
     @classmethod

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from embedhost.cache import BYPASS, DEFAULT_POLICY, CachePolicy, EmbeddingCache
-from embedhost.config import RequestLimitsConfig
+from embedhost.config import Priority, RequestLimitsConfig
 from embedhost.engines.base import Vectors
 from embedhost.errors import EmbedhostError, InvalidRequest, PayloadTooLarge
 from embedhost.models.registry import ModelRegistry
@@ -65,6 +65,8 @@ class EmbedOptions:
     """TEI's spelling: a prompt name of the model."""
     cache: CachePolicy = DEFAULT_POLICY
     """What the request lets the cache do (``Cache-Control: no-cache`` / ``no-store``)."""
+    priority: Priority = "online"
+    """The batcher lane (``batch``: the capacity online work leaves; see embedhost.lanes)."""
 
 
 _DEFAULT = EmbedOptions()
@@ -114,7 +116,7 @@ class EmbeddingService:
         """``admission`` (from ``require_scope``): the key's allowed models are checked once
         the model is resolved, and its token budget is charged once the tokens are counted.
         ``disconnected``: see the module docstring."""
-        ticket = Ticket()
+        ticket = Ticket(priority=options.priority)
         watcher = None
         if disconnected is not None:
             watcher = asyncio.get_running_loop().create_task(_mark_gone(ticket, disconnected))

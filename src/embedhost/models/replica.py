@@ -35,6 +35,9 @@ class ReplicaLoad:
     ready: bool
     pid: int | None
     load_ratio: float
+    sequences: int = 0
+    """Sequences sent to the engine, and of them from the batch lane (its share)."""
+    batch_sequences: int = 0
 
 
 class Replica:
@@ -126,7 +129,15 @@ class Replica:
         return self.batcher.retry_after()
 
     def snapshot(self) -> ReplicaLoad:
-        return ReplicaLoad(self.index, self.ready, self.worker.pid, self.batcher.load_ratio)
+        b = self.batcher
+        return ReplicaLoad(
+            self.index,
+            self.ready,
+            self.worker.pid,
+            b.load_ratio,
+            b.stats.sequences,
+            b.lane.sequences,
+        )
 
     # -- work ---------------------------------------------------------------------------------
 

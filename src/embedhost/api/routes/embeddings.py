@@ -22,6 +22,7 @@ from fastapi.responses import Response
 
 from embedhost.api.deps import EmbedAdmission, ServiceDep
 from embedhost.api.observability import note_inputs, timing_headers
+from embedhost.api.priority import request_priority
 from embedhost.cache import CachePolicy
 from embedhost.errors import InvalidRequest
 from embedhost.protocol import (
@@ -91,6 +92,7 @@ async def _embed_response(
     cache_control = request.headers.get("cache-control")
     if cache_control:
         options = dataclasses.replace(options, cache=CachePolicy.from_header(cache_control))
+    options = dataclasses.replace(options, priority=request_priority(request.headers, admission))
     result = await service.embed(
         handle,
         inputs,
