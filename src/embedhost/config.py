@@ -603,6 +603,45 @@ class LifecycleConfig(_Strict):
     )
 
 
+class JobsConfig(_Strict):
+    """The Batch API (``/v1/files``, ``/v1/batches``; embedhost.jobs): where jobs and files
+    live, OpenAI's per-batch limits, and how jobs run."""
+
+    enabled: bool = Field(default=True, description="false: the Batch API routes answer 404.")
+    data_dir: str = Field(
+        default="embedhost-data",
+        description="Directory of the job store (jobs.sqlite3) and the files/ it keeps; "
+        "created on first use. Relative paths are from the working directory.",
+    )
+    max_file_bytes: int = Field(
+        default=200 * 1024 * 1024, ge=1024, description="Size limit of one uploaded file."
+    )
+    max_requests: int = Field(
+        default=50_000, ge=1, le=10_000_000, description="Lines (requests) per batch."
+    )
+    completion_window_s: float = Field(
+        default=86_400.0,
+        gt=0,
+        description='What completion_window "24h" means here: a job still running after '
+        "it is expired (its finished lines are kept).",
+    )
+    chunk_lines: int = Field(
+        default=64,
+        ge=1,
+        le=10_000,
+        description="Lines embedded together and then written and recorded as done (a "
+        "restart resumes after the last recorded chunk).",
+    )
+    max_running: int = Field(default=2, ge=1, le=64, description="Jobs run at once.")
+    retry_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=600,
+        description="Pause before retrying a line refused for now (full batch lane, "
+        "token budget spent, model not ready): such lines wait, they do not fail.",
+    )
+
+
 class RayConfig(_Strict):
     """Ray Serve (``embedhost serve --ray``, ``deploy/ray/serve.yaml``): one Serve replica is
     one embedhost app. Replica count, autoscaling and backpressure; the defaults are sized
@@ -695,6 +734,7 @@ class Settings(BaseSettings):
     lifecycle: LifecycleConfig = Field(default_factory=LifecycleConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    jobs: JobsConfig = Field(default_factory=JobsConfig)
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:

@@ -72,6 +72,12 @@ class MethodNotAllowed(InvalidRequest):
     code = "method_not_allowed"
 
 
+class NotFound(InvalidRequest):
+    """No such file or batch (the Batch API's ids), or not one of this key's."""
+
+    code = "not_found"
+
+
 class Unauthorized(EmbedhostError):
     """No API key, a malformed one, an unknown one or a revoked one: 401 + WWW-Authenticate."""
 
@@ -194,6 +200,7 @@ STATUS: dict[type[EmbedhostError], int] = {
     InputTooLong: 413,
     PayloadTooLarge: 413,
     ModelNotFound: 404,
+    NotFound: 404,
     MethodNotAllowed: 405,
     ClientGone: 499,
     QueueFull: 429,

@@ -33,11 +33,13 @@ from embedhost.api.middleware import (
 )
 from embedhost.api.observability import TIMING_HEADERS, ObservabilityMiddleware
 from embedhost.api.overload import ConcurrencyLimit, RefusalPacer
-from embedhost.api.routes import admin, embeddings, ops
+from embedhost.api.routes import admin, batches, embeddings, ops
 from embedhost.api.routes import metrics as metrics_routes
 from embedhost.config import Settings
 from embedhost.core import Core
 from embedhost.errors import EmbedhostError
+from embedhost.jobs.metrics import JobsCollector
+from embedhost.jobs.runner import Jobs
 from embedhost.metrics import Metrics, StateSnapshot, WorkerSnapshot
 from embedhost.models.reload import install_sighup
 from embedhost.security.admission import Security
@@ -80,12 +82,16 @@ def create_app(
         core = context.core = Core.build(settings, metrics)
         context.draining = False
         core.start()
+        if context.jobs is not None:
+            context.jobs.start(core.service)
         remove_sighup = install_sighup(core.registry, config_path)
         try:
             yield {}
         finally:
             remove_sighup()
             context.draining = True
+            if context.jobs is not None:
+                await context.jobs.stop()
             await core.stop(settings.server.graceful_shutdown_s)
             await security.limiter.close()
 
@@ -109,6 +115,11 @@ def create_app(
         # auth.metrics_open lets it through without the scope (Security.admit decides).
         app.include_router(metrics_routes.router, dependencies=[Depends(require_scope("metrics"))])
     app.include_router(admin.router)
+    if settings.jobs.enabled:
+        context.jobs = Jobs(settings, security)
+        if metrics is not None:
+            metrics.local.register(JobsCollector(context.jobs))
+        app.include_router(batches.router)
     if settings.server.console:
         app.include_router(console.router)
     return app

@@ -24,6 +24,7 @@ from embedhost.cache import EmbeddingCache
 from embedhost.config import Settings
 from embedhost.core import Core
 from embedhost.errors import ModelNotReady
+from embedhost.jobs.runner import Jobs
 from embedhost.metrics import Metrics
 from embedhost.models.registry import ModelRegistry
 from embedhost.security.admission import Security
@@ -49,6 +50,8 @@ class AppContext:
     """Set on SIGTERM (``/ready`` answers 503 from then on) and by the lifespan's end."""
     core: Core | None = None
     """The serving parts, from the lifespan's start to its end."""
+    jobs: Jobs | None = None
+    """The Batch API's jobs and files (None: ``jobs.enabled`` is false)."""
 
     @property
     def running(self) -> Core:

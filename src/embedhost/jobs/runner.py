@@ -1,0 +1,416 @@
+"""Running batch jobs: :class:`Jobs`, what the Batch API routes call, and the runner loop.
+
+A job goes ``validating`` (its input file counted against ``jobs.max_requests``) ->
+``in_progress`` -> ``finalizing`` -> ``completed``; or ``failed`` (no such input, too many
+lines, no lines), ``cancelling`` -> ``cancelled``, or ``expired`` once
+``completion_window`` has passed. Cancelled and expired jobs keep the lines they finished.
+
+Lines are read, embedded and written ``jobs.chunk_lines`` at a time, in input order; the
+lines of a chunk go to the embedding service together, as separate requests at ``batch``
+priority (the batcher's batch lane, :mod:`embedhost.lanes`), through the vector cache, as
+the job's owner: its API key's allowed models and token budget apply. A line refused for
+now (the batch lane full, the token budget spent, no model ready) waits and is retried:
+over budget, a job pauses; it does not fail. See :mod:`embedhost.jobs.store` for how a
+chunk is recorded exactly once.
+
+One process runs a data directory's jobs (no lease between replicas; see the README).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from embedhost.config import ApiKeyConfig, Settings
+from embedhost.errors import (
+    EmbedhostError,
+    InvalidRequest,
+    ModelNotReady,
+    Overloaded,
+    PayloadTooLarge,
+    QueueFull,
+    RateLimited,
+    RateLimiterUnavailable,
+    ShuttingDown,
+)
+from embedhost.jobs import lines
+from embedhost.jobs.store import BatchRecord, FileRecord, JobStore, new_id, sync_append
+from embedhost.security.admission import Admission, Security
+from embedhost.security.keys import all_keys
+from embedhost.service import EmbeddingService, EmbedOptions
+
+if TYPE_CHECKING:
+    from embedhost.models.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+WINDOWS = ("24h",)
+# Refused for now: the line waits and is retried (a job over budget pauses, not fails).
+_TRANSIENT = (
+    QueueFull,
+    RateLimited,
+    ModelNotReady,
+    Overloaded,
+    RateLimiterUnavailable,
+    ShuttingDown,
+)
+_MAX_PAUSE_S = 30.0
+
+
+class _Stop(Exception):
+    """The job was cancelled or expired while a line waited."""
+
+
+class Jobs:
+    """The Batch API's state: the store (opened on first use), the running jobs."""
+
+    def __init__(self, settings: Settings, security: Security) -> None:
+        self.config = settings.jobs
+        self.security = security
+        self._keys: dict[str, ApiKeyConfig] = {k.id: k for k in all_keys(settings)}
+        self._store: JobStore | None = None
+        self._open = asyncio.Lock()
+        self.service: EmbeddingService | None = None
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._cancel: set[str] = set()
+        self._wake = asyncio.Event()
+        self._loop: asyncio.Task[None] | None = None
+        self.lines = {"completed": 0, "failed": 0}
+        """Lines finished by this process since it started (the metrics)."""
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    @property
+    def registry(self) -> ModelRegistry | None:
+        return self.service.registry if self.service is not None else None
+
+    def start(self, service: EmbeddingService) -> None:
+        self.service = service
+        self._loop = asyncio.get_running_loop().create_task(self._supervise(), name="jobs")
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._loop, *self._running.values()) if t is not None]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        if self._store is not None:
+            await asyncio.to_thread(self._store.close)
+            self._store = None
+
+    async def store(self) -> JobStore:
+        if self._store is None:
+            async with self._open:
+                if self._store is None:
+                    self._store = await asyncio.to_thread(JobStore, self.config.data_dir)
+        return self._store
+
+    def peek_store(self) -> JobStore | None:
+        """The store if it is open (the metrics do not open it)."""
+        return self._store
+
+    # -- files ------------------------------------------------------------------------------------
+
+    async def add_file(
+        self, key_id: str | None, src: Path, filename: str, purpose: str
+    ) -> FileRecord:
+        store = await self.store()
+        return await asyncio.to_thread(
+            store.add_file, key_id, src, filename, purpose, new_id("file")
+        )
+
+    async def file(self, file_id: str, key_id: str | None) -> FileRecord:
+        store = await self.store()
+        return await asyncio.to_thread(store.get_file, file_id, key_id)
+
+    async def file_content(self, file_id: str, key_id: str | None) -> Path:
+        store = await self.store()
+        await asyncio.to_thread(store.get_file, file_id, key_id)
+        return store.file_path(file_id)
+
+    async def delete_file(self, file_id: str, key_id: str | None) -> None:
+        store = await self.store()
+        await asyncio.to_thread(store.delete_file, file_id, key_id)
+
+    # -- batches ----------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        key_id: str | None,
+        input_file_id: str,
+        endpoint: str,
+        completion_window: str,
+        metadata: dict[str, str] | None,
+    ) -> BatchRecord:
+        if endpoint != lines.ENDPOINT:
+            raise InvalidRequest(
+                f"endpoint {endpoint!r} is not served here; batches run {lines.ENDPOINT}",
+                param="endpoint",
+            )
+        if completion_window not in WINDOWS:
+            raise InvalidRequest(
+                f"completion_window must be one of {', '.join(WINDOWS)}", param="completion_window"
+            )
+        inp = await self.file(input_file_id, key_id)
+        if inp.purpose != "batch":
+            raise InvalidRequest(
+                f"file {input_file_id} has purpose {inp.purpose!r}, not 'batch'",
+                param="input_file_id",
+            )
+        now = int(time.time())
+        rec = BatchRecord(
+            id=new_id("batch"),
+            input_file_id=input_file_id,
+            endpoint=endpoint,
+            completion_window=completion_window,
+            created_at=now,
+            expires_at=now + int(self.config.completion_window_s),
+            owner=key_id or "",
+            metadata=metadata,
+        )
+        store = await self.store()
+        await asyncio.to_thread(store.add_batch, rec)
+        self._wake.set()
+        return rec
+
+    async def get(self, batch_id: str, key_id: str | None) -> BatchRecord:
+        store = await self.store()
+        return await asyncio.to_thread(store.get_batch, batch_id, key_id)
+
+    async def list(
+        self, key_id: str | None, after: str | None, limit: int
+    ) -> tuple[list[BatchRecord], bool]:
+        store = await self.store()
+        return await asyncio.to_thread(store.list_batches, key_id, after, limit)
+
+    async def cancel(self, batch_id: str, key_id: str | None) -> BatchRecord:
+        store = await self.store()
+        rec = await asyncio.to_thread(store.get_batch, batch_id, key_id)
+        if rec.status not in ("validating", "in_progress", "cancelling"):
+            raise InvalidRequest(
+                f"batch {batch_id} is {rec.status}; only a running batch can be cancelled",
+                param="batch_id",
+            )
+        self._cancel.add(batch_id)
+        if rec.status != "cancelling":
+            rec.stamp("cancelling")
+            await asyncio.to_thread(store.save, rec)
+        self._wake.set()
+        return rec
+
+    # -- the runner -------------------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        # Resume what a previous run left, but do not create a store nobody asked for.
+        if (Path(self.config.data_dir) / "jobs.sqlite3").exists():
+            await self.store()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 1.0)
+            self._wake.clear()
+            if self._store is None:
+                continue
+            try:
+                active = await asyncio.to_thread(self._store.active_batches)
+            except Exception:
+                log.exception("reading the job store failed")
+                continue
+            for rec in active:
+                if rec.id in self._running or len(self._running) >= self.config.max_running:
+                    continue
+                task = asyncio.get_running_loop().create_task(self._run(rec), name=rec.id)
+                self._running[rec.id] = task
+                task.add_done_callback(functools.partial(self._done, rec.id))
+
+    def _done(self, batch_id: str, _task: object = None) -> None:
+        self._running.pop(batch_id, None)
+        self._cancel.discard(batch_id)
+        self._wake.set()
+
+    async def _run(self, rec: BatchRecord) -> None:
+        try:
+            await self._job(await self.store(), rec)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("batch %s failed", rec.id)
+            rec.errors = {
+                "object": "list",
+                "data": [{"code": "server_error", "message": "the job failed on the server"}],
+            }
+            rec.stamp("failed")
+            await asyncio.to_thread((await self.store()).save, rec)
+
+    async def _job(self, store: JobStore, rec: BatchRecord) -> None:
+        src = store.file_path(rec.input_file_id)
+        if rec.status == "validating":
+            problem = await asyncio.to_thread(self._validate, src, rec)
+            if problem is not None:
+                rec.errors = {"object": "list", "data": [problem]}
+                rec.stamp("failed")
+                await asyncio.to_thread(store.save, rec)
+                return
+            rec.stamp("in_progress")
+            await asyncio.to_thread(store.save, rec)
+        out_p, err_p = store.work_paths(rec.id)
+        await asyncio.to_thread(_truncate, out_p, rec.progress.out_bytes)
+        await asyncio.to_thread(_truncate, err_p, rec.progress.err_bytes)
+        key = self._keys.get(rec.owner) if rec.owner else None
+        admission = Admission(key, f"batch:{rec.id}", self.security)
+        end = "completed"
+        while True:
+            end = self._stop_reason(rec) or "completed"
+            if end != "completed":
+                break
+            chunk, offset = await asyncio.to_thread(
+                _read_chunk, src, rec.progress.in_offset, self.config.chunk_lines
+            )
+            if not chunk:
+                break
+            try:
+                answers = await asyncio.gather(
+                    *(self._answer(raw, rec, admission) for raw in chunk)
+                )
+            except _Stop:
+                end = self._stop_reason(rec) or "cancelled"
+                break
+            out, err = await asyncio.to_thread(lines.render, list(answers))
+            p = rec.progress
+            if out:
+                p.out_bytes = await asyncio.to_thread(sync_append, out_p, out)
+            if err:
+                p.err_bytes = await asyncio.to_thread(sync_append, err_p, err)
+            ok = sum(1 for a in answers if a.ok)
+            rec.request_counts["completed"] += ok
+            rec.request_counts["failed"] += len(answers) - ok
+            p.next_line += len(chunk)
+            p.in_offset = offset
+            if rec.id in self._cancel and rec.status != "cancelling":
+                rec.stamp("cancelling")
+            await asyncio.to_thread(store.save, rec)
+            self.lines["completed"] += ok
+            self.lines["failed"] += len(answers) - ok
+        await self._finish(store, rec, end, out_p, err_p)
+
+    def _stop_reason(self, rec: BatchRecord) -> str | None:
+        if rec.id in self._cancel or rec.status == "cancelling":
+            return "cancelled"
+        if time.time() >= rec.expires_at:
+            return "expired"
+        return None
+
+    async def _finish(
+        self, store: JobStore, rec: BatchRecord, end: str, out_p: Path, err_p: Path
+    ) -> None:
+        if end == "completed":
+            rec.stamp("finalizing")
+            await asyncio.to_thread(store.save, rec)
+        key_id = rec.owner or None
+        for path, attr, name in (
+            (out_p, "output_file_id", "output"),
+            (err_p, "error_file_id", "error"),
+        ):
+            if path.exists() and path.stat().st_size > 0:
+                f = await self.add_file(key_id, path, f"{rec.id}_{name}.jsonl", "batch_output")
+                setattr(rec, attr, f.id)
+            else:
+                path.unlink(missing_ok=True)
+        rec.stamp(end)
+        await asyncio.to_thread(store.save, rec)
+
+    def _validate(self, src: Path, rec: BatchRecord) -> dict[str, str] | None:
+        if not src.exists():
+            return {"code": "missing_file", "message": f"input file {rec.input_file_id} is gone"}
+        total = 0
+        with src.open("rb") as f:
+            for raw in f:
+                if raw.strip():
+                    total += 1
+        if total == 0:
+            return {"code": "empty_file", "message": "the input file has no lines"}
+        if total > self.config.max_requests:
+            return {
+                "code": "too_many_requests",
+                "message": f"the input file has {total} lines; the limit is "
+                f"{self.config.max_requests} per batch",
+            }
+        rec.request_counts["total"] = total
+        return None
+
+    async def _answer(self, raw: bytes, rec: BatchRecord, admission: Admission) -> lines.Answer:
+        try:
+            parsed = lines.parse(raw)
+        except lines.LineError as exc:
+            return lines.line_error(exc)
+        req, cid = parsed.request, parsed.custom_id
+        inp = req.input
+        inputs = [inp] if isinstance(inp, str) or (inp and isinstance(inp[0], int)) else inp
+        options = EmbedOptions(
+            truncate=req.truncate,
+            dimensions=req.dimensions,
+            input_type=req.input_type,
+            prompt_name=req.prompt_name,
+            priority="batch",
+        )
+        service = self.service
+        assert service is not None
+        route_key = f"key:{rec.owner}" if rec.owner else f"user:{req.user or rec.id}"
+        while True:
+            try:
+                handle = service.resolve(req.model, route_key)
+                result = await service.embed(handle, inputs, options, admission=admission)  # type: ignore[arg-type]
+            except PayloadTooLarge as exc:  # never fits (e.g. over the whole token budget)
+                return lines.failed(cid, exc)
+            except _TRANSIENT as exc:
+                await self._pause(rec, exc.retry_after)
+                continue
+            except EmbedhostError as exc:
+                return lines.failed(cid, exc)
+            return lines.Answer(
+                cid,
+                True,
+                vectors=result.vectors,
+                model=req.model or result.model.name,
+                tokens=result.tokens.total,
+                base64=req.encoding_format == "base64",
+            )
+
+    async def _pause(self, rec: BatchRecord, retry_after: float | None) -> None:
+        wait = min(max(retry_after or self.config.retry_s, 0.05), _MAX_PAUSE_S)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if self._stop_reason(rec) is not None:
+                raise _Stop
+            await asyncio.sleep(min(0.25, wait))
+        if self._stop_reason(rec) is not None:
+            raise _Stop
+
+
+def _truncate(path: Path, size: int) -> None:
+    """Cut a work file back to its recorded size: what a crash left after that is redone."""
+    if not path.exists():
+        if size:
+            raise RuntimeError(f"{path} is missing but {size} bytes were recorded")
+        return
+    with path.open("r+b") as f:
+        f.truncate(size)
+
+
+def _read_chunk(src: Path, offset: int, n: int) -> tuple[list[bytes], int]:
+    """Up to ``n`` non-blank lines from byte ``offset``, and the offset after them."""
+    out: list[bytes] = []
+    with src.open("rb") as f:
+        f.seek(offset)
+        while len(out) < n:
+            raw = f.readline()
+            if not raw:
+                break
+            if raw.strip():
+                out.append(raw)
+        return out, f.tell()
