@@ -15,6 +15,7 @@ import openai
 import pytest
 from fastapi import FastAPI
 
+from embedhost.config import RateLimit
 from embedhost.security.keys import new_key_entry
 from tests.fakes import GATE
 from tests.support.app import app_client, fake_model, make_settings
@@ -23,13 +24,15 @@ from tests.support.wait import wait_until_async
 FULL, FULL_E = new_key_entry("full", ["embed", "admin", "metrics"])
 ONLY_OTHER, ONLY_OTHER_E = new_key_entry("only-other", ["embed"], ["other"])
 PROM, PROM_E = new_key_entry("prom", ["metrics"])
+SMALL, SMALL_E = new_key_entry("small", ["embed", "metrics"])
+SMALL_E = SMALL_E.model_copy(update={"rate_limits": RateLimit(tokens_per_minute=40)})
 
 
 def _settings(tmp_path: Path, gate: Path | None = None, **jobs: Any) -> Any:
     opts = {"gate": str(gate)} if gate else {}
     return make_settings(
         [fake_model(engine_options=opts)],
-        auth={"keys": [FULL_E.model_dump(), ONLY_OTHER_E.model_dump(), PROM_E.model_dump()]},
+        auth={"keys": [e.model_dump() for e in (FULL_E, ONLY_OTHER_E, PROM_E, SMALL_E)]},
         jobs={"data_dir": str(tmp_path / "data"), **jobs},
     )
 
@@ -273,3 +276,26 @@ async def test_priority_header_and_key_default(tmp_path: Path) -> None:
         metrics = (await client.get("/metrics", headers=h)).text
         share = [x for x in metrics.splitlines() if x.startswith("embedhost_batch_lane_share{")]
         assert float(share[0].split()[-1]) == pytest.approx(0.5)
+
+
+async def test_over_its_token_budget_a_job_pauses_and_fails_nothing(tmp_path: Path) -> None:
+    async with app_client(_settings(tmp_path, chunk_lines=4)) as (app, client):
+        sdk = _sdk(app, SMALL)
+        jsonl = "\n".join(_line(f"r{i}", {"input": f"text {i}"}) for i in range(40))
+        f = await sdk.files.create(file=("in.jsonl", jsonl.encode()), purpose="batch")
+        b = await sdk.batches.create(
+            input_file_id=f.id, endpoint="/v1/embeddings", completion_window="24h"
+        )
+
+        async def paused() -> bool:
+            m = (await client.get("/metrics", headers={"X-API-Key": SMALL})).text
+            return "embedhost_batch_lines_waiting 0.0" not in m
+
+        await wait_until_async(paused, "the job to pause on its token budget", timeout=60)
+        now = await sdk.batches.retrieve(b.id)
+        assert now.status == "in_progress" and now.request_counts is not None
+        assert now.request_counts.failed == 0 and now.request_counts.completed < 40
+        await sdk.batches.cancel(b.id)
+        done = await _finished(sdk, b.id, "cancelled")
+        assert done.request_counts is not None and done.request_counts.failed == 0
+        assert done.error_file_id is None

@@ -38,6 +38,12 @@ class JobsCollector(Collector):
         for result, n in self.jobs.lines.items():
             lines.add_metric([result], n)
         yield lines
+        yield GaugeMetricFamily(
+            "embedhost_batch_lines_waiting",
+            "Batch API lines refused for now (token budget spent, batch lane full) that "
+            "wait to be retried: a job over its budget pauses",
+            value=self.jobs.waiting,
+        )
         share = GaugeMetricFamily(
             "embedhost_batch_lane_share",
             "Share of the sequences sent to the engines that came from the batch lane",

@@ -82,6 +82,8 @@ class Jobs:
         self._loop: asyncio.Task[None] | None = None
         self.lines = {"completed": 0, "failed": 0}
         """Lines finished by this process since it started (the metrics)."""
+        self.waiting = 0
+        """Lines refused for now (token budget spent, batch lane full) and waiting to retry."""
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -368,7 +370,11 @@ class Jobs:
             except PayloadTooLarge as exc:  # never fits (e.g. over the whole token budget)
                 return lines.failed(cid, exc)
             except _TRANSIENT as exc:
-                await self._pause(rec, exc.retry_after)
+                self.waiting += 1
+                try:
+                    await self._pause(rec, exc.retry_after)
+                finally:
+                    self.waiting -= 1
                 continue
             except EmbedhostError as exc:
                 return lines.failed(cid, exc)
