@@ -299,3 +299,17 @@ async def test_over_its_token_budget_a_job_pauses_and_fails_nothing(tmp_path: Pa
         done = await _finished(sdk, b.id, "cancelled")
         assert done.request_counts is not None and done.request_counts.failed == 0
         assert done.error_file_id is None
+
+
+async def test_uploads_have_their_own_size_limit(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, max_file_bytes=8192)
+    settings.limits.max_body_bytes = 2048
+    async with app_client(settings) as (app, _):
+        sdk = _sdk(app, FULL)
+        line = _line("r", {"input": "x" * 50}) + "\n"
+        ok = line * (5000 // len(line))
+        f = await sdk.files.create(file=("in.jsonl", ok.encode()), purpose="batch")
+        assert f.bytes == len(ok)
+        with pytest.raises(openai.APIStatusError) as err:
+            await sdk.files.create(file=("in.jsonl", (ok * 2).encode()), purpose="batch")
+        assert err.value.status_code == 413

@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from embedhost.api.errors import send_error
 from embedhost.api.overload import ConcurrencyLimit, RefusalPacer
 from embedhost.api.record import record_in
-from embedhost.errors import EmbedhostError, Overloaded, status_for
+from embedhost.errors import EmbedhostError, Overloaded, PayloadTooLarge, status_for
 
 PROBE_PATHS = frozenset({"/health", "/ready", "/metrics", "/console/stats"})
 """Probes and scrapes (the web console polls its stats every 2 s): never refused for
@@ -69,15 +69,32 @@ class BodyLimitMiddleware:
         max_bytes: int,
         max_depth: int | None = None,
         timeout_s: float | None = None,
+        uploads: dict[str, int] | None = None,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.max_depth = max_depth
         self.timeout_s = timeout_s
+        # Paths that take files (the Batch API's /v1/files) and their own limit: counted as
+        # they stream to the route, never held here whole (see _counted).
+        self.uploads = uploads or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        upload_limit = self.uploads.get(scope["path"])
+        if upload_limit is not None:
+            length = dict(scope.get("headers", ())).get(b"content-length", b"0")
+            if length.isdigit() and int(length) > upload_limit:
+                await self._send(
+                    send,
+                    413,
+                    f"the file is larger than the limit of {upload_limit} bytes",
+                    "payload_too_large",
+                )
+                return
+            await self.app(scope, _counted(receive, upload_limit), send)
             return
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
@@ -140,6 +157,21 @@ class BodyLimitMiddleware:
         await send_error(
             send, status, message, "invalid_request_error", code, {"connection": "close"}
         )
+
+
+def _counted(receive: Receive, limit: int) -> Receive:
+    """A receive that raises 413 once more than ``limit`` bytes of body have arrived."""
+    size = 0
+
+    async def counted() -> Message:
+        nonlocal size
+        message = await receive()
+        size += len(message.get("body", b""))
+        if size > limit:
+            raise PayloadTooLarge(f"request body is larger than the limit of {limit} bytes")
+        return message
+
+    return counted
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
