@@ -313,3 +313,19 @@ async def test_uploads_have_their_own_size_limit(tmp_path: Path) -> None:
         with pytest.raises(openai.APIStatusError) as err:
             await sdk.files.create(file=("in.jsonl", (ok * 2).encode()), purpose="batch")
         assert err.value.status_code == 413
+
+
+async def test_reads_never_create_the_data_directory(tmp_path: Path) -> None:
+    async with app_client(_settings(tmp_path)) as (_, client):
+        h = {"X-API-Key": FULL}
+        listed = (await client.get("/v1/batches", headers=h)).json()
+        assert listed == {
+            "object": "list",
+            "data": [],
+            "first_id": None,
+            "last_id": None,
+            "has_more": False,
+        }
+        assert (await client.get("/v1/batches/batch_x", headers=h)).status_code == 404
+        assert (await client.get("/v1/files/file_x/content", headers=h)).status_code == 404
+        assert not (tmp_path / "data").exists()

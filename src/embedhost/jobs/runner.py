@@ -31,6 +31,7 @@ from embedhost.errors import (
     EmbedhostError,
     InvalidRequest,
     ModelNotReady,
+    NotFound,
     Overloaded,
     PayloadTooLarge,
     QueueFull,
@@ -113,6 +114,21 @@ class Jobs:
                     self._store = await asyncio.to_thread(JobStore, self.config.data_dir)
         return self._store
 
+    async def existing_store(self) -> JobStore | None:
+        """The store if one exists: reads (a list, a lookup) never create a data directory."""
+        if self._store is None and not await asyncio.to_thread(self._db_exists):
+            return None
+        return await self.store()
+
+    def _db_exists(self) -> bool:
+        return (Path(self.config.data_dir) / "jobs.sqlite3").exists()
+
+    async def _reading(self, what: str, param: str) -> JobStore:
+        store = await self.existing_store()
+        if store is None:
+            raise NotFound(f"no {what} with that id", param=param)
+        return store
+
     def peek_store(self) -> JobStore | None:
         """The store if it is open (the metrics do not open it)."""
         return self._store
@@ -128,16 +144,16 @@ class Jobs:
         )
 
     async def file(self, file_id: str, key_id: str | None) -> FileRecord:
-        store = await self.store()
+        store = await self._reading("file", "file_id")
         return await asyncio.to_thread(store.get_file, file_id, key_id)
 
     async def file_content(self, file_id: str, key_id: str | None) -> Path:
-        store = await self.store()
+        store = await self._reading("file", "file_id")
         await asyncio.to_thread(store.get_file, file_id, key_id)
         return store.file_path(file_id)
 
     async def delete_file(self, file_id: str, key_id: str | None) -> None:
-        store = await self.store()
+        store = await self._reading("file", "file_id")
         await asyncio.to_thread(store.delete_file, file_id, key_id)
 
     # -- batches ----------------------------------------------------------------------------------
@@ -182,17 +198,19 @@ class Jobs:
         return rec
 
     async def get(self, batch_id: str, key_id: str | None) -> BatchRecord:
-        store = await self.store()
+        store = await self._reading("batch", "batch_id")
         return await asyncio.to_thread(store.get_batch, batch_id, key_id)
 
     async def list(
         self, key_id: str | None, after: str | None, limit: int
     ) -> tuple[list[BatchRecord], bool]:
-        store = await self.store()
+        store = await self.existing_store()
+        if store is None:
+            return [], False
         return await asyncio.to_thread(store.list_batches, key_id, after, limit)
 
     async def cancel(self, batch_id: str, key_id: str | None) -> BatchRecord:
-        store = await self.store()
+        store = await self._reading("batch", "batch_id")
         rec = await asyncio.to_thread(store.get_batch, batch_id, key_id)
         if rec.status not in ("validating", "in_progress", "cancelling"):
             raise InvalidRequest(
@@ -210,8 +228,7 @@ class Jobs:
 
     async def _supervise(self) -> None:
         # Resume what a previous run left, but do not create a store nobody asked for.
-        if (Path(self.config.data_dir) / "jobs.sqlite3").exists():
-            await self.store()
+        await self.existing_store()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 1.0)

@@ -204,6 +204,35 @@ async function poll() {
     const auth = authProblem(err);
     if (auth) setStatus(auth, true);
   }
+  await loadJobs();
+}
+
+// --- batch jobs (the Batch API's own list: this key's ten newest) ---------------------------
+
+async function loadJobs() {
+  let list;
+  try {
+    list = await api("v1/batches?limit=10");
+  } catch (err) {
+    $("jobs-section").hidden = true; // the Batch API is off, or this key may not list
+    return;
+  }
+  $("jobs-section").hidden = list.data.length === 0;
+  const body = $("jobs").querySelector("tbody");
+  body.replaceChildren();
+  for (const b of list.data) {
+    const c = b.request_counts || {};
+    const tr = el("tr");
+    tr.append(
+      el("td", b.id),
+      el("td", b.status),
+      el("td", c.completed),
+      el("td", c.failed),
+      el("td", c.total),
+      el("td", new Date(b.created_at * 1000).toLocaleString())
+    );
+    body.append(tr);
+  }
 }
 
 // --- playground ----------------------------------------------------------------------------
