@@ -1,11 +1,13 @@
-"""A Batch API job across a SIGKILL of the server: restarted on the same data directory,
-the job resumes at its last recorded chunk and finishes with every line exactly once."""
+"""The Batch API on a real server process: a job across a SIGKILL of the server
+(restarted on the same data directory, the job resumes at its last recorded chunk and
+finishes with every line exactly once), and the README's "Bulk embedding" example."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from typing import Any
 from openai import OpenAI
 
 from tests.fakes import GATE
-from tests.support import MINILM
+from tests.support import MINILM, ROOT
 from tests.support.app import FAKE_ENGINE
 from tests.support.servers import LiveServer, start_server, stop_server
 from tests.support.wait import wait_until
@@ -99,3 +101,23 @@ def test_a_job_survives_a_sigkill_of_the_server(tmp_path: Path) -> None:
         for pid in workers:  # the killed server's workers, orphaned
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_readme_bulk_example_runs(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    config["models"][0].update(name="all-MiniLM-L6-v2", engine_options={"dims": 384})
+    server = start_server(tmp_path, config)
+    try:
+        readme = (ROOT / "README.md").read_text()
+        section = readme.split("## Bulk embedding", 1)[1].split("\n## ", 1)[0]
+        (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
+        printed: list[str] = []
+
+        def capture(*args: object) -> None:
+            printed.append(" ".join(map(str, args)))
+
+        code = code.replace("http://127.0.0.1:8008", server.url)
+        exec(compile(code, "README.md", "exec"), {"print": capture})
+        assert printed == ["completed 2", "doc-0 384", "doc-1 384"]
+    finally:
+        stop_server(server)
