@@ -135,8 +135,14 @@ def _middleware(
         Middleware(
             CORSMiddleware,
             allow_origins=settings.server.cors_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Cache-Control"],
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=[
+                "Authorization",
+                "X-API-Key",
+                "Content-Type",
+                "Cache-Control",
+                "X-Embedhost-Priority",
+            ],
             expose_headers=[
                 "X-Embedhost-Model",
                 "X-Embedhost-Cache",
