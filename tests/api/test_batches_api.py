@@ -173,7 +173,7 @@ async def test_file_and_batch_refusals(tmp_path: Path) -> None:
         with pytest.raises(openai.BadRequestError, match="completion_window"):
             await sdk.batches.create(
                 input_file_id=f.id, endpoint="/v1/embeddings", completion_window="1h"
-            )  # type: ignore[arg-type]
+            )
         with pytest.raises(openai.BadRequestError, match="endpoint"):
             await sdk.batches.create(
                 input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
@@ -329,3 +329,39 @@ async def test_reads_never_create_the_data_directory(tmp_path: Path) -> None:
         assert (await client.get("/v1/batches/batch_x", headers=h)).status_code == 404
         assert (await client.get("/v1/files/file_x/content", headers=h)).status_code == 404
         assert not (tmp_path / "data").exists()
+
+
+def _lines_done(metrics: str) -> float:
+    (line,) = [
+        x
+        for x in metrics.splitlines()
+        if x.startswith('embedhost_batch_lines_total{result="completed"}')
+    ]
+    return float(line.split()[-1])
+
+
+async def test_one_process_runs_a_data_directory(tmp_path: Path) -> None:
+    """Two apps on one data directory: the runner lock's holder runs every job, whichever
+    app took it; once it is gone, the other takes over."""
+    h = {"X-API-Key": FULL}
+    a = app_client(_settings(tmp_path))
+    app_a, client_a = await a.__aenter__()
+    try:
+        sdk_a = _sdk(app_a, FULL)
+        f = await sdk_a.files.create(
+            file=("in.jsonl", _line("r", {"input": "x"}).encode()), purpose="batch"
+        )
+        make = {"input_file_id": f.id, "endpoint": "/v1/embeddings", "completion_window": "24h"}
+        await _finished(sdk_a, (await sdk_a.batches.create(**make)).id)
+        async with app_client(_settings(tmp_path)) as (app_b, client_b):
+            sdk_b = _sdk(app_b, FULL)
+            await _finished(sdk_b, (await sdk_b.batches.create(**make)).id)
+            assert _lines_done((await client_a.get("/metrics", headers=h)).text) == 2
+            assert _lines_done((await client_b.get("/metrics", headers=h)).text) == 0
+            await a.__aexit__(None, None, None)  # A stops: its lock is freed
+            a = None
+            await _finished(sdk_b, (await sdk_b.batches.create(**make)).id)
+            assert _lines_done((await client_b.get("/metrics", headers=h)).text) == 1
+    finally:
+        if a is not None:
+            await a.__aexit__(None, None, None)

@@ -81,6 +81,7 @@ class Jobs:
         self._cancel: set[str] = set()
         self._wake = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
+        self._runs_here = False
         self.lines = {"completed": 0, "failed": 0}
         """Lines finished by this process since it started (the metrics)."""
         self.waiting = 0
@@ -218,11 +219,9 @@ class Jobs:
                 param="batch_id",
             )
         self._cancel.add(batch_id)
-        if rec.status != "cancelling":
-            rec.stamp("cancelling")
-            await asyncio.to_thread(store.save, rec)
+        await asyncio.to_thread(store.mark_cancelling, batch_id)
         self._wake.set()
-        return rec
+        return await asyncio.to_thread(store.get_batch, batch_id, key_id)
 
     # -- the runner -------------------------------------------------------------------------------
 
@@ -235,6 +234,12 @@ class Jobs:
             self._wake.clear()
             if self._store is None:
                 continue
+            if not self._runs_here:
+                # Another process holds this directory's runner lock: serve the routes only,
+                # and take over if it goes away.
+                self._runs_here = await asyncio.to_thread(self._store.try_lock)
+                if not self._runs_here:
+                    continue
             try:
                 active = await asyncio.to_thread(self._store.active_batches)
             except Exception:
@@ -264,7 +269,7 @@ class Jobs:
                 "data": [{"code": "server_error", "message": "the job failed on the server"}],
             }
             rec.stamp("failed")
-            await asyncio.to_thread((await self.store()).save, rec)
+            await self._save(await self.store(), rec)
 
     async def _job(self, store: JobStore, rec: BatchRecord) -> None:
         src = store.file_path(rec.input_file_id)
@@ -273,10 +278,10 @@ class Jobs:
             if problem is not None:
                 rec.errors = {"object": "list", "data": [problem]}
                 rec.stamp("failed")
-                await asyncio.to_thread(store.save, rec)
+                await self._save(store, rec)
                 return
             rec.stamp("in_progress")
-            await asyncio.to_thread(store.save, rec)
+            await self._save(store, rec)
         out_p, err_p = store.work_paths(rec.id)
         await asyncio.to_thread(_truncate, out_p, rec.progress.out_bytes)
         await asyncio.to_thread(_truncate, err_p, rec.progress.err_bytes)
@@ -284,6 +289,7 @@ class Jobs:
         admission = Admission(key, f"batch:{rec.id}", self.security)
         end = "completed"
         while True:
+            await self._cancelled_elsewhere(store, rec)
             end = self._stop_reason(rec) or "completed"
             if end != "completed":
                 break
@@ -312,10 +318,24 @@ class Jobs:
             p.in_offset = offset
             if rec.id in self._cancel and rec.status != "cancelling":
                 rec.stamp("cancelling")
-            await asyncio.to_thread(store.save, rec)
+            await self._save(store, rec)
             self.lines["completed"] += ok
             self.lines["failed"] += len(answers) - ok
         await self._finish(store, rec, end, out_p, err_p)
+
+    async def _save(self, store: JobStore, rec: BatchRecord) -> None:
+        if not await asyncio.to_thread(store.save, rec):
+            # Cancelled meanwhile (through this process or another sharing the store).
+            self._cancel.add(rec.id)
+            rec.stamp("cancelling")
+            await asyncio.to_thread(store.save, rec)
+
+    async def _cancelled_elsewhere(self, store: JobStore, rec: BatchRecord) -> None:
+        if (
+            rec.id not in self._cancel
+            and await asyncio.to_thread(store.status_of, rec.id) == "cancelling"
+        ):
+            self._cancel.add(rec.id)
 
     def _stop_reason(self, rec: BatchRecord) -> str | None:
         if rec.id in self._cancel or rec.status == "cancelling":
@@ -329,7 +349,7 @@ class Jobs:
     ) -> None:
         if end == "completed":
             rec.stamp("finalizing")
-            await asyncio.to_thread(store.save, rec)
+            await self._save(store, rec)
         key_id = rec.owner or None
         for path, attr, name in (
             (out_p, "output_file_id", "output"),
@@ -341,7 +361,7 @@ class Jobs:
             else:
                 path.unlink(missing_ok=True)
         rec.stamp(end)
-        await asyncio.to_thread(store.save, rec)
+        await self._save(store, rec)
 
     def _validate(self, src: Path, rec: BatchRecord) -> dict[str, str] | None:
         if not src.exists():
@@ -411,6 +431,7 @@ class Jobs:
             if self._stop_reason(rec) is not None:
                 raise _Stop
             await asyncio.sleep(min(0.25, wait))
+            await self._cancelled_elsewhere(await self.store(), rec)
         if self._stop_reason(rec) is not None:
             raise _Stop
 

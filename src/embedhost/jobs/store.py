@@ -17,6 +17,7 @@ several replicas) would implement these methods; only this SQLite one exists.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -157,10 +158,14 @@ class JobStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
+        self._lock_fd: int | None = None
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # frees the runner lock
+                self._lock_fd = None
 
     # -- files ----------------------------------------------------------------------------------
 
@@ -205,13 +210,48 @@ class JobStore:
                 (rec.id, rec.owner, rec.status, *self._encode(rec)),
             )
 
-    def save(self, rec: BatchRecord) -> None:
-        """Write the whole record (status, counts, progress) in one row update."""
+    def save(self, rec: BatchRecord) -> bool:
+        """Write the whole record (status, counts, progress) in one row update; False (and
+        nothing written) when a cancel recorded meanwhile would be undone by it."""
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE batches SET status = ?, obj = ?, progress = ? WHERE id = ? AND NOT "
+                "(status = 'cancelling' AND ? IN ('validating', 'in_progress'))",
+                (rec.status, *self._encode(rec), rec.id, rec.status),
+            )
+            return cur.rowcount == 1
+
+    def mark_cancelling(self, batch_id: str) -> None:
+        """Record a cancel, touching nothing else of the row (the runner owns the rest)."""
         with self._lock:
             self._db.execute(
-                "UPDATE batches SET status = ?, obj = ?, progress = ? WHERE id = ?",
-                (rec.status, *self._encode(rec), rec.id),
+                "UPDATE batches SET status = 'cancelling', obj = json_set(obj, "
+                "'$.status', 'cancelling', '$.cancelling_at', ?) "
+                "WHERE id = ? AND status IN ('validating', 'in_progress')",
+                (int(time.time()), batch_id),
             )
+
+    def status_of(self, batch_id: str) -> str | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT status FROM batches WHERE id = ?", (batch_id,)
+            ).fetchone()
+        return str(row[0]) if row else None
+
+    def try_lock(self) -> bool:
+        """Become the one process that runs this directory's jobs (an exclusive ``flock``
+        on ``runner.lock``, held until the process exits: a killed runner's lock is freed
+        by the kernel, and another process takes over)."""
+        if self._lock_fd is not None:
+            return True
+        fd = os.open(self.root / "runner.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._lock_fd = fd
+        return True
 
     def get_batch(
         self, batch_id: str, key_id: str | None = None, *, any_owner: bool = False
