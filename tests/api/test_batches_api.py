@@ -16,6 +16,7 @@ import pytest
 from fastapi import FastAPI
 
 from embedhost.config import RateLimit
+from embedhost.jobs.store import JobStore
 from embedhost.security.keys import new_key_entry
 from tests.fakes import GATE
 from tests.support.app import app_client, fake_model, make_settings
@@ -365,3 +366,27 @@ async def test_one_process_runs_a_data_directory(tmp_path: Path) -> None:
     finally:
         if a is not None:
             await a.__aexit__(None, None, None)
+
+
+async def test_a_restart_while_finalizing_keeps_the_output(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    async with app_client(settings) as (app, _):
+        sdk = _sdk(app, FULL)
+        jsonl = "\n".join(_line(f"r{i}", {"input": f"t{i}"}) for i in range(5))
+        f = await sdk.files.create(file=("in.jsonl", jsonl.encode()), purpose="batch")
+        b = await sdk.batches.create(
+            input_file_id=f.id, endpoint="/v1/embeddings", completion_window="24h"
+        )
+        before = await _lines(sdk, (await _finished(sdk, b.id)).output_file_id)
+    # The state a crash leaves between recording the output file and moving it in place.
+    store = JobStore(tmp_path / "data")
+    rec = store.get_batch(b.id, "full")
+    assert rec.output_file_id is not None
+    store.file_path(rec.output_file_id).rename(store.work_paths(b.id)[0])
+    rec.status, rec.output_file_id, rec.completed_at = "finalizing", None, None
+    assert store.save(rec)
+    store.close()
+    async with app_client(settings) as (app, _):
+        sdk = _sdk(app, FULL)
+        done = await _finished(sdk, b.id)
+        assert await _lines(sdk, done.output_file_id) == before

@@ -137,11 +137,16 @@ class Jobs:
     # -- files ------------------------------------------------------------------------------------
 
     async def add_file(
-        self, key_id: str | None, src: Path, filename: str, purpose: str
+        self,
+        key_id: str | None,
+        src: Path,
+        filename: str,
+        purpose: str,
+        file_id: str | None = None,
     ) -> FileRecord:
         store = await self.store()
         return await asyncio.to_thread(
-            store.add_file, key_id, src, filename, purpose, new_id("file")
+            store.add_file, key_id, src, filename, purpose, file_id or new_id("file")
         )
 
     async def file(self, file_id: str, key_id: str | None) -> FileRecord:
@@ -283,6 +288,9 @@ class Jobs:
             rec.stamp("in_progress")
             await self._save(store, rec)
         out_p, err_p = store.work_paths(rec.id)
+        if rec.status == "finalizing":  # a restart while its files were being kept
+            await self._finish(store, rec, "completed", out_p, err_p)
+            return
         await asyncio.to_thread(_truncate, out_p, rec.progress.out_bytes)
         await asyncio.to_thread(_truncate, err_p, rec.progress.err_bytes)
         key = self._keys.get(rec.owner) if rec.owner else None
@@ -355,11 +363,15 @@ class Jobs:
             (out_p, "output_file_id", "output"),
             (err_p, "error_file_id", "error"),
         ):
-            if path.exists() and path.stat().st_size > 0:
-                f = await self.add_file(key_id, path, f"{rec.id}_{name}.jsonl", "batch_output")
+            # Ids derived from the job's: a restart mid-way finds (or redoes) the same file.
+            fid = f"file_{rec.id.removeprefix('batch_')}_{name}"
+            if await asyncio.to_thread(_nonempty, path):
+                f = await self.add_file(key_id, path, f"{rec.id}_{name}.jsonl", "batch_output", fid)
                 setattr(rec, attr, f.id)
+            elif await asyncio.to_thread(store.has_file, fid):
+                setattr(rec, attr, fid)
             else:
-                path.unlink(missing_ok=True)
+                await asyncio.to_thread(path.unlink, missing_ok=True)
         rec.stamp(end)
         await self._save(store, rec)
 
@@ -434,6 +446,10 @@ class Jobs:
             await self._cancelled_elsewhere(await self.store(), rec)
         if self._stop_reason(rec) is not None:
             raise _Stop
+
+
+def _nonempty(path: Path) -> bool:
+    return path.exists() and path.stat().st_size > 0
 
 
 def _truncate(path: Path, size: int) -> None:

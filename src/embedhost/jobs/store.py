@@ -175,16 +175,22 @@ class JobStore:
     def add_file(
         self, key_id: str | None, src: Path, filename: str, purpose: str, file_id: str
     ) -> FileRecord:
-        """Move ``src`` into the store as ``file_id``."""
-        dest = self.file_path(file_id)
-        shutil.move(src, dest)
-        rec = FileRecord(file_id, dest.stat().st_size, int(time.time()), filename, purpose)
+        """Move ``src`` into the store as ``file_id``. The record is written first and the
+        move is last, so that a crash in between is repaired by doing it again (a job's
+        output files are added under ids derived from the job's)."""
+        rec = FileRecord(file_id, src.stat().st_size, int(time.time()), filename, purpose)
         with self._lock:
             self._db.execute(
-                "INSERT INTO files (id, owner, obj) VALUES (?, ?, ?)",
+                "INSERT OR REPLACE INTO files (id, owner, obj) VALUES (?, ?, ?)",
                 (file_id, _owner(key_id), json.dumps(rec.to_openai())),
             )
+        shutil.move(src, self.file_path(file_id))
         return rec
+
+    def has_file(self, file_id: str) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM files WHERE id = ?", (file_id,)).fetchone()
+        return row is not None and self.file_path(file_id).exists()
 
     def get_file(self, file_id: str, key_id: str | None) -> FileRecord:
         with self._lock:
