@@ -121,6 +121,10 @@ async def test_sdk_walk_through_of_1000_lines(
     assert [b["id"] for b in body["data"]] == [batch.id]
     assert body["first_id"] == body["last_id"] == batch.id and body["has_more"] is False
     await _finished(sdk, second.id)
+    listed = [x.id async for x in sdk.files.list(purpose="batch")]
+    assert listed == [f.id]
+    outputs = [x.id async for x in sdk.files.list()]
+    assert len(outputs) == 3 and outputs[-1] == f.id  # two outputs, newest first
     deleted = await sdk.files.delete(f.id)
     assert deleted.deleted
     with pytest.raises(openai.NotFoundError):

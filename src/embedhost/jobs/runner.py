@@ -153,6 +153,14 @@ class Jobs:
         store = await self._reading("file", "file_id")
         return await asyncio.to_thread(store.get_file, file_id, key_id)
 
+    async def files(
+        self, key_id: str | None, purpose: str | None, after: str | None, limit: int
+    ) -> tuple[list[FileRecord], bool]:
+        store = await self.existing_store()
+        if store is None:
+            return [], False
+        return await asyncio.to_thread(store.list_files, key_id, purpose, after, limit)
+
     async def file_content(self, file_id: str, key_id: str | None) -> Path:
         store = await self._reading("file", "file_id")
         await asyncio.to_thread(store.get_file, file_id, key_id)

@@ -187,6 +187,23 @@ class JobStore:
         shutil.move(src, self.file_path(file_id))
         return rec
 
+    def list_files(
+        self, key_id: str | None, purpose: str | None, after: str | None, limit: int
+    ) -> tuple[list[FileRecord], bool]:
+        """Newest first, after the file ``after``; and whether more follow."""
+        query = "SELECT obj FROM files WHERE owner = ?"
+        params: list[object] = [_owner(key_id)]
+        if after is not None:
+            query += " AND seq < (SELECT seq FROM files WHERE id = ?)"
+            params.append(after)
+        query += " ORDER BY seq DESC"
+        with self._lock:
+            rows = self._db.execute(query, params).fetchall()
+        recs = [FileRecord(**json.loads(r[0])) for r in rows]
+        if purpose is not None:
+            recs = [r for r in recs if r.purpose == purpose]
+        return recs[:limit], len(recs) > limit
+
     def has_file(self, file_id: str) -> bool:
         with self._lock:
             row = self._db.execute("SELECT 1 FROM files WHERE id = ?", (file_id,)).fetchone()

@@ -83,6 +83,28 @@ def _close_and_copy(fd: int, file: UploadFile, dest: Path, limit: int) -> None:
     _copy_upload(file.file, dest, limit)
 
 
+@router.get("/v1/files", summary="Files, newest first")
+async def list_files(
+    admission: EmbedAdmission,
+    request: Request,
+    purpose: str | None = None,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
+) -> dict[str, Any]:
+    recs, more = await _jobs(request).files(admission.key_id, purpose, after, limit)
+    return _page([r.to_openai() for r in recs], more)
+
+
+def _page(data: list[dict[str, Any]], more: bool) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": more,
+    }
+
+
 @router.get("/v1/files/{file_id}", summary="A file's record")
 async def get_file(admission: EmbedAdmission, request: Request, file_id: str) -> dict[str, Any]:
     return (await _jobs(request).file(file_id, admission.key_id)).to_openai()
@@ -123,14 +145,7 @@ async def list_batches(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> dict[str, Any]:
     recs, more = await _jobs(request).list(admission.key_id, after, limit)
-    data = [r.to_openai() for r in recs]
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": more,
-    }
+    return _page([r.to_openai() for r in recs], more)
 
 
 @router.post("/v1/batches/{batch_id}/cancel", summary="Cancel a batch")
