@@ -30,10 +30,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from embedhost import longdocs
 from embedhost.cache import BYPASS, DEFAULT_POLICY, CachePolicy, EmbeddingCache
 from embedhost.config import RequestLimitsConfig
 from embedhost.engines.base import Vectors
 from embedhost.errors import EmbedhostError, InvalidRequest, PayloadTooLarge
+from embedhost.longdocs import ChunkingSpec, ChunkPlan, ChunkVector
 from embedhost.models.registry import ModelRegistry
 from embedhost.models.replica import Replica, Ticket
 from embedhost.models.version import ModelVersion
@@ -65,6 +67,8 @@ class EmbedOptions:
     """TEI's spelling: a prompt name of the model."""
     cache: CachePolicy = DEFAULT_POLICY
     """What the request lets the cache do (``Cache-Control: no-cache`` / ``no-store``)."""
+    chunking: ChunkingSpec | None = None
+    """Per-chunk vectors (``/embed``'s ``chunking``; see :mod:`embedhost.longdocs`)."""
 
 
 _DEFAULT = EmbedOptions()
@@ -82,6 +86,9 @@ class EmbedResult:
     inference_s: float = 0.0
     cache: str | None = None
     """``hit``, ``miss`` or ``partial``; None when the cache was not used."""
+    chunks: list[int] | None = None
+    """Windows (or chunks) per input, when chunked."""
+    chunk_vectors: list[list[ChunkVector]] | None = None
 
 
 class EmbeddingService:
@@ -212,8 +219,14 @@ class EmbeddingService:
             )
         policy = _policy(handle.config.truncation, options.truncate)
         prompt = self._prompt(handle, inputs, options)
+        if options.chunking is not None and options.chunking.mode == "late":
+            return await self._late(handle, replica, inputs, options, prompt, admission)
         t_tok = time.monotonic()
-        if self.tracing is None:
+        chunked: ChunkPlan | None = None
+        if policy == "chunk" or options.chunking is not None:
+            chunked = await self._plan(handle, inputs, info.max_tokens, prompt, options)
+            tokens = chunked.windows
+        elif self.tracing is None:
             tokens = await self._tokenize(handle, inputs, info.max_tokens, policy, prompt)
         else:
             with self.tracing.span("tokenize", inputs=len(inputs)) as span:
@@ -260,6 +273,10 @@ class EmbeddingService:
         if do_norm:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             vectors = vectors / np.maximum(norms, 1e-12)
+        chunks = chunk_vectors = None
+        if chunked is not None:
+            keep = options.chunking is not None
+            vectors, tokens, chunks, chunk_vectors = chunked.finish(vectors, do_norm, keep)
         return EmbedResult(
             handle,
             np.ascontiguousarray(vectors, dtype=np.float32),
@@ -268,6 +285,83 @@ class EmbeddingService:
             queue_s=dispatched - t_submit,
             inference_s=done - dispatched,
             cache=cache_state,
+            chunks=chunks,
+            chunk_vectors=chunk_vectors,
+        )
+
+    # -- long documents (see embedhost.longdocs) -----------------------------------------------
+
+    async def _plan(
+        self,
+        handle: ModelVersion,
+        inputs: list[str] | list[list[int]],
+        max_tokens: int,
+        prompt: Prompt | None,
+        options: EmbedOptions,
+    ) -> ChunkPlan:
+        spec = options.chunking or ChunkingSpec()
+        if isinstance(inputs[0], str):
+            for i, t in enumerate(inputs):
+                if not t:
+                    raise InvalidRequest(f"input {i} is an empty string", param="input")
+        return await longdocs.plan_async(
+            handle.tokenizer,
+            inputs,
+            min(spec.max_tokens or max_tokens, max_tokens),
+            prompt,
+            handle.config.chunk_overlap_tokens
+            if spec.overlap_tokens is None
+            else spec.overlap_tokens,
+            self.limits.max_chunks_per_input,
+        )
+
+    async def _late(
+        self,
+        handle: ModelVersion,
+        replica: Replica,
+        inputs: list[str] | list[list[int]],
+        options: EmbedOptions,
+        prompt: Prompt | None,
+        admission: Admission | None,
+    ) -> EmbedResult:
+        info = replica.info
+        assert info is not None and options.chunking is not None
+        if not isinstance(inputs[0], str):
+            raise InvalidRequest("late chunking takes texts, not token ids", param="chunking")
+        if not info.token_states:
+            raise InvalidRequest(
+                f"model {handle.name}'s engine does not return token states; "
+                "late chunking needs them (use mode windows)",
+                param="chunking.mode",
+            )
+        texts: list[str] = inputs
+        for i, t in enumerate(texts):
+            if not t:
+                raise InvalidRequest(f"input {i} is an empty string", param="input")
+        t_tok = time.monotonic()
+        late = await asyncio.to_thread(
+            longdocs.plan_late, handle.tokenizer, texts, info.max_tokens, prompt, options.chunking
+        )
+        tokens = late.tokens
+        if tokens.total > self.limits.max_request_tokens:
+            raise PayloadTooLarge(
+                f"the request has {tokens.total} tokens; the limit is "
+                f"{self.limits.max_request_tokens} per request",
+                param="input",
+            )
+        if admission is not None:
+            await admission.charge_tokens(tokens.total)
+        t_run = time.monotonic()
+        do_norm = info.normalize if options.normalize is None else options.normalize
+        vectors, kept = await longdocs.embed_late(replica, late, options.dimensions, do_norm)
+        return EmbedResult(
+            handle,
+            np.ascontiguousarray(vectors, dtype=np.float32),
+            tokens,
+            tokenize_s=t_run - t_tok,
+            inference_s=time.monotonic() - t_run,
+            chunks=[len(k) for k in kept],
+            chunk_vectors=kept,
         )
 
     @staticmethod
@@ -341,7 +435,7 @@ def _policy(configured: Policy, requested: Truncate | None) -> Policy:
     if requested is None:
         return configured
     if requested is True:
-        return configured if configured != "refuse" else "right"
+        return configured if configured not in ("refuse", "chunk") else "right"
     if requested is False:
         return "refuse"
     return requested

@@ -139,6 +139,11 @@ class Replica:
         """Queue one request's sequences (all or none); one future per sequence."""
         return self.batcher.submit(seqs, ticket)
 
+    async def token_states(self, ids: list[int]) -> Vectors:
+        """One sequence's token states, sent to the worker beside the batches (the worker
+        runs its messages in order, so it waits its turn behind queued batches)."""
+        return await self.worker.token_states(ids, self.batcher.config.batch_timeout_s)
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:

@@ -22,6 +22,7 @@ from fastapi.responses import Response
 
 from embedhost.api.deps import EmbedAdmission, ServiceDep
 from embedhost.api.observability import note_inputs, timing_headers
+from embedhost.api.routes.chunks import chunk_payload, chunking_spec
 from embedhost.cache import CachePolicy
 from embedhost.errors import InvalidRequest
 from embedhost.protocol import (
@@ -105,6 +106,12 @@ async def _embed_response(
         headers={
             "X-Embedhost-Model": f"{result.model.name}@{result.model.version}",
             **({"X-Embedhost-Cache": result.cache} if result.cache else {}),
+            # Windows per input, in input order (chunked inputs only).
+            **(
+                {"X-Embedhost-Chunks": ",".join(map(str, result.chunks))}
+                if result.chunks is not None
+                else {}
+            ),
             **timing_headers(request, result),
         },
     )
@@ -186,6 +193,8 @@ async def embed(
             "tokens": result.tokens.counts,
             "truncated": result.tokens.truncated,
             "usage": {"prompt_tokens": total, "total_tokens": total},
+            "chunks": result.chunks or [1] * len(vecs),
+            **chunk_payload(result),
         }
 
     return await _embed_response(
@@ -201,6 +210,7 @@ async def embed(
             normalize=body.normalize,
             input_type=body.input_type,
             prompt_name=body.prompt_name,
+            chunking=chunking_spec(body.chunking),
         ),
         payload=payload,
     )
