@@ -144,7 +144,12 @@ class GGUFTokenizer:
 
     def decode(self, seqs: list[list[int]], skip_special: bool = True) -> list[str]:
         with self._lock:
-            return [self._model.detokenize(s, remove_special=skip_special) for s in seqs]
+            texts = [self._model.detokenize(s, remove_special=skip_special) for s in seqs]
+        if self._model.space_prefix:
+            # The vocabulary marks word starts with a space (WordPiece, SentencePiece): the
+            # first word's is not part of the text.
+            texts = [t.removeprefix(" ") for t in texts]
+        return texts
 
     def __del__(self) -> None:
         model = getattr(self, "_model", None)

@@ -114,9 +114,10 @@ class GGUFModel:
             n = self._llama.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         return buf.raw[: max(n, 0)].decode("utf-8", "replace")
 
-    def is_control(self, token: int) -> bool:
-        """A control token (BOS, EOS, SEP, CLS ...), not text."""
-        return bool(self._llama.llama_vocab_is_control(self.vocab, token))
+    @property
+    def space_prefix(self) -> bool:
+        """Word starts print with a leading space (SentencePiece, WordPiece, Unigram)."""
+        return int(self._llama.llama_vocab_type(self.vocab)) in (1, 3, 4)
 
     def detokenize(self, tokens: list[int], *, remove_special: bool) -> str:
         arr = (self._llama.llama_token * max(len(tokens), 1))(*tokens)
