@@ -215,7 +215,7 @@ class TokenizeRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    inputs: str | list[str]
+    inputs: Annotated[str | list[str], WithJsonSchema({"anyOf": [_TEXT, _TEXTS]})]
     model: str | None = None
     add_special_tokens: bool = True
     prompt_name: str | None = Field(default=None, min_length=1, max_length=128)
