@@ -18,17 +18,33 @@ The pure part (windows, spans, sentences, pooling) is ``embedhost.chunking``.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
 from embedhost import chunking
 from embedhost.chunking import Encoding, Offset, Window
+from embedhost.config import RequestLimitsConfig
 from embedhost.engines.base import Vectors
 from embedhost.errors import InputTooLong, InvalidRequest, PayloadTooLarge
 from embedhost.models.replica import Replica
+from embedhost.models.version import ModelVersion
+from embedhost.security.admission import Admission
 from embedhost.tokenization import Prompt, Tokenized, Tokenizer, check_texts
+
+
+class _Options(Protocol):
+    """What :func:`late` reads of the service's ``EmbedOptions`` (a layer above)."""
+
+    @property
+    def chunking(self) -> ChunkingSpec | None: ...
+    @property
+    def dimensions(self) -> int | None: ...
+    @property
+    def normalize(self) -> bool | None: ...
+
 
 # As in the service: below this many characters tokenizing inline beats a thread hop.
 _INLINE_CHARS = 8192
@@ -197,6 +213,35 @@ async def plan_async(
     return plan(tokenizer, inputs, max_tokens, prompt, overlap, max_chunks)
 
 
+def _no_empty(inputs: list[str] | list[list[int]]) -> None:
+    for i, t in enumerate(inputs):
+        if isinstance(t, str) and not t:
+            raise InvalidRequest(f"input {i} is an empty string", param="input")
+
+
+async def plan_for(
+    handle: ModelVersion,
+    inputs: list[str] | list[list[int]],
+    max_tokens: int,
+    prompt: Prompt | None,
+    spec: ChunkingSpec | None,
+    limits: RequestLimitsConfig,
+) -> ChunkPlan:
+    """The windows of a request: ``spec`` (``/embed``'s chunking) may ask for smaller
+    windows or another overlap than the model's."""
+    spec = spec or ChunkingSpec()
+    _no_empty(inputs)
+    overlap = spec.overlap_tokens
+    return await plan_async(
+        handle.tokenizer,
+        inputs,
+        min(spec.max_tokens or max_tokens, max_tokens),
+        prompt,
+        handle.config.chunk_overlap_tokens if overlap is None else overlap,
+        limits.max_chunks_per_input,
+    )
+
+
 # -- late chunking ---------------------------------------------------------------------------
 
 
@@ -288,3 +333,60 @@ async def embed_late(
             ]
         )
     return np.stack(pooled), kept
+
+
+@dataclass(slots=True)
+class LateResult:
+    vectors: Vectors
+    tokens: Tokenized
+    chunks: list[list[ChunkVector]]
+    tokenize_s: float
+    inference_s: float
+
+
+async def late(
+    handle: ModelVersion,
+    replica: Replica,
+    inputs: list[str] | list[list[int]],
+    prompt: Prompt | None,
+    options: _Options,
+    limits: RequestLimitsConfig,
+    admission: Admission | None,
+) -> LateResult:
+    """A late-chunking request: checked, planned (off the loop), charged, run."""
+    info = replica.info
+    spec = options.chunking
+    assert info is not None and spec is not None
+    if not isinstance(inputs[0], str):
+        raise InvalidRequest("late chunking takes texts, not token ids", param="chunking")
+    if not info.token_states:
+        raise InvalidRequest(
+            f"model {handle.name}'s engine does not return token states; "
+            "late chunking needs them (use mode windows)",
+            param="chunking.mode",
+        )
+    texts: list[str] = inputs
+    _no_empty(texts)
+    t_tok = time.monotonic()
+    plan = await asyncio.to_thread(
+        plan_late, handle.tokenizer, texts, info.max_tokens, prompt, spec
+    )
+    tokens = plan.tokens
+    if tokens.total > limits.max_request_tokens:
+        raise PayloadTooLarge(
+            f"the request has {tokens.total} tokens; the limit is "
+            f"{limits.max_request_tokens} per request",
+            param="input",
+        )
+    if admission is not None:
+        await admission.charge_tokens(tokens.total)
+    t_run = time.monotonic()
+    do_norm = info.normalize if options.normalize is None else options.normalize
+    vectors, kept = await embed_late(replica, plan, options.dimensions, do_norm)
+    return LateResult(
+        np.ascontiguousarray(vectors, dtype=np.float32),
+        tokens,
+        kept,
+        t_run - t_tok,
+        time.monotonic() - t_run,
+    )

@@ -219,12 +219,25 @@ class EmbeddingService:
             )
         policy = _policy(handle.config.truncation, options.truncate)
         prompt = self._prompt(handle, inputs, options)
-        if options.chunking is not None and options.chunking.mode == "late":
-            return await self._late(handle, replica, inputs, options, prompt, admission)
         t_tok = time.monotonic()
+        if options.chunking is not None and options.chunking.mode == "late":
+            late = await longdocs.late(
+                handle, replica, inputs, prompt, options, self.limits, admission
+            )
+            return EmbedResult(
+                handle,
+                late.vectors,
+                late.tokens,
+                tokenize_s=late.tokenize_s,
+                inference_s=late.inference_s,
+                chunks=[len(k) for k in late.chunks],
+                chunk_vectors=late.chunks,
+            )
         chunked: ChunkPlan | None = None
         if policy == "chunk" or options.chunking is not None:
-            chunked = await self._plan(handle, inputs, info.max_tokens, prompt, options)
+            chunked = await longdocs.plan_for(
+                handle, inputs, info.max_tokens, prompt, options.chunking, self.limits
+            )
             tokens = chunked.windows
         elif self.tracing is None:
             tokens = await self._tokenize(handle, inputs, info.max_tokens, policy, prompt)
@@ -287,81 +300,6 @@ class EmbeddingService:
             cache=cache_state,
             chunks=chunks,
             chunk_vectors=chunk_vectors,
-        )
-
-    # -- long documents (see embedhost.longdocs) -----------------------------------------------
-
-    async def _plan(
-        self,
-        handle: ModelVersion,
-        inputs: list[str] | list[list[int]],
-        max_tokens: int,
-        prompt: Prompt | None,
-        options: EmbedOptions,
-    ) -> ChunkPlan:
-        spec = options.chunking or ChunkingSpec()
-        if isinstance(inputs[0], str):
-            for i, t in enumerate(inputs):
-                if not t:
-                    raise InvalidRequest(f"input {i} is an empty string", param="input")
-        return await longdocs.plan_async(
-            handle.tokenizer,
-            inputs,
-            min(spec.max_tokens or max_tokens, max_tokens),
-            prompt,
-            handle.config.chunk_overlap_tokens
-            if spec.overlap_tokens is None
-            else spec.overlap_tokens,
-            self.limits.max_chunks_per_input,
-        )
-
-    async def _late(
-        self,
-        handle: ModelVersion,
-        replica: Replica,
-        inputs: list[str] | list[list[int]],
-        options: EmbedOptions,
-        prompt: Prompt | None,
-        admission: Admission | None,
-    ) -> EmbedResult:
-        info = replica.info
-        assert info is not None and options.chunking is not None
-        if not isinstance(inputs[0], str):
-            raise InvalidRequest("late chunking takes texts, not token ids", param="chunking")
-        if not info.token_states:
-            raise InvalidRequest(
-                f"model {handle.name}'s engine does not return token states; "
-                "late chunking needs them (use mode windows)",
-                param="chunking.mode",
-            )
-        texts: list[str] = inputs
-        for i, t in enumerate(texts):
-            if not t:
-                raise InvalidRequest(f"input {i} is an empty string", param="input")
-        t_tok = time.monotonic()
-        late = await asyncio.to_thread(
-            longdocs.plan_late, handle.tokenizer, texts, info.max_tokens, prompt, options.chunking
-        )
-        tokens = late.tokens
-        if tokens.total > self.limits.max_request_tokens:
-            raise PayloadTooLarge(
-                f"the request has {tokens.total} tokens; the limit is "
-                f"{self.limits.max_request_tokens} per request",
-                param="input",
-            )
-        if admission is not None:
-            await admission.charge_tokens(tokens.total)
-        t_run = time.monotonic()
-        do_norm = info.normalize if options.normalize is None else options.normalize
-        vectors, kept = await longdocs.embed_late(replica, late, options.dimensions, do_norm)
-        return EmbedResult(
-            handle,
-            np.ascontiguousarray(vectors, dtype=np.float32),
-            tokens,
-            tokenize_s=t_run - t_tok,
-            inference_s=time.monotonic() - t_run,
-            chunks=[len(k) for k in kept],
-            chunk_vectors=kept,
         )
 
     @staticmethod

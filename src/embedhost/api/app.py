@@ -131,6 +131,7 @@ def _middleware(
             expose_headers=[
                 "X-Embedhost-Model",
                 "X-Embedhost-Cache",
+                "X-Embedhost-Chunks",
                 "Retry-After",
                 *RATE_LIMIT_HEADERS,
                 *TIMING_HEADERS,
