@@ -107,6 +107,22 @@ async def test_windows_spans_slice_and_each_vector_is_its_text_alone(
     np.testing.assert_allclose(np.array([w["embedding"] for w in windows]), alone, atol=1e-6)
 
 
+async def test_windows_are_cached_one_entry_each(client: httpx.AsyncClient) -> None:
+    doc = "Caching works per window. " * 12
+    r = await client.post("/embed", json={"model": "chunky", "text": doc, "chunking": {}})
+    windows = r.json()["chunk_embeddings"][0]
+    assert len(windows) >= 2 and r.headers["X-Embedhost-Cache"] == "miss"
+    # The same document again: every window from the cache.
+    r = await client.post("/v1/embeddings", json={"model": "chunky", "input": doc})
+    assert r.headers["X-Embedhost-Cache"] == "hit"
+    # One window's text alone is that window's token ids: the same entry.
+    w = windows[1]
+    r = await client.post(
+        "/v1/embeddings", json={"model": "chunky", "input": doc[w["start"] : w["end"]]}
+    )
+    assert r.headers["X-Embedhost-Cache"] == "hit"
+
+
 async def test_too_many_windows_is_413_naming_the_input(client: httpx.AsyncClient) -> None:
     r = await client.post("/v1/embeddings", json={"model": "chunky", "input": ["ok", DOC * 4]})
     assert r.status_code == 413, r.text
