@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from embedhost import chunking, longdocs, tokenizing
-from embedhost.errors import PayloadTooLarge
+from embedhost.errors import EmbedhostError, PayloadTooLarge, status_for
 from embedhost.tokenization import HFTokenizer, Prompt
 from tests.support.strategies import PROPERTY
 
@@ -173,3 +173,38 @@ def test_tokenize_byte_offsets_slice_the_utf8_text(tok: HFTokenizer, text: str) 
             continue
         assert data[t["start"] : t["stop"]].decode("utf-8") == t["text"]
         assert text[t["char_start"] : t["char_stop"]] == t["text"]
+
+
+@PROPERTY
+@given(
+    text=words,
+    max_tokens=st.one_of(st.none(), st.integers(1, 40)),
+    spans=st.one_of(
+        st.none(), st.lists(st.tuples(st.integers(-2, 300), st.integers(-2, 300)), max_size=4)
+    ),
+)
+def test_late_plans_slice_or_refuse_with_a_4xx(
+    tok: HFTokenizer, text: str, max_tokens: int | None, spans: list[tuple[int, int]] | None
+) -> None:
+    spec = longdocs.ChunkingSpec("late", max_tokens, None, [spans] if spans is not None else None)
+    try:
+        late = longdocs.plan_late(tok, [text], 512, None, spec)
+    except EmbedhostError as exc:
+        refused = status_for(exc)
+        late = None
+    if late is None:
+        assert 400 <= refused < 500
+        return
+    (ids,) = late.ids
+    assert ids == tok.encode_batch([text])[0]
+    for (a, b), index in zip(late.chunks[0], late.index[0], strict=True):
+        assert 0 <= a < b <= len(text)
+        assert index and all(0 < i < len(ids) - 1 for i in index)  # never a special token
+
+
+def test_token_id_inputs_chunk_into_plain_windows(tok: HFTokenizer) -> None:
+    seq = list(range(1000, 1100))
+    plan = longdocs.plan(tok, [seq], 30, None, 5, 64)
+    assert all(len(s) <= 30 for s in plan.windows.ids)
+    assert plan.windows.ids[0] == seq[:30] and plan.windows.ids[1][:5] == seq[25:30]
+    assert all(w.start is None for w in plan.spans)
