@@ -150,9 +150,18 @@ class ModelConfig(_Strict):
     max_input_tokens: int | None = Field(
         default=None, ge=1, le=1_048_576, description="Default: the model's own limit."
     )
-    truncation: Literal["right", "left", "refuse"] = Field(
+    truncation: Literal["right", "left", "refuse", "chunk"] = Field(
         default="right",
-        description="Inputs over max_input_tokens: cut at the end (right), at the start (left), or refuse with 413.",
+        description=(
+            "Inputs over max_input_tokens: cut at the end (right), at the start (left), "
+            "refuse with 413, or chunk: embed overlapping windows and pool them."
+        ),
+    )
+    chunk_overlap_tokens: int = Field(
+        default=32,
+        ge=0,
+        le=65_536,
+        description="Tokens consecutive chunking windows share (at most half a window is used).",
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = Field(default="cpu", pattern=r"^(cpu|mps|cuda(:\d+)?)$")
@@ -348,6 +357,9 @@ class RequestLimitsConfig(_Strict):
 
     max_inputs_per_request: int = Field(default=2048, ge=1, le=100_000)
     max_request_tokens: int = Field(default=500_000, ge=1)
+    max_chunks_per_input: int = Field(
+        default=64, ge=1, description="Windows one input may take when chunked; beyond: 413."
+    )
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_json_depth: int = Field(
         default=32, ge=4, le=1000, description="Nesting of arrays/objects in a JSON body."

@@ -21,9 +21,10 @@ _INPUT_TYPE_DOC = (
 )
 _PROMPT_NAME_DOC = "One of the model's prompt names, as TEI spells it (or use input_type)."
 
-Truncate = bool | Literal["left", "right"]
+Truncate = bool | Literal["left", "right", "chunk"]
 """Per-request truncation: ``true`` uses the model's side (right unless configured),
-``"left"``/``"right"`` pick the side, ``false`` refuses inputs over the limit."""
+``"left"``/``"right"`` pick the side, ``false`` refuses inputs over the limit, ``"chunk"``
+embeds overlapping windows and pools them into one vector."""
 
 TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 
@@ -122,6 +123,9 @@ class EmbedRequest(BaseModel):
     prompt_name: str | None = Field(
         default=None, min_length=1, max_length=128, description=_PROMPT_NAME_DOC
     )
+    chunking: Chunking | None = Field(
+        default=None, description="Return one vector per chunk of each input (see Chunking)."
+    )
 
 
 class EmbedResponse(BaseModel):
@@ -132,6 +136,10 @@ class EmbedResponse(BaseModel):
     tokens: list[int] = Field(description="Token count of each input after truncation.")
     truncated: list[bool]
     usage: Usage
+    chunks: list[int] = Field(description="Windows (or chunks) each input took.")
+    chunk_embeddings: list[list[ChunkVector]] | None = Field(
+        default=None, description="With chunking: each input's chunks, in order."
+    )
 
 
 class ModelCard(BaseModel):
@@ -165,3 +173,76 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+# -- long documents and tokenizing (issue 22) ----------------------------------------------
+
+Span = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2, max_length=2)]
+
+
+class Chunking(BaseModel):
+    """``/embed``'s ``chunking``: ``windows`` embeds overlapping token windows of each input
+    (as ``truncate: chunk`` does) and returns each one; ``late`` runs each input through the
+    model once and pools one vector per chunk from its token states (the input must fit
+    the model's window). Late chunks are the client's ``spans`` (character ``[start,
+    end)`` per input) or, without them, sentences grouped up to ``max_tokens``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    mode: Literal["windows", "late"] = "windows"
+    max_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="Tokens per window or sentence chunk. Default: the model's window.",
+    )
+    overlap_tokens: int | None = Field(
+        default=None, ge=0, description="windows: tokens shared. Default: the model's."
+    )
+    spans: list[list[Span]] | None = Field(
+        default=None, description="late: per input, the chunks as [start, end) characters."
+    )
+
+
+class ChunkVector(BaseModel):
+    start: int | None = Field(description="Character offset of the chunk in its input.")
+    end: int | None
+    tokens: int
+    embedding: list[float]
+
+
+class TokenizeRequest(BaseModel):
+    """``POST /tokenize``, in TEI's shape."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    inputs: Annotated[str | list[str], WithJsonSchema({"anyOf": [_TEXT, _TEXTS]})]
+    model: str | None = None
+    add_special_tokens: bool = True
+    prompt_name: str | None = Field(default=None, min_length=1, max_length=128)
+    char_offsets: bool = Field(
+        default=False, description="Extension: add char_start/char_stop (character offsets)."
+    )
+
+
+class SimpleToken(BaseModel):
+    id: int
+    text: str
+    special: bool
+    start: int | None = Field(description="UTF-8 byte offset in the input (TEI's).")
+    stop: int | None
+    char_start: int | None = None
+    char_stop: int | None = None
+
+
+class DecodeRequest(BaseModel):
+    """``POST /decode``, in TEI's shape."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    ids: TokenIds | list[TokenIds]
+    model: str | None = None
+    skip_special_tokens: bool = True
+
+
+EmbedRequest.model_rebuild()
+EmbedResponse.model_rebuild()

@@ -30,10 +30,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from embedhost import longdocs
 from embedhost.cache import BYPASS, DEFAULT_POLICY, CachePolicy, EmbeddingCache
 from embedhost.config import Priority, RequestLimitsConfig
 from embedhost.engines.base import Vectors
 from embedhost.errors import EmbedhostError, InvalidRequest, PayloadTooLarge
+from embedhost.longdocs import ChunkingSpec, ChunkPlan, ChunkVector
 from embedhost.models.registry import ModelRegistry
 from embedhost.models.replica import Replica, Ticket
 from embedhost.models.version import ModelVersion
@@ -67,6 +69,8 @@ class EmbedOptions:
     """What the request lets the cache do (``Cache-Control: no-cache`` / ``no-store``)."""
     priority: Priority = "online"
     """The batcher lane (``batch``: the capacity online work leaves; see embedhost.lanes)."""
+    chunking: ChunkingSpec | None = None
+    """Per-chunk vectors (``/embed``'s ``chunking``; see :mod:`embedhost.longdocs`)."""
 
 
 _DEFAULT = EmbedOptions()
@@ -84,6 +88,9 @@ class EmbedResult:
     inference_s: float = 0.0
     cache: str | None = None
     """``hit``, ``miss`` or ``partial``; None when the cache was not used."""
+    chunks: list[int] | None = None
+    """Windows (or chunks) per input, when chunked."""
+    chunk_vectors: list[list[ChunkVector]] | None = None
 
 
 class EmbeddingService:
@@ -215,7 +222,26 @@ class EmbeddingService:
         policy = _policy(handle.config.truncation, options.truncate)
         prompt = self._prompt(handle, inputs, options)
         t_tok = time.monotonic()
-        if self.tracing is None:
+        if options.chunking is not None and options.chunking.mode == "late":
+            late = await longdocs.late(
+                handle, replica, inputs, prompt, options, self.limits, admission
+            )
+            return EmbedResult(
+                handle,
+                late.vectors,
+                late.tokens,
+                tokenize_s=late.tokenize_s,
+                inference_s=late.inference_s,
+                chunks=[len(k) for k in late.chunks],
+                chunk_vectors=late.chunks,
+            )
+        chunked: ChunkPlan | None = None
+        if policy == "chunk" or options.chunking is not None:
+            chunked = await longdocs.plan_for(
+                handle, inputs, info.max_tokens, prompt, options.chunking, self.limits
+            )
+            tokens = chunked.windows
+        elif self.tracing is None:
             tokens = await self._tokenize(handle, inputs, info.max_tokens, policy, prompt)
         else:
             with self.tracing.span("tokenize", inputs=len(inputs)) as span:
@@ -262,6 +288,10 @@ class EmbeddingService:
         if do_norm:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             vectors = vectors / np.maximum(norms, 1e-12)
+        chunks = chunk_vectors = None
+        if chunked is not None:
+            keep = options.chunking is not None
+            vectors, tokens, chunks, chunk_vectors = chunked.finish(vectors, do_norm, keep)
         return EmbedResult(
             handle,
             np.ascontiguousarray(vectors, dtype=np.float32),
@@ -270,6 +300,8 @@ class EmbeddingService:
             queue_s=dispatched - t_submit,
             inference_s=done - dispatched,
             cache=cache_state,
+            chunks=chunks,
+            chunk_vectors=chunk_vectors,
         )
 
     @staticmethod
@@ -343,7 +375,7 @@ def _policy(configured: Policy, requested: Truncate | None) -> Policy:
     if requested is None:
         return configured
     if requested is True:
-        return configured if configured != "refuse" else "right"
+        return configured if configured not in ("refuse", "chunk") else "right"
     if requested is False:
         return "refuse"
     return requested

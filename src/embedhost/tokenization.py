@@ -27,11 +27,12 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from embedhost import catalog
+from embedhost.chunking import Encoding, align
 from embedhost.config import ModelConfig
 from embedhost.engines.gguf import GGUFModel
 from embedhost.errors import ConfigError, InputTooLong, InvalidRequest
 
-Policy = Literal["right", "left", "refuse"]
+Policy = Literal["right", "left", "refuse", "chunk"]
 
 # A lone UTF-16 surrogate (U+D800..U+DFFF) is legal in a JSON string ("\ud800") but is no
 # character: it cannot be encoded as UTF-8, so no tokenizer can take it.
@@ -49,6 +50,14 @@ class Tokenizer(Protocol):
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Token ids with the model's special tokens, without truncation."""
+        ...
+
+    def encode_offsets(self, texts: list[str], add_special: bool = True) -> list[Encoding]:
+        """Tokens with their strings and character spans (chunking, /tokenize)."""
+        ...
+
+    def decode(self, seqs: list[list[int]], skip_special: bool = True) -> list[str]:
+        """Texts of token-id sequences (/decode)."""
         ...
 
 
@@ -74,6 +83,22 @@ class HFTokenizer:
             return [self._tok.encode(texts[0]).ids]
         return [e.ids for e in self._tok.encode_batch(texts)]
 
+    # -- offsets and decoding (chunking, /tokenize, /decode) -------------------------------
+
+    def encode_offsets(self, texts: list[str], add_special: bool = True) -> list[Encoding]:
+        out = []
+        for e in self._tok.encode_batch(texts, add_special_tokens=add_special):
+            special = [m == 1 for m in e.special_tokens_mask]
+            offsets: list[tuple[int, int] | None] = [
+                None if sp else (int(a), int(b))
+                for sp, (a, b) in zip(special, e.offsets, strict=True)
+            ]
+            out.append(Encoding(list(e.ids), list(e.tokens), special, offsets))
+        return out
+
+    def decode(self, seqs: list[list[int]], skip_special: bool = True) -> list[str]:
+        return list(self._tok.decode_batch(seqs, skip_special_tokens=skip_special))
+
 
 def _leading_ones(mask: list[int]) -> int:
     n = 0
@@ -98,6 +123,33 @@ class GGUFTokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         with self._lock:
             return [self._model.tokenize(t, add_special=True) for t in texts]
+
+    # -- offsets and decoding (chunking, /tokenize, /decode) -------------------------------
+
+    def encode_offsets(self, texts: list[str], add_special: bool = True) -> list[Encoding]:
+        """llama.cpp gives no offsets: each token's printed text is found in the input
+        (case- and accent-folded, as WordPiece folds it)."""
+        out = []
+        m = self._model
+        with self._lock:
+            for t in texts:
+                ids = m.tokenize(t, add_special=add_special)
+                head = self.prefix_specials if add_special else 0
+                tail = self.suffix_specials if add_special else 0
+                special = [i < head or i >= len(ids) - tail for i in range(len(ids))]
+                tokens = [m.piece(i) for i in ids]
+                pieces = [None if sp else tok for sp, tok in zip(special, tokens, strict=True)]
+                out.append(Encoding(ids, tokens, special, align(t, pieces)))
+        return out
+
+    def decode(self, seqs: list[list[int]], skip_special: bool = True) -> list[str]:
+        with self._lock:
+            texts = [self._model.detokenize(s, remove_special=skip_special) for s in seqs]
+        if self._model.space_prefix:
+            # The vocabulary marks word starts with a space (WordPiece, SentencePiece): the
+            # first word's is not part of the text.
+            texts = [t.removeprefix(" ") for t in texts]
+        return texts
 
     def __del__(self) -> None:
         model = getattr(self, "_model", None)

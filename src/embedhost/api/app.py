@@ -35,6 +35,7 @@ from embedhost.api.observability import TIMING_HEADERS, ObservabilityMiddleware
 from embedhost.api.overload import ConcurrencyLimit, RefusalPacer
 from embedhost.api.routes import admin, batches, embeddings, ops
 from embedhost.api.routes import metrics as metrics_routes
+from embedhost.api.routes import tokenize as tokenize_routes
 from embedhost.config import Settings
 from embedhost.core import Core
 from embedhost.errors import EmbedhostError
@@ -110,6 +111,7 @@ def create_app(
     app.state.context = context
     app.include_router(ops.router)
     app.include_router(embeddings.router)
+    app.include_router(tokenize_routes.router)
     if metrics is not None:
         metrics.add_state(lambda: _snapshot(context))
         # auth.metrics_open lets it through without the scope (Security.admit decides).
@@ -146,6 +148,7 @@ def _middleware(
             expose_headers=[
                 "X-Embedhost-Model",
                 "X-Embedhost-Cache",
+                "X-Embedhost-Chunks",
                 "Retry-After",
                 *RATE_LIMIT_HEADERS,
                 *TIMING_HEADERS,

@@ -37,6 +37,8 @@ class EngineInfo:
     device: str
     packs: bool = False
     """Batches run packed, without padding: the batcher may mix lengths freely."""
+    token_states: bool = False
+    """:meth:`Engine.token_states` answers (late chunking)."""
     details: dict[str, Any] = field(default_factory=dict)
     """Descriptive facts shown on ``/info``; nothing decides by them."""
 
@@ -60,6 +62,14 @@ class Engine(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class TokenStates(Protocol):
+    """An engine that also returns a sequence's token states (``EngineInfo.token_states``)."""
+
+    def token_states(self, ids: list[int]) -> Vectors:
+        """Float32 ``[len(ids), hidden]``: the last hidden state of each token, one pass."""
+        ...
 
 
 def pad_batch(batch: list[list[int]]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:

@@ -103,6 +103,35 @@ class GGUFModel:
             )
         return list(self._buf[:n])
 
+    # -- token texts (the API's /tokenize, /decode and chunk offsets) --------------------
+
+    def piece(self, token: int, *, special: bool = True) -> str:
+        """The text of one token as llama.cpp prints it (a word start has a leading space)."""
+        buf = ctypes.create_string_buffer(256)
+        n = self._llama.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._llama.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        return buf.raw[: max(n, 0)].decode("utf-8", "replace")
+
+    @property
+    def space_prefix(self) -> bool:
+        """Word starts print with a leading space (SentencePiece, WordPiece, Unigram)."""
+        return int(self._llama.llama_vocab_type(self.vocab)) in (1, 3, 4)
+
+    def detokenize(self, tokens: list[int], *, remove_special: bool) -> str:
+        arr = (self._llama.llama_token * max(len(tokens), 1))(*tokens)
+        size = 8 * len(tokens) + 16
+        for _ in range(2):
+            buf = ctypes.create_string_buffer(size)
+            n = self._llama.llama_detokenize(
+                self.vocab, arr, len(tokens), buf, size, remove_special, False
+            )
+            if n >= 0:
+                return buf.raw[:n].decode("utf-8", "replace")
+            size = -n + 16
+        raise RuntimeError("llama.cpp could not detokenize these tokens")
+
     def free(self) -> None:
         if self.ptr:
             self._llama.llama_model_free(self.ptr)

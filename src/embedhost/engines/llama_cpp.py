@@ -77,6 +77,8 @@ class LlamaCppEngine:
         self._n_batch = DEFAULT_BATCH_TOKENS
         self._budget = DEFAULT_BATCH_TOKENS
         self._n_seq_max = DEFAULT_SEQ_MAX
+        self._states_ctx: Any = None
+        self._states_params: dict[str, Any] = {}
 
     def load(self) -> EngineInfo:
         cfg = self.config
@@ -167,6 +169,13 @@ class LlamaCppEngine:
             raise RuntimeError(f"{path.name}: llama.cpp could not create a context (n_ctx={n_ctx})")
         self._ctx = ctx
         self._has_memory = bool(llama.llama_get_memory(ctx))
+        # The token-states context (pooling none) is made on first use only.
+        self._states_params = {
+            "n_ctx": max_tokens,
+            "threads": threads,
+            "threads_batch": int(opts.get("n_threads_batch", threads)),
+            "flash_attn": opts.get("flash_attn"),
+        }
 
         file_type = model.meta_int("general.file_type")
         warnings = quantization_mismatches(path, cfg.quantization, file_type)
@@ -206,6 +215,7 @@ class LlamaCppEngine:
             dtype=dtype,
             device=cfg.device,
             packs=True,  # sequences share a decode without padding
+            token_states=True,
             details=details,
         )
 
@@ -270,7 +280,60 @@ class LlamaCppEngine:
             out[i] = np.ctypeslib.as_array(ptr, shape=(dims,))
         return out
 
+    def token_states(self, ids: list[int]) -> Vectors:
+        """One sequence's token states from a second context with pooling none, made on
+        first use, so that the pooled context (and its path) stays as it is."""
+        llama = self._llama
+        if self._states_ctx is None:
+            p = self._states_params
+            cparams = llama.llama_context_default_params()
+            cparams.embeddings = True
+            cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = int(p["n_ctx"])
+            cparams.n_seq_max = 1
+            cparams.n_threads = int(p["threads"])
+            cparams.n_threads_batch = int(p["threads_batch"])
+            cparams.pooling_type = 0
+            if p.get("flash_attn") is not None:
+                cparams.flash_attn_type = 1 if p["flash_attn"] else 0
+            assert self._model is not None
+            ctx = llama.llama_init_from_model(self._model.ptr, cparams)
+            if not ctx:
+                raise RuntimeError("llama.cpp could not create a token-states context")
+            self._states_ctx = ctx
+        ctx = self._states_ctx
+        n = len(ids)
+        if n > int(self._states_params["n_ctx"]):
+            raise ValueError(f"a sequence of {n} tokens exceeds the model's window")
+        tokens = np.asarray(ids, dtype=np.int32)
+        pos = np.arange(n, dtype=np.int32)
+        n_seq_id = np.ones(n, dtype=np.int32)
+        seq_ids = np.zeros(n, dtype=np.int32)
+        logits = np.ones(n, dtype=np.int8)
+        seq_ptrs = (seq_ids.ctypes.data + 4 * np.arange(n, dtype=np.uintp)).astype(np.uintp)
+        b = llama.llama_batch()
+        b.n_tokens = n
+        b.token = tokens.ctypes.data_as(ctypes.POINTER(llama.llama_token))
+        b.embd = ctypes.POINTER(ctypes.c_float)()
+        b.pos = pos.ctypes.data_as(ctypes.POINTER(llama.llama_pos))
+        b.n_seq_id = n_seq_id.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+        b.seq_id = seq_ptrs.ctypes.data_as(ctypes.POINTER(ctypes.POINTER(llama.llama_seq_id)))
+        b.logits = logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+        memory = llama.llama_get_memory(ctx)
+        if memory:
+            llama.llama_memory_clear(memory, True)
+            rc = llama.llama_decode(ctx, b)
+        else:
+            rc = llama.llama_encode(ctx, b)
+        if rc != 0:
+            raise RuntimeError(f"llama.cpp decode failed with code {rc}")
+        ptr = llama.llama_get_embeddings(ctx)
+        flat = np.ctypeslib.as_array(ptr, shape=(n * self._dims,)).reshape(n, self._dims)
+        return flat.astype(np.float32, copy=True)
+
     def close(self) -> None:
+        if self._states_ctx is not None:
+            self._llama.llama_free(self._states_ctx)
+            self._states_ctx = None
         if self._ctx is not None:
             self._llama.llama_free(self._ctx)
             self._ctx = None

@@ -162,6 +162,7 @@ class OnnxEngine:
             normalize=normalize,
             dtype=_TYPE_NAMES.get(out.type, out.type),
             device=cfg.device,
+            token_states=not self._pooled_graph,
             details={
                 "file": file.name,
                 "providers": self._session.get_providers(),
@@ -176,6 +177,23 @@ class OnnxEngine:
 
     def embed(self, batch: list[list[int]]) -> Vectors:
         ids, mask = pad_batch(batch)
+        (out,) = self._session.run([self._output], self._feeds(ids, mask))
+        pooled = (
+            out
+            if self._pooled_graph
+            else pool(out.astype(np.float32, copy=False), mask, self._pooling)
+        )
+        return np.ascontiguousarray(pooled, dtype=np.float32)
+
+    def token_states(self, ids: list[int]) -> Vectors:
+        """One sequence's token states (a graph that returns them; not a pooled graph)."""
+        if self._pooled_graph:
+            raise RuntimeError("this ONNX graph returns pooled vectors, not token states")
+        t_ids, mask = pad_batch([ids])
+        (out,) = self._session.run([self._output], self._feeds(t_ids, mask))
+        return np.ascontiguousarray(out[0], dtype=np.float32)
+
+    def _feeds(self, ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
         n, width = ids.shape
         feeds: dict[str, np.ndarray] = {}
         for name, meta in self._inputs.items():
@@ -190,13 +208,7 @@ class OnnxEngine:
                 feeds[name] = np.broadcast_to(np.arange(width, dtype=kind), (n, width)).copy()
             else:
                 raise RuntimeError(f"unsupported model input {name!r}")
-        (out,) = self._session.run([self._output], feeds)
-        pooled = (
-            out
-            if self._pooled_graph
-            else pool(out.astype(np.float32, copy=False), mask, self._pooling)
-        )
-        return np.ascontiguousarray(pooled, dtype=np.float32)
+        return feeds
 
     def close(self) -> None:
         self._session = None

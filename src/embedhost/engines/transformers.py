@@ -116,6 +116,7 @@ class TransformersEngine:
             dtype=dtype_name,
             device=cfg.device,
             packs=self._packing,
+            token_states=True,
             details={
                 "architecture": (getattr(hf_conf, "architectures", None) or ["?"])[0],
                 "torch_threads": torch.get_num_threads(),
@@ -193,6 +194,17 @@ class TransformersEngine:
         if self._pooling == "max":
             return hidden.masked_fill(m == 0, float("-inf")).max(dim=1).values
         return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
+
+    def token_states(self, ids: list[int]) -> Vectors:
+        """One sequence alone (no padding, no packing): its last hidden states."""
+        torch = self._torch
+        with torch.inference_mode():
+            t_ids = torch.tensor([ids], dtype=torch.long, device=self._device)
+            hidden = self._model(
+                input_ids=t_ids, attention_mask=torch.ones_like(t_ids)
+            ).last_hidden_state[0]
+            out: Vectors = hidden.float().cpu().numpy().astype(np.float32, copy=False)
+        return out
 
     def close(self) -> None:
         self._model = None

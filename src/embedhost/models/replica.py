@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from embedhost.batching import Batcher, Ticket
 from embedhost.config import ModelConfig, Settings
 from embedhost.engines.base import EngineInfo, Vectors
+from embedhost.errors import QueueFull
 from embedhost.worker.supervisor import EngineWorker, WorkerState
 
 if TYPE_CHECKING:
@@ -149,6 +150,17 @@ class Replica:
     def submit(self, seqs: list[list[int]], ticket: Ticket) -> list[asyncio.Future[Vectors]]:
         """Queue one request's sequences (all or none); one future per sequence."""
         return self.batcher.submit(seqs, ticket)
+
+    async def token_states(self, ids: list[int]) -> Vectors:
+        """One sequence's token states, sent to the worker beside the batches (the worker
+        runs its messages in order, so it waits its turn behind batches already sent);
+        refused as a batch would be when the queue is full."""
+        why = self.batcher.refuses(1)
+        if why is not None:
+            raise QueueFull(
+                f"{why}; retry after the indicated delay", retry_after=self.batcher.retry_after()
+            )
+        return await self.worker.token_states(ids, self.batcher.config.batch_timeout_s)
 
     # -- lifecycle ----------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 then embed the batches the supervisor sends until told to stop.
 
 Protocol (pickled tuples). Parent to child: ``("embed", batch_id, [ids, ...])``,
-``("stop",)``. Child to parent: ``("phase", "verifying"|"loading"|"warming")``,
+``("states", batch_id, ids)`` (one sequence's token states, late chunking), ``("stop",)``. Child to parent: ``("phase", "verifying"|"loading"|"warming")``,
 ``("verified", file digests, files hashed, bytes hashed)`` (after verifying, see
 ``modelfiles.remember``), ``("ready", info)``, ``("load_failed", permanent, message)``, ``("ok", batch_id, vectors)``,
 ``("error", batch_id, message)``.
@@ -142,9 +142,10 @@ def worker_main(
         msg = inbox.get()
         if msg[0] == "stop":
             break
-        _, batch_id, batch = msg
+        op, batch_id, batch = msg
         try:
-            vecs = engine.embed(batch)
+            # "states": an engine whose info says token_states has the method (TokenStates).
+            vecs = engine.embed(batch) if op == "embed" else engine.token_states(batch)  # type: ignore[attr-defined]
             conn.send(("ok", batch_id, vecs))
         except Exception as exc:
             log.error("batch %s failed: %s", batch_id, traceback.format_exc())

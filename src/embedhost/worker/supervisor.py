@@ -367,6 +367,13 @@ class EngineWorker:
 
     async def embed(self, batch: list[list[int]], timeout: float) -> Vectors:
         """Send one batch and await its vectors."""
+        return await self._request("embed", batch, timeout)
+
+    async def token_states(self, ids: list[int], timeout: float) -> Vectors:
+        """One sequence's token states ``[tokens, hidden]`` (late chunking)."""
+        return await self._request("states", ids, timeout)
+
+    async def _request(self, op: str, payload: object, timeout: float) -> Vectors:
         self.check_ready()
         assert self._conn is not None and self._loop is not None
         batch_id = self._next_id
@@ -374,7 +381,7 @@ class EngineWorker:
         fut: asyncio.Future[Vectors] = self._loop.create_future()
         self._pending[batch_id] = fut
         try:
-            self._conn.send(("embed", batch_id, batch))
+            self._conn.send((op, batch_id, payload))
         except (OSError, ValueError):
             self._pending.pop(batch_id, None)
             raise WorkerCrashed(

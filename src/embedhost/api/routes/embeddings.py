@@ -23,6 +23,7 @@ from fastapi.responses import Response
 from embedhost.api.deps import EmbedAdmission, ServiceDep
 from embedhost.api.observability import note_inputs, timing_headers
 from embedhost.api.priority import request_priority
+from embedhost.api.routes.chunks import chunk_payload, chunking_spec
 from embedhost.cache import CachePolicy
 from embedhost.errors import InvalidRequest
 from embedhost.protocol import (
@@ -107,6 +108,12 @@ async def _embed_response(
         headers={
             "X-Embedhost-Model": f"{result.model.name}@{result.model.version}",
             **({"X-Embedhost-Cache": result.cache} if result.cache else {}),
+            # Windows per input, in input order (chunked inputs only).
+            **(
+                {"X-Embedhost-Chunks": ",".join(map(str, result.chunks))}
+                if result.chunks is not None
+                else {}
+            ),
             **timing_headers(request, result),
         },
     )
@@ -188,6 +195,8 @@ async def embed(
             "tokens": result.tokens.counts,
             "truncated": result.tokens.truncated,
             "usage": {"prompt_tokens": total, "total_tokens": total},
+            "chunks": result.chunks or [1] * len(vecs),
+            **chunk_payload(result),
         }
 
     return await _embed_response(
@@ -203,6 +212,7 @@ async def embed(
             normalize=body.normalize,
             input_type=body.input_type,
             prompt_name=body.prompt_name,
+            chunking=chunking_spec(body.chunking),
         ),
         payload=payload,
     )
