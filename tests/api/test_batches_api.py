@@ -247,7 +247,7 @@ async def test_cancel_keeps_what_was_finished(tmp_path: Path) -> None:
 
 async def test_expiry_keeps_what_was_finished(tmp_path: Path) -> None:
     gate = tmp_path / "gate"
-    async with app_client(_settings(tmp_path, gate, chunk_lines=1, completion_window_s=1)) as (
+    async with app_client(_settings(tmp_path, gate, chunk_lines=1, completion_window_s=5)) as (
         app,
         _,
     ):
@@ -256,7 +256,14 @@ async def test_expiry_keeps_what_was_finished(tmp_path: Path) -> None:
         b = await sdk.batches.create(
             input_file_id=f.id, endpoint="/v1/embeddings", completion_window="24h"
         )
-        # The job cannot finish while the gate holds it: wait past its expiry, then open it.
+
+        async def running() -> bool:
+            return (await sdk.batches.retrieve(b.id)).status == "in_progress"
+
+        # The job starts (its gated first line in the engine: a window of 5 s leaves a busy
+        # machine time to get there), cannot finish while the gate holds it: wait past its
+        # expiry, then open it.
+        await wait_until_async(running, "the batch to run", timeout=60)
         await wait_until_async(lambda: time.time() > b.expires_at, "the expiry", timeout=30)
         gate.touch()
         done = await _finished(sdk, b.id, "expired")
