@@ -138,6 +138,14 @@ class ModelConfig(_Strict):
     max_input_tokens: int | None = Field(
         default=None, ge=1, le=1_048_576, description="Default: the model's own limit."
     )
+    max_input_chars: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Characters one input may have; longer inputs get 413 before any work. "
+            "Default: limits.max_input_chars, else 128 per token of the model's window."
+        ),
+    )
     truncation: Literal["right", "left", "refuse"] = Field(
         default="right",
         description="Inputs over max_input_tokens: cut at the end (right), at the start (left), or refuse with 413.",
@@ -339,6 +347,14 @@ class RequestLimitsConfig(_Strict):
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_json_depth: int = Field(
         default=32, ge=4, le=1000, description="Nesting of arrays/objects in a JSON body."
+    )
+    max_input_chars: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Characters one input may have, for models that do not set their own; longer "
+            "inputs get 413 before any work. Default: 128 per token of the model's window."
+        ),
     )
     max_concurrent_requests: int | None = Field(
         default=1024,

@@ -39,7 +39,15 @@ from embedhost.models.replica import Replica, Ticket
 from embedhost.models.version import ModelVersion
 from embedhost.protocol import Truncate
 from embedhost.security.admission import Admission
-from embedhost.tokenization import Policy, Prompt, Tokenized, prepare_ids, prepare_texts
+from embedhost.tokenization import (
+    Policy,
+    Prompt,
+    Tokenized,
+    check_input_chars,
+    input_char_limit,
+    prepare_ids,
+    prepare_texts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -298,6 +306,9 @@ class EmbeddingService:
             for i, t in enumerate(texts):
                 if not t:
                     raise InvalidRequest(f"input {i} is an empty string", param="input")
+            # Issue 20: refuse an absurd input before any work proportional to it.
+            configured = handle.config.max_input_chars or self.limits.max_input_chars
+            check_input_chars(texts, input_char_limit(configured, max_tokens))
             if sum(len(t) for t in texts) <= _INLINE_CHARS:
                 return prepare_texts(handle.tokenizer, texts, max_tokens, policy, prompt)
             return await asyncio.to_thread(
