@@ -274,6 +274,15 @@ class ServerConfig(_Strict):
         le=3600,
         description="A connection that has not sent a request's headers in this time is closed.",
     )
+    max_header_bytes: int = Field(
+        default=32 * 1024,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description=(
+            "A request whose request line and headers are larger is refused (431) and its "
+            "connection closed."
+        ),
+    )
     timeout_body_read_s: float = Field(
         default=30.0, gt=0, le=3600, description="A request body not received in this time: 408."
     )
@@ -588,6 +597,14 @@ class LifecycleConfig(_Strict):
     keep_previous: bool = Field(
         default=False,
         description="After a promote, keep the previous version loaded for an instant rollback.",
+    )
+    model_roots: list[str] | None = Field(
+        default=None,
+        description=(
+            "Directories the admin API may load models from (paths resolved, symbolic links "
+            "followed); pkg:NAME (a packaged model) is always allowed. Default: the config "
+            "file's directory and the directories of the configured models."
+        ),
     )
     allow_plugin_engines: bool = Field(
         default=False,

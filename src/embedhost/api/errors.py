@@ -106,14 +106,23 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return json_error(exc.status_code, message, type_, code, headers=headers)
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
 def _allowed_methods(request: Request) -> str:
     """Every method the path's routes take: Starlette names only the first route's, which
-    is wrong when several routes (GET and DELETE of one path) share a path."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches({**request.scope, "method": "GET"})
-        if match is not Match.NONE:
-            methods |= getattr(route, "methods", None) or set()
+    is wrong when several routes (GET and DELETE of one path) share a path. Asked method
+    by method, as routing does (a full match), so that routes inside included routers,
+    which carry no ``methods`` of their own, count too (an OPTIONS request got an empty
+    ``Allow``)."""
+    methods = {
+        m
+        for m in _METHODS
+        if any(
+            route.matches({**request.scope, "method": m})[0] is Match.FULL
+            for route in request.app.router.routes
+        )
+    }
     return ", ".join(sorted(methods))
 
 

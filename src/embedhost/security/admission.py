@@ -150,8 +150,18 @@ class Admission:
     def key_id(self) -> str | None:
         return self.key.id if self.key is not None else None
 
+    def may_use(self, name: str) -> bool:
+        """Whether this caller may use model ``name`` (what it may also see on /info)."""
+        return self.key is None or self.key.models is None or name in self.key.models
+
+    @property
+    def sees_server_figures(self) -> bool:
+        """Whether this caller may see server-wide figures (every tenant's traffic, cache
+        counters): without keys, or with the ``metrics`` or ``admin`` scope."""
+        return self.key is None or any(s in ("metrics", "admin") for s in self.key.scopes)
+
     def check_model(self, name: str) -> None:
-        if self.key is not None and self.key.models is not None and name not in self.key.models:
+        if not self.may_use(name):
             raise Forbidden(f"this API key may not use model {name!r}", param="model")
 
     async def charge_tokens(self, tokens: int) -> None:
