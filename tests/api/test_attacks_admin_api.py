@@ -72,7 +72,8 @@ def _load(client: httpx.AsyncClient, version: str, **fields: Any) -> Any:
 
 
 @pytest.mark.parametrize(
-    "path", ["/etc/shadow", "/etc", "/nope/nothing", "/proc/self", "../../etc", "~root"]
+    "path",
+    ["/etc/shadow", "/etc", "/nope/nothing", "/proc/self", "../../etc", "~root", "/tmp/\x00x"],
 )
 async def test_admin_loads_outside_the_roots_get_one_answer(
     client: httpx.AsyncClient, path: str

@@ -53,7 +53,10 @@ class ModelRoots:
         return cls(roots)
 
     def contains(self, path: Path) -> bool:
-        real = Path(os.path.realpath(_user(str(path))))
+        try:
+            real = Path(os.path.realpath(_user(str(path))))
+        except (ValueError, OSError):  # a NUL byte, a name too long: nothing to load
+            return False
         return any(real == r or real.is_relative_to(r) for r in self.roots)
 
     def check(self, config: ModelConfig) -> None:
@@ -84,7 +87,10 @@ class ModelRoots:
         if model_path.startswith("pkg:"):
             # Inside the packaged model's own directory.
             base = Path(os.path.realpath(self._resolved(model_path, "path")))
-            real = Path(os.path.realpath(path))
+            try:
+                real = Path(os.path.realpath(path))
+            except (ValueError, OSError):
+                return False
             if real == base or real.is_relative_to(base):
                 return True
         return self.contains(path)
