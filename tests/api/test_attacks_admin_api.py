@@ -144,6 +144,10 @@ async def test_options_answers_with_the_methods_the_path_takes() -> None:
             ("/v1/embeddings", "POST"),
             ("/health", "GET"),
             ("/admin/models/a/versions/1", "DELETE, GET"),
+            # Not the GET of /admin/models/{name:path}, which also matches the path.
+            ("/admin/models/a/versions", "POST"),
+            ("/admin/models/a/split", "PUT"),
+            ("/admin/models/a", "GET"),
         ):
             r = await c.options(path)
             assert r.status_code == 405
