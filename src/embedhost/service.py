@@ -315,7 +315,10 @@ class EmbeddingService:
                 prepare_texts, handle.tokenizer, texts, max_tokens, policy, prompt
             )
         seqs: list[list[int]] = inputs
-        return prepare_ids(handle.tokenizer, seqs, max_tokens, policy)
+        if sum(len(s) for s in seqs) <= _INLINE_CHARS:
+            return prepare_ids(handle.tokenizer, seqs, max_tokens, policy)
+        # The vocabulary check walks every id: a thread for long sequences (issue 20).
+        return await asyncio.to_thread(prepare_ids, handle.tokenizer, seqs, max_tokens, policy)
 
 
 @dataclass(slots=True)
