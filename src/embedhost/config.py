@@ -150,6 +150,14 @@ class ModelConfig(_Strict):
     max_input_tokens: int | None = Field(
         default=None, ge=1, le=1_048_576, description="Default: the model's own limit."
     )
+    max_input_chars: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Characters one input may have; longer inputs get 413 before any work. "
+            "Default: limits.max_input_chars, else 128 per token of the model's window."
+        ),
+    )
     truncation: Literal["right", "left", "refuse", "chunk"] = Field(
         default="right",
         description=(
@@ -287,6 +295,15 @@ class ServerConfig(_Strict):
         le=3600,
         description="A connection that has not sent a request's headers in this time is closed.",
     )
+    max_header_bytes: int = Field(
+        default=32 * 1024,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description=(
+            "A request whose request line and headers are larger is refused (431) and its "
+            "connection closed."
+        ),
+    )
     timeout_body_read_s: float = Field(
         default=30.0, gt=0, le=3600, description="A request body not received in this time: 408."
     )
@@ -363,6 +380,14 @@ class RequestLimitsConfig(_Strict):
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_json_depth: int = Field(
         default=32, ge=4, le=1000, description="Nesting of arrays/objects in a JSON body."
+    )
+    max_input_chars: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Characters one input may have, for models that do not set their own; longer "
+            "inputs get 413 before any work. Default: 128 per token of the model's window."
+        ),
     )
     max_concurrent_requests: int | None = Field(
         default=1024,
@@ -602,6 +627,14 @@ class LifecycleConfig(_Strict):
     keep_previous: bool = Field(
         default=False,
         description="After a promote, keep the previous version loaded for an instant rollback.",
+    )
+    model_roots: list[str] | None = Field(
+        default=None,
+        description=(
+            "Directories the admin API may load models from (paths resolved, symbolic links "
+            "followed); pkg:NAME (a packaged model) is always allowed. Default: the config "
+            "file's directory and the directories of the configured models."
+        ),
     )
     allow_plugin_engines: bool = Field(
         default=False,

@@ -71,18 +71,30 @@ class EmbedhostServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-def header_timeout_protocol(timeout_s: float) -> type[Any] | str:
+def header_timeout_protocol(
+    timeout_s: float, max_header_bytes: int | None = None
+) -> type[Any] | str:
     """uvicorn's httptools protocol, closing connections that do not finish sending a
-    request's headers within ``timeout_s`` (slowloris). uvicorn has no such timeout of its
-    own: its keep-alive timer stops as soon as the first byte of a request arrives."""
+    request's headers within ``timeout_s`` (slowloris), and refusing requests whose
+    request line and headers exceed ``max_header_bytes`` (a 1 MB ``Authorization``
+    header, say) with 431. uvicorn has neither of its own with httptools: its keep-alive
+    timer stops as soon as the first byte of a request arrives, and llhttp buffers headers
+    of any size (only uvicorn's h11 protocol has ``h11_max_incomplete_event_size``)."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:  # httptools missing: uvicorn's h11 protocol, without the timeout
         log.warning("httptools is not installed: no header-read timeout for slow clients")
         return "auto"
+    cap = max_header_bytes
 
     class HeaderTimeoutProtocol(HttpToolsProtocol):
         _header_timer: asyncio.TimerHandle | None = None
+        # Bytes received while the current request's headers are incomplete, and the
+        # parsed sizes of its URL and headers.
+        _in_headers = True
+        _header_bytes = 0
+        _parsed_bytes = 0
+        _refused = False
 
         def _arm_header_timer(self) -> None:
             if self._header_timer is None:
@@ -102,13 +114,61 @@ def header_timeout_protocol(timeout_s: float) -> type[Any] | str:
             super().connection_made(transport)
             self._arm_header_timer()
 
+        def data_received(self, data: bytes) -> None:
+            if self._refused:
+                return  # read and dropped until the client or the header timer closes
+            if self._in_headers:
+                self._header_bytes += len(data)
+            super().data_received(data)
+            if cap is not None and self._in_headers and self._header_bytes > cap:
+                self._headers_too_large()
+
         def on_message_begin(self) -> None:
             super().on_message_begin()
+            self._parsed_bytes = 0
             self._arm_header_timer()
 
+        def on_url(self, url: bytes) -> None:
+            self._count(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count(len(name) + len(value) + 4)
+            super().on_header(name, value)
+
+        def _count(self, n: int) -> None:
+            self._parsed_bytes += n
+            if cap is not None and self._parsed_bytes > cap:
+                # Raised inside the parser: uvicorn answers 400 and closes the connection.
+                raise ValueError("request headers too large")
+
         def on_headers_complete(self) -> None:
+            self._in_headers = False
             self._disarm_header_timer()
             super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._in_headers, self._header_bytes = True, 0
+
+        def _headers_too_large(self) -> None:
+            if self.transport.is_closing() or self._refused:
+                return
+            body = b"request headers are larger than the limit (server.max_header_bytes)"
+            self.transport.write(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                b"content-type: text/plain; charset=utf-8\r\n"
+                b"connection: close\r\n"
+                b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
+            # Closing with unread data would reset the connection, and the client could
+            # lose the answer: end our side, drop what still comes, let the client close
+            # (or the header timer, still armed, close it).
+            self._refused = True
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            else:
+                self.transport.close()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm_header_timer()
@@ -144,7 +204,9 @@ def run(app: FastAPI, settings: Settings, drains: Drains) -> None:
         proxy_headers=False,
         forwarded_allow_ips=None,
         server_header=False,
-        http=header_timeout_protocol(s.timeout_header_read_s),
+        http=header_timeout_protocol(s.timeout_header_read_s, s.max_header_bytes),
+        # The same cap where uvicorn falls back to h11 (httptools missing).
+        h11_max_incomplete_event_size=s.max_header_bytes,
         **tls,
     )
     log.info(

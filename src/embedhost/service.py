@@ -41,7 +41,15 @@ from embedhost.models.replica import Replica, Ticket
 from embedhost.models.version import ModelVersion
 from embedhost.protocol import Truncate
 from embedhost.security.admission import Admission
-from embedhost.tokenization import Policy, Prompt, Tokenized, prepare_ids, prepare_texts
+from embedhost.tokenization import (
+    Policy,
+    Prompt,
+    Tokenized,
+    check_input_chars,
+    input_char_limit,
+    prepare_ids,
+    prepare_texts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +230,14 @@ class EmbeddingService:
         policy = _policy(handle.config.truncation, options.truncate)
         prompt = self._prompt(handle, inputs, options)
         t_tok = time.monotonic()
+        if (policy == "chunk" or options.chunking is not None) and isinstance(inputs[0], str):
+            # Issue 20's character limit, for inputs that may take many windows: without
+            # a model's own max_input_chars, the default per token of max_chunks_per_input
+            # windows (a chunked input is tokenized whole, in a thread, before its windows
+            # are counted; this bounds that work).
+            configured = handle.config.max_input_chars or self.limits.max_input_chars
+            window = info.max_tokens * max(1, self.limits.max_chunks_per_input)
+            check_input_chars(inputs, input_char_limit(configured, window))
         if options.chunking is not None and options.chunking.mode == "late":
             late = await longdocs.late(
                 handle, replica, inputs, prompt, options, self.limits, admission
@@ -332,13 +348,19 @@ class EmbeddingService:
             for i, t in enumerate(texts):
                 if not t:
                     raise InvalidRequest(f"input {i} is an empty string", param="input")
+            # Issue 20: refuse an absurd input before any work proportional to it.
+            configured = handle.config.max_input_chars or self.limits.max_input_chars
+            check_input_chars(texts, input_char_limit(configured, max_tokens))
             if sum(len(t) for t in texts) <= _INLINE_CHARS:
                 return prepare_texts(handle.tokenizer, texts, max_tokens, policy, prompt)
             return await asyncio.to_thread(
                 prepare_texts, handle.tokenizer, texts, max_tokens, policy, prompt
             )
         seqs: list[list[int]] = inputs
-        return prepare_ids(handle.tokenizer, seqs, max_tokens, policy)
+        if sum(len(s) for s in seqs) <= _INLINE_CHARS:
+            return prepare_ids(handle.tokenizer, seqs, max_tokens, policy)
+        # The vocabulary check walks every id: a thread for long sequences (issue 20).
+        return await asyncio.to_thread(prepare_ids, handle.tokenizer, seqs, max_tokens, policy)
 
 
 @dataclass(slots=True)

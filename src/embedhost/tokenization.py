@@ -30,9 +30,26 @@ from embedhost import catalog
 from embedhost.chunking import Encoding, align
 from embedhost.config import ModelConfig
 from embedhost.engines.gguf import GGUFModel
-from embedhost.errors import ConfigError, InputTooLong, InvalidRequest
+from embedhost.errors import ConfigError, InputTooLong, InvalidRequest, PayloadTooLarge
 
 Policy = Literal["right", "left", "refuse", "chunk"]
+
+# Bounded tokenization (issue 20): a text far longer than the model's window is cut by
+# characters before it is tokenized, so a 10 MB string costs what its first window does.
+# The cut is generous ((window + GUARD_TOKENS) x the longest token's characters) and then
+# checked: the tokens of the cut text must reach GUARD_TOKENS past the window, so that
+# what the model keeps lies well before the cut, where the cut changes nothing (only the
+# word the cut splits tokenizes differently). Text that is mostly whitespace or long
+# unknown words yields fewer tokens per character: its cut is widened until it does.
+GUARD_TOKENS = 128
+DEFAULT_TOKEN_CHARS = 32
+"""Characters per token assumed for a tokenizer that cannot tell its longest token."""
+INPUT_CHARS_PER_TOKEN = 128
+"""``max_input_chars`` when unset: this many characters per token of the model's window."""
+# Above this many characters a Hugging Face text is tokenized with ``encode_batch``, which
+# releases the GIL (``encode`` holds it for the whole text, stalling the event loop even
+# from a thread).
+_GIL_FREE_CHARS = 4096
 
 # A lone UTF-16 surrogate (U+D800..U+DFFF) is legal in a JSON string ("\ud800") but is no
 # character: it cannot be encoded as UTF-8, so no tokenizer can take it.
@@ -77,9 +94,14 @@ class HFTokenizer:
         mask = probe.special_tokens_mask
         self.prefix_specials = _leading_ones(mask)
         self.suffix_specials = _leading_ones(mask[::-1]) if self.prefix_specials < len(mask) else 0
+        vocab = self._tok.get_vocab(with_added_tokens=False)
+        # WordPiece's "##" and the byte-level/SentencePiece word markers are no characters.
+        self.max_token_chars = 1 + max(
+            (len(t.removeprefix("##").lstrip("\u0120\u2581")) for t in vocab), default=0
+        )
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        if len(texts) == 1:
+        if len(texts) == 1 and len(texts[0]) <= _GIL_FREE_CHARS:
             return [self._tok.encode(texts[0]).ids]
         return [e.ids for e in self._tok.encode_batch(texts)]
 
@@ -111,6 +133,8 @@ def _leading_ones(mask: list[int]) -> int:
 
 class GGUFTokenizer:
     """The model's own llama.cpp tokenizer, vocabulary only (no weights)."""
+
+    max_token_chars = DEFAULT_TOKEN_CHARS
 
     def __init__(self, path: Path) -> None:
         self._model = GGUFModel(path, vocab_only=True)
@@ -192,8 +216,10 @@ def fit(
     if n <= max_tokens:
         return ids, False
     if policy == "refuse":
+        # A text cut before tokenizing (encode_bounded) shows only its first tokens.
+        at_least = "at least " if n >= max_tokens + GUARD_TOKENS else ""
         raise InputTooLong(
-            f"input {index} has {n} tokens"
+            f"input {index} has {at_least}{n} tokens"
             + (f" (of them {prompt} for the prompt)" if prompt else "")
             + f", more than this model's limit of {max_tokens}; shorten it or send truncate=true",
             param="input",
@@ -221,6 +247,25 @@ def check_texts(texts: list[str]) -> None:
             )
 
 
+def input_char_limit(configured: int | None, max_tokens: int) -> int:
+    """The most characters one input may have: ``configured`` (the model's or the
+    ``limits`` section's ``max_input_chars``), else :data:`INPUT_CHARS_PER_TOKEN` per token
+    of the model's window."""
+    return configured if configured is not None else max_tokens * INPUT_CHARS_PER_TOKEN
+
+
+def check_input_chars(texts: list[str], limit: int) -> None:
+    """413 for the first input longer than ``limit`` characters, naming it, before any work
+    (``len`` of a str is O(1): this costs nothing however large the input)."""
+    for i, t in enumerate(texts):
+        if len(t) > limit:
+            raise PayloadTooLarge(
+                f"input {i} has {len(t)} characters, more than this model's limit of "
+                f"{limit} (max_input_chars); split it into smaller inputs",
+                param=f"input[{i}]",
+            )
+
+
 def prepare_texts(
     tokenizer: Tokenizer,
     texts: list[str],
@@ -228,24 +273,55 @@ def prepare_texts(
     policy: Policy,
     prompt: Prompt | None = None,
 ) -> Tokenized:
-    """Tokenize ``texts`` (each prefixed with ``prompt``'s text), then cut or refuse."""
+    """Tokenize ``texts`` (each prefixed with ``prompt``'s text), then cut or refuse.
+
+    Texts far longer than the window are cut by characters first (see
+    :data:`GUARD_TOKENS`): the result is the same as tokenizing them whole."""
     check_texts(texts)
-    if prompt is None or not prompt.text:
-        raw = tokenizer.encode_batch(texts)
-        return _fit_all(
-            raw, max_tokens, policy, tokenizer.prefix_specials, tokenizer.suffix_specials
-        )
     pre, suf = tokenizer.prefix_specials, tokenizer.suffix_specials
-    # The prompt alone, in the same call: how many of each input's tokens are the prompt's.
-    raw = tokenizer.encode_batch([prompt.text] + [prompt.text + t for t in texts])
-    n_prompt = max(0, len(raw[0]) - pre - suf)
+    if prompt is None or not prompt.text:
+        raw = encode_bounded(tokenizer, texts, max_tokens, policy)
+        return _fit_all(raw, max_tokens, policy, pre, suf)
+    # The prompt alone: how many of each input's tokens are the prompt's.
+    n_prompt = max(0, len(tokenizer.encode_batch([prompt.text])[0]) - pre - suf)
     if pre + n_prompt + suf >= max_tokens:
         raise InputTooLong(
             f"the prompt {prompt.name!r} takes {n_prompt} tokens, leaving no room for input "
             f"within this model's limit of {max_tokens} tokens",
             param="input_type",
         )
-    return _fit_all(raw[1:], max_tokens, policy, pre, suf, n_prompt)
+    raw = encode_bounded(tokenizer, texts, max_tokens, policy, prompt.text)
+    return _fit_all(raw, max_tokens, policy, pre, suf, n_prompt)
+
+
+def encode_bounded(
+    tokenizer: Tokenizer, texts: list[str], max_tokens: int, policy: Policy, prefix: str = ""
+) -> list[list[int]]:
+    """``tokenizer.encode_batch([prefix + t for t in texts])`` as far as :func:`fit` will
+    look: a text longer than the cut is tokenized from its kept end only, the cut widened
+    (x4) until its tokens reach :data:`GUARD_TOKENS` past the window. Under ``refuse`` such
+    a text keeps its first tokens, which is enough to say it is too long."""
+    per = getattr(tokenizer, "max_token_chars", DEFAULT_TOKEN_CHARS)
+    cut = (max_tokens + GUARD_TOKENS) * per
+    enough = max_tokens + GUARD_TOKENS
+    out: list[list[int]] = [[] for _ in texts]
+    pending = list(range(len(texts)))
+    while pending:
+        batch = [prefix + _cut(texts[i], cut, policy) for i in pending]
+        wider: list[int] = []
+        for i, seq in zip(pending, tokenizer.encode_batch(batch), strict=True):
+            if len(texts[i]) <= cut or len(seq) >= enough:
+                out[i] = seq
+            else:
+                wider.append(i)
+        pending, cut = wider, cut * 4
+    return out
+
+
+def _cut(text: str, chars: int, policy: Policy) -> str:
+    if len(text) <= chars:
+        return text
+    return text[len(text) - chars :] if policy == "left" else text[:chars]
 
 
 def prepare_ids(

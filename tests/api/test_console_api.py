@@ -21,13 +21,15 @@ from tests.support.app import app_client, fake_model, make_settings
 BROWSER = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
 EMBED, EMBED_E = new_key_entry("console-user", ["embed"])
 PROM, PROM_E = new_key_entry("prom", ["metrics"])
+# The live figures are server-wide: they need the metrics (or admin) scope too (issue 20).
+OPS, OPS_E = new_key_entry("console-ops", ["embed", "metrics"])
 
 
 @pytest_asyncio.fixture(scope="module")
 async def keyed() -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     settings = make_settings(
         [fake_model("fake", max_input_tokens=16)],
-        auth={"keys": [EMBED_E.model_dump(), PROM_E.model_dump()]},
+        auth={"keys": [EMBED_E.model_dump(), PROM_E.model_dump(), OPS_E.model_dump()]},
     )
     async with app_client(settings) as (app, client):
         yield app, client
@@ -118,14 +120,19 @@ async def test_stats_need_the_embed_scope(keyed: tuple[FastAPI, httpx.AsyncClien
     r = await client.get("/console/stats", headers=_auth(PROM))
     assert r.status_code == 403
     assert "embed" in r.json()["error"]["message"]
-    assert (await client.get("/console/stats", headers=_auth(EMBED))).status_code == 200
+    r = await client.get("/console/stats", headers=_auth(EMBED))
+    assert r.status_code == 200
+    # Without the metrics or admin scope: no server-wide figures, and the page says why.
+    assert r.json()["metrics"] is False
+    assert "metrics or admin scope" in r.json()["reason"]
+    assert (await client.get("/console/stats", headers=_auth(OPS))).json()["metrics"] is True
 
 
 async def test_stats_report_requests_latency_batches_workers(
     keyed: tuple[FastAPI, httpx.AsyncClient],
 ) -> None:
     _, client = keyed
-    before = (await client.get("/console/stats", headers=_auth(EMBED))).json()
+    before = (await client.get("/console/stats", headers=_auth(OPS))).json()
     for i in range(3):  # distinct texts: a cached one would not reach a batch
         r = await client.post(
             "/v1/embeddings", json={"input": [f"a{i}", f"b{i}"]}, headers=_auth(EMBED)
@@ -135,7 +142,7 @@ async def test_stats_report_requests_latency_batches_workers(
         "/v1/embeddings", json={"input": "x", "model": "nope"}, headers=_auth(EMBED)
     )
     assert r.status_code == 404
-    s = (await client.get("/console/stats", headers=_auth(EMBED))).json()
+    s = (await client.get("/console/stats", headers=_auth(OPS))).json()
     assert s["metrics"] is True
     assert s["requests"]["total"] - before["requests"]["total"] == 4
     assert s["requests"]["ok"] - before["requests"]["ok"] == 3
@@ -160,13 +167,13 @@ async def test_stats_cache_hit_rate_when_the_cache_counts(
     _, client = keyed
     # The vector cache (issue 11) counts lookups in embedhost_cache_requests_total{tier,result}:
     # two new texts miss the memory tier, the same two again hit it.
-    before = (await client.get("/console/stats", headers=_auth(EMBED))).json()["cache"]
+    before = (await client.get("/console/stats", headers=_auth(OPS))).json()["cache"]
     for _ in range(2):
         r = await client.post(
             "/v1/embeddings", json={"input": ["cached p", "cached q"]}, headers=_auth(EMBED)
         )
         assert r.status_code == 200
-    cache = (await client.get("/console/stats", headers=_auth(EMBED))).json()["cache"]
+    cache = (await client.get("/console/stats", headers=_auth(OPS))).json()["cache"]
     mem = cache["tiers"]["memory"]
     old = (before or {"tiers": {}})["tiers"].get("memory", {"hits": 0, "lookups": 0})
     assert (mem["hits"] - old["hits"], mem["lookups"] - old["lookups"]) == (2, 4)

@@ -25,6 +25,7 @@ from embedhost.api import console
 from embedhost.api.context import AppContext
 from embedhost.api.deps import require_scope
 from embedhost.api.errors import EXCEPTION_HANDLERS
+from embedhost.api.gate import AuthGate
 from embedhost.api.middleware import (
     BodyLimitMiddleware,
     ConcurrencyLimitMiddleware,
@@ -106,7 +107,7 @@ def create_app(
         lifespan=lifespan,
         root_path=settings.server.root_path,
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=_middleware(settings, concurrency, refusal),
+        middleware=_middleware(settings, security, concurrency, refusal),
     )
     app.state.context = context
     app.include_router(ops.router)
@@ -129,6 +130,7 @@ def create_app(
 
 def _middleware(
     settings: Settings,
+    security: Security,
     concurrency: ConcurrencyLimit,
     refusal: Callable[[], EmbedhostError | None],
 ) -> list[Middleware]:
@@ -165,6 +167,8 @@ def _middleware(
         # Outside the body limit, so that a request waiting for its body holds a slot.
         Middleware(ConcurrencyLimitMiddleware, limit=concurrency),
         Middleware(RateLimitHeadersMiddleware),
+        # Who is calling, before the body is read (issue 20).
+        Middleware(AuthGate, security=security, pacer=concurrency.pacer),
         Middleware(
             BodyLimitMiddleware,
             max_bytes=settings.limits.max_body_bytes,

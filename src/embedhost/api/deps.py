@@ -83,10 +83,12 @@ def require_scope(scope: str) -> Callable[..., Awaitable[Admission]]:
         _key_doc: Annotated[object, Security(_api_key_header)] = None,
     ) -> Admission:
         security = get_security(request)
+        record = record_of(request)
+        # AuthGate authenticated a request with a body before reading it: use its answer.
         admission = await security.admit(
-            request.scope, request.headers, request.query_params, required
+            request.scope, request.headers, required, authenticated=record.authenticated
         )
-        record_of(request).admission = admission
+        record.admission = admission
         return admission
 
     return dependency

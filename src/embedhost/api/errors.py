@@ -11,7 +11,8 @@ route runs.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
+import re
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import Any
 
 import orjson
@@ -19,7 +20,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match
 from starlette.types import Send
 
 from embedhost.api.context import context_of
@@ -106,15 +107,39 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return json_error(exc.status_code, message, type_, code, headers=headers)
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+_PARAM = re.compile(r"{[^}]*}")
+
+
+def _leaf_routes(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+    """The routes themselves: FastAPI keeps an included router as one entry (its
+    ``original_router`` holds the routes; ours are included without a prefix)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _leaf_routes(inner.routes)
+        else:
+            yield route
+
+
 def _allowed_methods(request: Request) -> str:
     """Every method the path's routes take: Starlette names only the first route's, which
-    is wrong when several routes (GET and DELETE of one path) share a path."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches({**request.scope, "method": "GET"})
-        if match is not Match.NONE:
-            methods |= getattr(route, "methods", None) or set()
-    return ", ".join(sorted(methods))
+    is wrong when several routes (GET and DELETE of one path) share a path. Asked method
+    by method, as routing does (a full match), so that routes inside included routers,
+    which carry no ``methods`` of their own, count too (an OPTIONS request got an empty
+    ``Allow``). Only the most specific templates count: ``GET /admin/models/{name:path}``
+    also matches ``/admin/models/m/versions``, which is ``POST .../{name}/versions``'s."""
+    found: dict[str, int] = {}
+    routes = list(_leaf_routes(request.app.router.routes))
+    for method in _METHODS:
+        for route in routes:
+            if route.matches({**request.scope, "method": method})[0] is Match.FULL:
+                specific = len(_PARAM.sub("", str(getattr(route, "path", ""))))
+                found[method] = max(found.get(method, -1), specific)
+    if not found:
+        return ""
+    best = max(found.values())
+    return ", ".join(sorted(m for m, s in found.items() if s == best))
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:

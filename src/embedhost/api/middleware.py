@@ -1,5 +1,5 @@
 """The middleware that applies limits before a request reaches a route: body size, JSON
-nesting and body-read time (:class:`BodyLimitMiddleware`), requests in flight
+nesting, UTF-8 only and body-read time (:class:`BodyLimitMiddleware`), requests in flight
 (:class:`ConcurrencyLimitMiddleware`, counting on :mod:`embedhost.api.overload`'s
 :class:`~embedhost.api.overload.ConcurrencyLimit`), a full queue or no model ready
 (:class:`QueueGate`: refused before the body is read, on the registry's answer), and
@@ -55,10 +55,37 @@ def json_too_deep(body: bytes, max_depth: int) -> bool:
     return False
 
 
+def not_utf8_json(body: bytes) -> bool:
+    """Whether ``body`` is JSON in UTF-16 or UTF-32 (which ``json.loads`` would accept,
+    and in which the depth scan, reading bytes, loses track of strings). Their ASCII
+    characters hold NUL bytes; valid UTF-8 JSON never has one (a control character in a
+    string must be escaped). ``bytes.find`` is a memchr: fast even on a large body."""
+    return b"\x00" in body
+
+
+def _json_body(scope: Scope) -> bool:
+    """Whether the body is (or, without a Content-Type, is taken as) JSON; an upload of
+    another type may hold NUL bytes."""
+    for name, value in scope.get("headers", ()):
+        if name == b"content-type":
+            return b"json" in value.lower()
+    return True
+
+
+# Above this size the depth scan (proportional to the body) runs in a thread.
+_INLINE_SCAN_BYTES = 64 * 1024
+
+
+async def _too_deep(body: bytes, max_depth: int) -> bool:
+    if len(body) <= _INLINE_SCAN_BYTES:
+        return json_too_deep(body, max_depth)
+    return await asyncio.to_thread(json_too_deep, body, max_depth)
+
+
 class BodyLimitMiddleware:
-    """413 before parsing when a body is larger than ``max_body_bytes``; 400 when its JSON
-    nests deeper than ``max_json_depth``; 408 when it is not received within
-    ``timeout_body_read_s`` (a slow client holding a connection and a concurrency slot).
+    """413 before parsing when a body is larger than ``max_body_bytes``; 400 when it is not
+    UTF-8 (RFC 8259) or its JSON nests deeper than ``max_json_depth``; 408 when it is not
+    received within ``timeout_body_read_s`` (a slow client holding a connection and a concurrency slot).
 
     Checks Content-Length up front, and counts bodies (also chunked ones) as they arrive.
     """
@@ -135,7 +162,15 @@ class BodyLimitMiddleware:
             )
             return
         body = b"".join(chunks)
-        if self.max_depth is not None and json_too_deep(body, self.max_depth):
+        if _json_body(scope) and not_utf8_json(body):
+            await self._send(
+                send,
+                400,
+                "the body is not UTF-8; JSON exchanged between systems must be UTF-8 (RFC 8259)",
+                "invalid_encoding",
+            )
+            return
+        if self.max_depth is not None and await _too_deep(body, self.max_depth):
             await self._send(
                 send,
                 400,

@@ -35,6 +35,9 @@ class RequestRecord:
     """``time.monotonic()`` when the request arrived."""
     admission: Admission | None = None
     """Set by ``require_scope`` once the request is admitted."""
+    authenticated: Admission | None = None
+    """Set by ``AuthGate`` (api/gate.py) when it authenticated the request before its body
+    was read; ``require_scope`` then checks only the scope and the key's budget."""
     model: str | None = None
     inputs: int | None = None
     """How many inputs (texts or token sequences); None when not an embedding request."""

@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING
 from embedhost.config import ApiKeyConfig, RateLimit, Scope, Settings
 from embedhost.errors import ConfigError, Forbidden, PayloadTooLarge
 from embedhost.security.keys import (
-    QUERY_KEY_PARAMS,
     KeyStore,
     all_keys,
+    credential_in_query,
+    key_in_url,
     presented_key,
     unauthorized,
 )
@@ -64,17 +65,31 @@ def client_address(peer: str | None, forwarded_for: Iterable[str], trusted: list
     """The client's address: the peer's, or, when the peer is a trusted proxy, the nearest
     address in X-Forwarded-For that is not itself a trusted proxy (walked from the right,
     because everything left of our own proxies' entries is whatever the client wrote)."""
-    addr = peer or "unknown"
+    addr = normal_address(peer or "unknown")
     if not trusted or not _in_networks(addr, trusted):
         return addr
     hops = [h.strip() for value in forwarded_for for h in value.split(",") if h.strip()]
     for hop in reversed(hops):
         if not _in_networks(hop, trusted):
             try:
-                return str(ipaddress.ip_address(hop))
+                ipaddress.ip_address(hop)
             except ValueError:
                 return addr  # garbage from a proxy we trust: fall back to the peer
-    return hops[0] if hops else addr
+            return normal_address(hop)
+    return normal_address(hops[0]) if hops else addr
+
+
+def normal_address(addr: str) -> str:
+    """One spelling per address, so that it has one rate-limit budget: an IPv4-mapped IPv6
+    address (``::ffff:10.0.0.1``) as its IPv4 address, IPv6 compressed and lower case (what
+    is not an IP address is kept as it is)."""
+    try:
+        ip = ipaddress.ip_address(addr.strip("[]"))
+    except ValueError:
+        return addr
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
 
 
 def serve_time_problems(settings: Settings, keys: list[ApiKeyConfig] | None) -> list[str]:
@@ -135,8 +150,18 @@ class Admission:
     def key_id(self) -> str | None:
         return self.key.id if self.key is not None else None
 
+    def may_use(self, name: str) -> bool:
+        """Whether this caller may use model ``name`` (what it may also see on /info)."""
+        return self.key is None or self.key.models is None or name in self.key.models
+
+    @property
+    def sees_server_figures(self) -> bool:
+        """Whether this caller may see server-wide figures (every tenant's traffic, cache
+        counters): without keys, or with the ``metrics`` or ``admin`` scope."""
+        return self.key is None or any(s in ("metrics", "admin") for s in self.key.scopes)
+
     def check_model(self, name: str) -> None:
-        if self.key is not None and self.key.models is not None and name not in self.key.models:
+        if not self.may_use(name):
             raise Forbidden(f"this API key may not use model {name!r}", param="model")
 
     async def charge_tokens(self, tokens: int) -> None:
@@ -197,51 +222,73 @@ class Security:
         xff = [v.decode("latin-1") for n, v in scope.get("headers", ()) if n == b"x-forwarded-for"]
         return client_address(peer, xff, self.trusted)
 
-    async def admit(
-        self,
-        scope: AsgiScope,
-        headers: Mapping[str, str],
-        query: Mapping[str, str],
-        required: Scope,
+    async def authenticate(
+        self, scope: AsgiScope, headers: Mapping[str, str], *, need_key: bool = True
     ) -> Admission:
-        """Authenticate, authorize ``required`` and spend one request from the budgets.
+        """Who is calling, before anything else (the body included) is read: refuses a key
+        in the URL, spends one request from the address's budget (failed key guesses spend
+        it too), then checks the key. The scope and the key's own budget are
+        :meth:`admit`'s, once the route is known. ``need_key`` False: an open route (no
+        key asked for, none looked at).
 
-        Raises 401 (no key, wrong scheme, unknown or revoked key, a key in the URL),
-        403 (scope), 429 (budget) or 503 (rate-limit store down and configured to deny).
+        Raises 401 (no key, wrong scheme, unknown or revoked key, a key in the URL), 429
+        (the address's budget) or 503 (rate-limit store down and configured to deny).
         """
-        if any(p.lower() in QUERY_KEY_PARAMS for p in query):
-            raise unauthorized(
-                "API keys are not accepted in the URL (they end up in logs); "
-                "send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
-                code="api_key_in_url",
-            )
+        if credential_in_query(scope.get("query_string", b"")):
+            raise key_in_url()
         address = self.address_of(scope)
-        open_route = required == "metrics" and self.config.auth.metrics_open
         limits = self.config.rate_limits
-        # The address budget first: failed key guesses spend it too.
         state = await self.limiter.hit(
             budgets_for(limits.per_address, RateLimit(), None, address, "requests"), 1
         )
         key: ApiKeyConfig | None = None
-        if self.enforce and not open_route:
-            presented = presented_key(headers)
-            if presented is None:
-                raise unauthorized(
-                    "missing API key; send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
-                    code="missing_api_key",
-                )
-            key = self.keys.lookup(presented)
-            if key is None:
-                raise unauthorized("invalid API key")
-            if key.revoked:
-                raise unauthorized("this API key has been revoked", code="api_key_revoked")
-            if required not in key.scopes:
-                raise Forbidden(f"this API key lacks the {required!r} scope")
-            key_limits = key.rate_limits or limits.per_key
-            state = (
-                await self.limiter.hit(
-                    budgets_for(RateLimit(), key_limits, key.id, address, "requests"), 1
-                )
-                or state
-            )
+        if self.enforce and need_key:
+            key = self._key(headers)
         return Admission(key, address, self, state)
+
+    def _key(self, headers: Mapping[str, str]) -> ApiKeyConfig:
+        presented = presented_key(headers)
+        if presented is None:
+            raise unauthorized(
+                "missing API key; send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+                code="missing_api_key",
+            )
+        key = self.keys.lookup(presented)
+        if key is None:
+            raise unauthorized("invalid API key")
+        if key.revoked:
+            raise unauthorized("this API key has been revoked", code="api_key_revoked")
+        return key
+
+    async def admit(
+        self,
+        scope: AsgiScope,
+        headers: Mapping[str, str],
+        required: Scope,
+        authenticated: Admission | None = None,
+    ) -> Admission:
+        """Authenticate (unless ``authenticated``, :meth:`authenticate`'s answer from
+        before the body was read, is given), authorize ``required`` and spend one request
+        from the key's budget.
+
+        Raises 401 (no key, wrong scheme, unknown or revoked key, a key in the URL),
+        403 (scope), 429 (budget) or 503 (rate-limit store down and configured to deny).
+        """
+        open_route = required == "metrics" and self.config.auth.metrics_open
+        if authenticated is None:
+            authenticated = await self.authenticate(scope, headers, need_key=not open_route)
+        key = authenticated.key
+        state = authenticated.ratelimit
+        if key is None or open_route:
+            return Admission(None, authenticated.address, self, state)
+        if required not in key.scopes:
+            raise Forbidden(f"this API key lacks the {required!r} scope")
+        key_limits = key.rate_limits or self.config.rate_limits.per_key
+        state = (
+            await self.limiter.hit(
+                budgets_for(RateLimit(), key_limits, key.id, authenticated.address, "requests"),
+                1,
+            )
+            or state
+        )
+        return Admission(key, authenticated.address, self, state)

@@ -9,9 +9,11 @@ presented key is hashed and compared against every stored hash with
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import yaml
 from pydantic import TypeAdapter, ValidationError
@@ -22,8 +24,59 @@ from embedhost.errors import ConfigError, Unauthorized
 KEY_PREFIX = "eh_"
 WWW_AUTHENTICATE = 'Bearer realm="embedhost"'
 # Query parameters that look like a credential. A key in a URL ends up in access logs,
-# proxy logs and browser history, so such requests are refused even with a valid header.
-QUERY_KEY_PARAMS = frozenset({"api_key", "apikey", "api-key", "key", "token", "access_token"})
+# proxy logs and browser history, so such requests are refused even with a valid header,
+# on every route. Names are compared folded: lower case, without separators or brackets
+# (api_key, API-Key, apiKey, api_key[], x-api-key all fold to a name below).
+CREDENTIAL_PARAMS = frozenset(
+    {
+        "apikey",
+        "xapikey",
+        "key",
+        "keys",
+        "token",
+        "accesstoken",
+        "authtoken",
+        "apitoken",
+        "idtoken",
+        "auth",
+        "authorization",
+        "bearer",
+        "secret",
+        "clientsecret",
+        "password",
+        "passwd",
+        "jwt",
+        "sessiontoken",
+        "accesskey",
+        "secretkey",
+    }
+)
+# Folded names ending in one of these are credentials too (openai_api_key, x-auth-token).
+_CREDENTIAL_SUFFIXES = ("apikey", "accesstoken", "authtoken", "secretkey", "bearer")
+_NOT_NAME = re.compile(r"\[[^\]]*\]|[^a-z0-9]")
+
+
+def is_credential_param(name: str) -> bool:
+    """Whether a query parameter's name looks like it carries a credential."""
+    folded = _NOT_NAME.sub("", name.lower())
+    return folded in CREDENTIAL_PARAMS or folded.endswith(_CREDENTIAL_SUFFIXES)
+
+
+def credential_in_query(query_string: bytes | str) -> bool:
+    """Whether a raw query string names a credential-looking parameter (with or without a
+    value; percent-encoded names are decoded first)."""
+    qs = query_string.decode("latin-1") if isinstance(query_string, bytes) else query_string
+    if not qs:
+        return False
+    return any(is_credential_param(name) for name, _ in parse_qsl(qs, keep_blank_values=True))
+
+
+def key_in_url() -> Unauthorized:
+    return unauthorized(
+        "API keys are not accepted in the URL (they end up in logs); "
+        "send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+        code="api_key_in_url",
+    )
 
 
 def generate_key() -> str:

@@ -149,7 +149,7 @@ const ms = (s) => (s === null || s === undefined ? "-" : (s * 1000).toFixed(s < 
 
 function showStats(s) {
   if (!s.metrics) {
-    $("live-note").textContent = "metrics are off (metrics.enabled: false)";
+    $("live-note").textContent = s.reason || "metrics are off (metrics.enabled: false)";
     return;
   }
   const prev = state.prev;

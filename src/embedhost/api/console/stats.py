@@ -4,7 +4,8 @@ Read from the app's Prometheus registry (the same series ``/metrics`` exposes, s
 models, routes and keys: no per-key figure leaves here), so the page never parses the
 Prometheus text format. Counters and histogram buckets are cumulative; the page turns two
 polls into rates and windowed percentiles, and ``p50_ms``/``p99_ms`` here are since start.
-Needs the ``embed`` scope, as every call the console makes.
+Needs the ``embed`` scope, as every call the console makes; the figures themselves (all
+tenants' traffic) only with the ``metrics`` or ``admin`` scope.
 """
 
 from __future__ import annotations
@@ -165,5 +166,12 @@ def _cache(tiers: dict[str, dict[str, float]]) -> dict[str, Any]:
 async def console_stats(admission: EmbedAdmission, m: MetricsDep) -> dict[str, Any]:
     if m is None:
         return {"metrics": False}
+    if not admission.sees_server_figures:
+        # Every figure here sums all tenants' traffic (issue 20).
+        return {
+            "metrics": False,
+            "reason": "the live figures are server-wide: they need a key with the "
+            "metrics or admin scope",
+        }
     # A walk over every series, and /proc reads for worker memory: off the event loop.
     return await asyncio.to_thread(summarize, m)

@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from embedhost.api.body import BodyRoute
 from embedhost.api.context import context_of
 from embedhost.api.deps import CacheDep, ContextDep, RegistryDep, require_scope
 from embedhost.config import ModelConfig
@@ -22,6 +23,7 @@ from embedhost.errors import Conflict, InvalidRequest, MethodNotAllowed
 from embedhost.models.preflight import version_config
 from embedhost.models.reload import reload_config
 from embedhost.protocol import ErrorResponse
+from embedhost.security.modelroots import ModelRoots
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 422, 429, 503, 507)
@@ -42,6 +44,7 @@ async def _one_of_many(request: Request) -> None:
 
 
 router = APIRouter(
+    route_class=BodyRoute,
     prefix="/admin",
     tags=["admin"],
     dependencies=[Depends(require_scope("admin")), Depends(_one_of_many)],
@@ -100,7 +103,7 @@ async def reload(context: ContextDep) -> dict[str, Any]:
 
 @router.post("/models/{name:path}/versions", status_code=202, summary="Load a new version")
 async def load_version(
-    name: str, body: LoadVersion, registry: RegistryDep, response: Response
+    name: str, body: LoadVersion, context: ContextDep, registry: RegistryDep, response: Response
 ) -> dict[str, Any]:
     if body.name not in (None, name):
         raise InvalidRequest(f"name {body.name!r} differs from the path's {name!r}", param="name")
@@ -110,6 +113,8 @@ async def load_version(
             param="traffic" if body.traffic is not None else "shadow",
         )
     config = version_config(name, body.model_dump(exclude={"promote", "wait", "name"}))
+    # Only files under the configured roots (issue 20), before anything probes the path.
+    ModelRoots.for_settings(context.settings, context.config_path).check(config)
     handle = await registry.load(config, promote=body.promote)
     if body.wait:
         await registry.wait_loaded(handle)  # includes the promote, when asked

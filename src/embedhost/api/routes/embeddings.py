@@ -20,6 +20,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from embedhost.api.body import BodyRoute
 from embedhost.api.deps import EmbedAdmission, ServiceDep
 from embedhost.api.observability import note_inputs, timing_headers
 from embedhost.api.priority import request_priority
@@ -36,7 +37,7 @@ from embedhost.protocol import (
 from embedhost.security.admission import Admission
 from embedhost.service import EmbeddingService, EmbedOptions, EmbedResult
 
-router = APIRouter()
+router = APIRouter(route_class=BodyRoute)  # large bodies parsed off the loop
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 422, 429, 500, 503, 504)

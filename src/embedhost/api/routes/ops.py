@@ -8,12 +8,12 @@ import time
 from typing import Any
 
 import psutil
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from embedhost import __version__
 from embedhost.api import console
-from embedhost.api.deps import ContextDep, EmbedAdmission, RegistryDep, SettingsDep, require_scope
+from embedhost.api.deps import ContextDep, EmbedAdmission, RegistryDep, SettingsDep
 from embedhost.protocol import ErrorResponse, ModelCard, ModelList
 
 router = APIRouter()
@@ -93,19 +93,23 @@ async def ready(context: ContextDep) -> JSONResponse:
 @router.get(
     "/info",
     tags=["ops"],
-    summary="Instance, version and models",
-    dependencies=[Depends(require_scope("embed"))],
+    summary="Instance, version and models (those the key may use)",
     responses=_AUTH_ERRORS,
 )
-async def info(context: ContextDep) -> dict[str, Any]:
+async def info(admission: EmbedAdmission, context: ContextDep) -> dict[str, Any]:
     registry = context.registry
+    cache = context.cache.describe()
+    if not admission.sees_server_figures:
+        # Counters over every tenant's traffic need the metrics or admin scope.
+        cache = {k: cache[k] for k in ("enabled", "scope", "charge_hits")}
+    default = registry.default.name
     return {
         "instance_id": context.instance_id,
         "version": __version__,
         "environment": context.settings.environment,
-        "default_model": registry.default.name,
-        "models": registry.describe(),
-        "cache": context.cache.describe(),
+        "default_model": default if admission.may_use(default) else None,
+        "models": [m for m in registry.describe() if admission.may_use(m["name"])],
+        "cache": cache,
     }
 
 
@@ -116,7 +120,6 @@ async def info(context: ContextDep) -> dict[str, Any]:
     responses=_AUTH_ERRORS,
 )
 async def list_models(admission: EmbedAdmission, registry: RegistryDep) -> ModelList:
-    allowed = admission.key.models if admission.key else None
     # Each name (with the version that serves it), then the other ready versions, pinnable
     # as name@version.
     cards = [
@@ -128,7 +131,7 @@ async def list_models(admission: EmbedAdmission, registry: RegistryDep) -> Model
             default_prompt=h.prompts.default,
         )
         for h in registry.handles.values()
-        if allowed is None or h.name in allowed
+        if admission.may_use(h.name)
     ]
     cards += [
         ModelCard(
@@ -140,6 +143,6 @@ async def list_models(admission: EmbedAdmission, registry: RegistryDep) -> Model
         )
         for g in registry.groups.values()
         for h in g.versions.values()
-        if h.status == "ready" and h.version != g.current and (allowed is None or g.name in allowed)
+        if h.status == "ready" and h.version != g.current and admission.may_use(g.name)
     ]
     return ModelList(data=cards)
