@@ -131,6 +131,21 @@ async def test_too_many_windows_is_413_naming_the_input(client: httpx.AsyncClien
     assert "max_chunks_per_input" in err["message"]
 
 
+async def test_a_chunked_input_has_the_character_limit_of_its_windows(
+    client: httpx.AsyncClient,
+) -> None:
+    # 128 characters per token of max_chunks_per_input (6) windows of 24 tokens: refused
+    # before it is tokenized, naming the input (issue 20's limit on the chunking path).
+    limit = 128 * 24 * 6
+    r = await client.post(
+        "/v1/embeddings", json={"model": "chunky", "input": ["ok", "a" * (limit + 1)]}
+    )
+    assert r.status_code == 413, r.text
+    err = r.json()["error"]
+    assert err["param"] == "input[1]"
+    assert "max_input_chars" in err["message"]
+
+
 async def test_late_chunking_on_an_engine_without_token_states_is_400(
     client: httpx.AsyncClient,
 ) -> None:
