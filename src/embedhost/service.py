@@ -65,6 +65,8 @@ class EmbedOptions:
     """TEI's spelling: a prompt name of the model."""
     cache: CachePolicy = DEFAULT_POLICY
     """What the request lets the cache do (``Cache-Control: no-cache`` / ``no-store``)."""
+    max_tokens: int | None = None
+    """Cap each input at this many tokens (below the model's limit; Cohere's ``max_tokens``)."""
 
 
 _DEFAULT = EmbedOptions()
@@ -211,13 +213,14 @@ class EmbeddingService:
                 param="dimensions",
             )
         policy = _policy(handle.config.truncation, options.truncate)
+        max_tokens = min(info.max_tokens, options.max_tokens or info.max_tokens)
         prompt = self._prompt(handle, inputs, options)
         t_tok = time.monotonic()
         if self.tracing is None:
-            tokens = await self._tokenize(handle, inputs, info.max_tokens, policy, prompt)
+            tokens = await self._tokenize(handle, inputs, max_tokens, policy, prompt)
         else:
             with self.tracing.span("tokenize", inputs=len(inputs)) as span:
-                tokens = await self._tokenize(handle, inputs, info.max_tokens, policy, prompt)
+                tokens = await self._tokenize(handle, inputs, max_tokens, policy, prompt)
                 span.set_attribute("tokens", tokens.total)
         tokenize_s = time.monotonic() - t_tok
         if tokens.total > self.limits.max_request_tokens:

@@ -39,6 +39,7 @@ async def index(request: Request, settings: SettingsDep) -> Response:
         "endpoints": {
             "embeddings": "POST /v1/embeddings",
             "embed": "POST /embed",
+            "cohere_embed": "POST /v2/embed",
             "models": "GET /v1/models",
             "info": "GET /info",
             "health": "GET /health",
@@ -106,6 +107,7 @@ async def info(context: ContextDep) -> dict[str, Any]:
         "default_model": registry.default.name,
         "models": registry.describe(),
         "cache": context.cache.describe(),
+        "quantization": context.running.calibrations.describe(),
     }
 
 
