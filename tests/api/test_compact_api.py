@@ -6,7 +6,10 @@ input_type/truncate/max_tokens/output_dimension, and bad input answered 4xx nami
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import hashlib
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -315,3 +318,33 @@ async def test_bad_embedding_types_on_the_other_routes(client: httpx.AsyncClient
     for path, body in (("/embed", {"text": "a"}), ("/v1/embeddings", {"input": "a"})):
         r = await client.post(path, json={**body, "embedding_types": ["float16"]})
         assert r.status_code == 422 and r.json()["error"]["param"] == "embedding_types", r.text
+
+
+def _model_dir_with_manifest(minilm_dir: Path, tmp: Path) -> Path:
+    """MiniLM's tokenizer files (the fake engine needs no weights) and a sha256sum manifest."""
+    model = tmp / "model"
+    model.mkdir()
+    lines = []
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt"):
+        shutil.copy(minilm_dir / name, model / name)
+        lines.append(f"{hashlib.sha256((model / name).read_bytes()).hexdigest()}  {name}")
+    (model / "manifest.sha256").write_text("\n".join(lines) + "\n")
+    return model
+
+
+async def test_calibration_is_stored_beside_the_manifest(
+    minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    tmp = tmp_path_factory.mktemp("manifest")
+    model = await asyncio.to_thread(_model_dir_with_manifest, minilm_dir, tmp)
+    entry = fake_model("pinned", checksum="manifest:manifest.sha256", max_input_tokens=16)
+    entry["path"] = str(model)
+    settings = make_settings([entry], quantization={"dir": str(tmp / "cache"), "max_texts": 16})
+    async with app_client(settings) as (_, c):
+        r = await c.post("/embed", json={"texts": TEXTS, "embedding_types": ["uint8"]})
+        assert r.status_code == 200, r.text
+        cal = await _calibration(c, "pinned@1")
+    path = Path(cal["path"])
+    assert path.parent == model and path.name.startswith("manifest.sha256.calibration-")
+    assert _is_file(path) and not _is_file(tmp / "cache")
+    assert cal["weights"].startswith("sha256:") and cal["texts"] == 16
