@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 from pathlib import Path
 
-from bench.make_corpus import MODULES, prose
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from make_corpus import MODULES, prose
 
 CALIBRATION_MODULES = [
     "abc",

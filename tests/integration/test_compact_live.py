@@ -6,6 +6,7 @@ computed once, read by every process)."""
 from __future__ import annotations
 
 import concurrent.futures
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.util.quantization import quantize_embeddings
 
 from embedhost.calibration import BUNDLED_CORPUS
-from tests.support import MINILM
+from tests.support import MINILM, ROOT
 from tests.support.servers import LiveServer, start_server, stop_server
 
 pytestmark = pytest.mark.slow
@@ -109,8 +110,7 @@ def test_int8_same_bytes_across_processes_and_after_restart(
 
 
 def test_cohere_sdk_unchanged(servers: list[LiveServer], minilm_dir: Path) -> None:
-    with httpx.Client(timeout=120) as http:
-        co = cohere.ClientV2(base_url=servers[0].url, api_key="unused", httpx_client=http)
+    with cohere.ClientV2(base_url=servers[0].url, api_key="unused") as co:
         r = co.embed(
             model="all-MiniLM-L6-v2",
             texts=TEXTS,
@@ -131,3 +131,22 @@ def test_cohere_sdk_unchanged(servers: list[LiveServer], minilm_dir: Path) -> No
     assert len(r.embeddings.base64 or []) == 3
     assert r.meta is not None and r.meta.billed_units is not None
     assert r.meta.billed_units.input_tokens and r.meta.billed_units.input_tokens > 3
+
+
+def test_readme_compact_vectors_examples_run(servers: list[LiveServer]) -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Compact vectors", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert blocks
+    for code in blocks:
+        # Each print's trailing comment says what it prints (``print(...)  # 384``).
+        expected = re.findall(r"^print\(.*\)\s+#\s*(.+?)\s*$", code, re.M)
+        assert expected, code
+        printed: list[str] = []
+
+        def capture(*args: object) -> None:
+            printed.append(" ".join(map(str, args)))
+
+        code = code.replace("http://127.0.0.1:8008", servers[0].url)
+        exec(compile(code, "README.md", "exec"), {"print": capture})
+        assert printed == expected, code
