@@ -44,6 +44,7 @@ import numpy as np
 
 from embedhost.cache import BYPASS
 from embedhost.config import ModelConfig, QuantizationConfig
+from embedhost.errors import ConfigError
 from embedhost.modelfiles import sha256_of
 from embedhost.models.version import ModelVersion
 from embedhost.quantize import Floats, Ranges, postprocess, ranges_of
@@ -104,7 +105,7 @@ class Calibrations:
     async def get(self, handle: ModelVersion) -> Calibration:
         """``handle``'s calibration; computed once, concurrent callers share the work."""
         task = self._tasks.get(handle)
-        if task is None or (task.done() and task.exception() is not None):
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
             task = asyncio.get_running_loop().create_task(
                 self._load_or_compute(handle), name=f"calibrate-{handle.ref}"
             )
@@ -127,7 +128,15 @@ class Calibrations:
         info = handle.pick().info
         assert info is not None
         corpus = Path(config.calibration_corpus) if config.calibration_corpus else BUNDLED_CORPUS
-        texts = await asyncio.to_thread(_read_corpus, corpus, self.config.max_texts)
+        try:
+            texts = await asyncio.to_thread(_read_corpus, corpus, self.config.max_texts)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            log.error("model %s: calibration corpus %s: %s", handle.ref, corpus, exc)
+            # The client learns which setting to fix, not the server's paths.
+            raise ConfigError(
+                f"model {handle.ref}: its calibration_corpus cannot be used (see the server "
+                "log), so int8/uint8 are unavailable; float, binary and ubinary are not affected"
+            ) from None
         weights = await asyncio.to_thread(_weights_digest, config, info.details.get("checksum"))
         prompt = handle.prompts.resolve("document", None)
         meta: dict[str, Any] = {
@@ -198,7 +207,7 @@ def _read_corpus(path: Path, limit: int) -> list[str]:
     lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
     texts = [ln for ln in lines if ln][:limit]
     if len(texts) < 2:
-        raise RuntimeError(f"calibration corpus {path} has fewer than 2 texts")
+        raise ValueError("it has fewer than 2 texts")
     return texts
 
 

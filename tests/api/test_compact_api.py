@@ -348,3 +348,18 @@ async def test_calibration_is_stored_beside_the_manifest(
     assert path.parent == model and path.name.startswith("manifest.sha256.calibration-")
     assert _is_file(path) and not _is_file(tmp / "cache")
     assert cal["weights"].startswith("sha256:") and cal["texts"] == 16
+
+
+async def test_an_unreadable_calibration_corpus_is_a_clear_error(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    tmp = tmp_path_factory.mktemp("nocorpus")
+    entry = fake_model("nocorpus", calibration_corpus=str(tmp / "missing.txt"))
+    settings = make_settings([entry], quantization={"dir": str(tmp)})
+    async with app_client(settings) as (_, c):
+        bad = await c.post("/embed", json={"texts": TEXTS, "embedding_types": ["int8"]})
+        assert bad.status_code == 500
+        message = bad.json()["error"]["message"]
+        assert "calibration_corpus" in message and str(tmp) not in message
+        ok = await c.post("/embed", json={"texts": TEXTS, "embedding_types": ["binary"]})
+        assert ok.status_code == 200
