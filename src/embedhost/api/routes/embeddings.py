@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from embedhost.api.compact import by_type, unique_types
-from embedhost.api.deps import CalibrationsDep, EmbedAdmission, ServiceDep
+from embedhost.api.deps import EmbedAdmission, ServiceDep, get_calibrations
 from embedhost.api.observability import note_inputs, timing_headers
 from embedhost.cache import CachePolicy
 from embedhost.errors import InvalidRequest
@@ -122,11 +122,7 @@ async def _embed_response(
     tags=["embeddings"],
 )
 async def create_embeddings(
-    admission: EmbedAdmission,
-    body: EmbeddingRequest,
-    request: Request,
-    service: ServiceDep,
-    calibrations: CalibrationsDep,
+    admission: EmbedAdmission, body: EmbeddingRequest, request: Request, service: ServiceDep
 ) -> Response:
     async def payload(result: EmbedResult) -> dict[str, Any]:
         vecs = result.vectors
@@ -151,7 +147,8 @@ async def create_embeddings(
         # Extension: the other types by name, beside OpenAI's float `embedding`.
         others = [t for t in types if t != "float"]
         if others:
-            typed = await by_type(calibrations, result, others)
+            # Looked up only here: no extra dependency on the plain float path.
+            typed = await by_type(await get_calibrations(request), result, others)
             for i, item in enumerate(data):
                 item["embeddings"] = {t: rows[i] for t, rows in typed.items()}
         total = result.tokens.total
@@ -187,11 +184,7 @@ async def create_embeddings(
     tags=["embeddings"],
 )
 async def embed(
-    admission: EmbedAdmission,
-    body: EmbedRequest,
-    request: Request,
-    service: ServiceDep,
-    calibrations: CalibrationsDep,
+    admission: EmbedAdmission, body: EmbedRequest, request: Request, service: ServiceDep
 ) -> Response:
     if (body.text is None) == (body.texts is None):
         raise InvalidRequest("give exactly one of 'text' or 'texts'", param="text")
@@ -202,6 +195,7 @@ async def embed(
         embeddings: Any = vecs
         if body.embedding_types is not None:  # Cohere's shape: {type: rows}
             types = unique_types(body.embedding_types)
+            calibrations = await get_calibrations(request)
             embeddings = await by_type(calibrations, result, types, body.normalize)
         return {
             "model": result.model.name,
