@@ -250,6 +250,13 @@ class ModelConfig(_Strict):
     cache: bool = Field(
         default=True, description="Use the embedding cache (see the cache section) for this model."
     )
+    calibration_corpus: str | None = Field(
+        default=None,
+        description=(
+            "int8/uint8 ranges: a UTF-8 text file, one calibration text a line (see "
+            "embedhost.calibration). Default: the corpus bundled with embedhost."
+        ),
+    )
 
     @field_validator("engine")
     @classmethod
@@ -554,6 +561,21 @@ class CacheConfig(_Strict):
         return self
 
 
+class QuantizationConfig(_Strict):
+    """int8/uint8 outputs: where calibration ranges are kept (see embedhost.calibration)."""
+
+    dir: str | None = Field(
+        default=None,
+        description=(
+            "Calibration files of versions without a manifest, keyed by the weights' sha256 "
+            "(share it between replicas). Default: $XDG_CACHE_HOME/embedhost/calibration."
+        ),
+    )
+    max_texts: int = Field(
+        default=1000, ge=16, le=100_000, description="Calibration texts used, at most."
+    )
+
+
 class WorkerConfig(_Strict):
     start_timeout_s: float = Field(
         default=600.0, gt=0, description="Load + warm-up deadline for a worker."
@@ -780,6 +802,7 @@ class Settings(BaseSettings):
     ray: RayConfig = Field(default_factory=RayConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     jobs: JobsConfig = Field(default_factory=JobsConfig)
+    quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:

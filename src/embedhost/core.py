@@ -14,6 +14,7 @@ import asyncio
 from dataclasses import dataclass
 
 from embedhost.cache import EmbeddingCache
+from embedhost.calibration import Calibrations
 from embedhost.config import Settings
 from embedhost.metrics import Metrics
 from embedhost.models.registry import ModelRegistry
@@ -29,6 +30,8 @@ class Core:
     cache: EmbeddingCache
     metrics: Metrics | None
     tracing: Tracing | None
+    calibrations: Calibrations
+    """int8/uint8 ranges per version (embedhost.calibration)."""
 
     @classmethod
     def build(cls, settings: Settings, metrics: Metrics | None = None) -> Core:
@@ -38,7 +41,8 @@ class Core:
         cache = EmbeddingCache(settings.cache, metrics.cache_observer() if metrics else None)
         registry = ModelRegistry(settings, metrics)
         service = EmbeddingService(registry, settings.limits, tracing=tracing, cache=cache)
-        return cls(settings, registry, service, cache, metrics, tracing)
+        calibrations = Calibrations(service, settings.quantization)
+        return cls(settings, registry, service, cache, metrics, tracing, calibrations)
 
     def start(self) -> None:
         """Start every configured model in the background (the registry tells when they

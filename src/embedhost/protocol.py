@@ -26,6 +26,12 @@ Truncate = bool | Literal["left", "right", "chunk"]
 ``"left"``/``"right"`` pick the side, ``false`` refuses inputs over the limit, ``"chunk"``
 embeds overlapping windows and pools them into one vector."""
 
+EmbeddingType = Literal["float", "int8", "uint8", "binary", "ubinary", "base64"]
+_EMBEDDING_TYPES_DOC = (
+    "Extension (Cohere's): the types to return: float, int8, uint8, binary, ubinary, base64 "
+    "(see the README's Compact vectors)."
+)
+
 TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 
 # The documented contract is stricter than the parsing: empty strings and empty lists are
@@ -86,12 +92,20 @@ class EmbeddingRequest(BaseModel):
     prompt_name: str | None = Field(
         default=None, min_length=1, max_length=128, description=_PROMPT_NAME_DOC
     )
+    embedding_types: list[EmbeddingType] | None = Field(
+        default=None, min_length=1, max_length=6, description=_EMBEDDING_TYPES_DOC
+    )
 
 
 class EmbeddingObject(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int
-    embedding: list[float] | str
+    embedding: list[float] | str | None = Field(
+        default=None, description="Absent when embedding_types leaves out float."
+    )
+    embeddings: dict[str, list[float] | list[int] | str] | None = Field(
+        default=None, description="Extension: the other embedding_types asked for."
+    )
 
 
 class Usage(BaseModel):
@@ -126,13 +140,18 @@ class EmbedRequest(BaseModel):
     chunking: Chunking | None = Field(
         default=None, description="Return one vector per chunk of each input (see Chunking)."
     )
+    embedding_types: list[EmbeddingType] | None = Field(
+        default=None, min_length=1, max_length=6, description=_EMBEDDING_TYPES_DOC
+    )
 
 
 class EmbedResponse(BaseModel):
     model: str
     version: str
     dimensions: int
-    embeddings: list[list[float]]
+    embeddings: list[list[float]] | dict[str, list[list[float]] | list[list[int]] | list[str]] = (
+        Field(description="Float rows; by type ({int8: rows, ...}) when embedding_types is given.")
+    )
     tokens: list[int] = Field(description="Token count of each input after truncation.")
     truncated: list[bool]
     usage: Usage

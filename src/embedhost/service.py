@@ -79,6 +79,8 @@ class EmbedOptions:
     """The batcher lane (``batch``: the capacity online work leaves; see embedhost.lanes)."""
     chunking: ChunkingSpec | None = None
     """Per-chunk vectors (``/embed``'s ``chunking``; see :mod:`embedhost.longdocs`)."""
+    max_tokens: int | None = None
+    """Cap each input at this many tokens (below the model's limit; Cohere's ``max_tokens``)."""
 
 
 _DEFAULT = EmbedOptions()
@@ -228,6 +230,7 @@ class EmbeddingService:
                 param="dimensions",
             )
         policy = _policy(handle.config.truncation, options.truncate)
+        max_tokens = min(info.max_tokens, options.max_tokens or info.max_tokens)
         prompt = self._prompt(handle, inputs, options)
         t_tok = time.monotonic()
         if (policy == "chunk" or options.chunking is not None) and isinstance(inputs[0], str):
@@ -254,14 +257,18 @@ class EmbeddingService:
         chunked: ChunkPlan | None = None
         if policy == "chunk" or options.chunking is not None:
             chunked = await longdocs.plan_for(
-                handle, inputs, info.max_tokens, prompt, options.chunking, self.limits
+                handle, inputs, max_tokens, prompt, options.chunking, self.limits
             )
             tokens = chunked.windows
         elif self.tracing is None:
-            tokens = await self._tokenize(handle, inputs, info.max_tokens, policy, prompt)
+            tokens = await self._tokenize(
+                handle, inputs, max_tokens, policy, prompt, window=info.max_tokens
+            )
         else:
             with self.tracing.span("tokenize", inputs=len(inputs)) as span:
-                tokens = await self._tokenize(handle, inputs, info.max_tokens, policy, prompt)
+                tokens = await self._tokenize(
+                    handle, inputs, max_tokens, policy, prompt, window=info.max_tokens
+                )
                 span.set_attribute("tokens", tokens.total)
         tokenize_s = time.monotonic() - t_tok
         if tokens.total > self.limits.max_request_tokens:
@@ -342,7 +349,11 @@ class EmbeddingService:
         max_tokens: int,
         policy: Policy,
         prompt: Prompt | None = None,
+        *,
+        window: int | None = None,
     ) -> Tokenized:
+        """``window``: the model's own limit, which sizes the default max_input_chars
+        (``max_tokens`` may be a request's lower cap, under which long inputs are cut)."""
         if isinstance(inputs[0], str):
             texts: list[str] = inputs
             for i, t in enumerate(texts):
@@ -350,7 +361,9 @@ class EmbeddingService:
                     raise InvalidRequest(f"input {i} is an empty string", param="input")
             # Issue 20: refuse an absurd input before any work proportional to it.
             configured = handle.config.max_input_chars or self.limits.max_input_chars
-            check_input_chars(texts, input_char_limit(configured, max_tokens))
+            # The model's window, not a request's lower max_tokens cap: a long input under
+            # a small cap is cut, not refused.
+            check_input_chars(texts, input_char_limit(configured, window or max_tokens))
             if sum(len(t) for t in texts) <= _INLINE_CHARS:
                 return prepare_texts(handle.tokenizer, texts, max_tokens, policy, prompt)
             return await asyncio.to_thread(

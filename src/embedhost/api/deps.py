@@ -12,6 +12,7 @@ from fastapi.security import APIKeyHeader, HTTPBearer
 from embedhost.api.context import AppContext, context_of
 from embedhost.api.record import record_of
 from embedhost.cache import EmbeddingCache
+from embedhost.calibration import Calibrations
 from embedhost.config import SCOPES, Scope, Settings
 from embedhost.metrics import Metrics
 from embedhost.models.registry import ModelRegistry
@@ -53,6 +54,13 @@ ServiceDep = Annotated[EmbeddingService, Depends(get_service)]
 CacheDep = Annotated[EmbeddingCache, Depends(get_cache)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics | None, Depends(get_metrics)]
+
+
+async def get_calibrations(request: Request) -> Calibrations:
+    return context_of(request).running.calibrations
+
+
+CalibrationsDep = Annotated[Calibrations, Depends(get_calibrations)]
 
 
 # Declared for the OpenAPI schema (so /docs and generated clients know how to send a key);

@@ -23,7 +23,7 @@ from embedhost.protocol import ErrorResponse
 
 router = APIRouter()
 
-EMBED_ROUTES = ("/v1/embeddings", "/embed")
+EMBED_ROUTES = ("/v1/embeddings", "/embed", "/v2/embed")
 
 
 def quantile(buckets: list[tuple[float, float]], q: float) -> float | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -21,12 +21,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from embedhost.api.body import BodyRoute
-from embedhost.api.deps import EmbedAdmission, ServiceDep
+from embedhost.api.compact import by_type, unique_types
+from embedhost.api.deps import EmbedAdmission, ServiceDep, get_calibrations
 from embedhost.api.observability import note_inputs, timing_headers
 from embedhost.api.priority import request_priority
 from embedhost.api.routes.chunks import chunk_payload, chunking_spec
 from embedhost.cache import CachePolicy
 from embedhost.errors import InvalidRequest
+from embedhost.models.version import ModelVersion
 from embedhost.protocol import (
     EmbeddingRequest,
     EmbeddingResponse,
@@ -84,12 +86,14 @@ async def _embed_response(
     model: str | None,
     user: str | None,
     inputs: list[str] | list[list[int]],
-    options: EmbedOptions,
-    payload: Callable[[EmbedResult], dict[str, Any]],
+    options: EmbedOptions | Callable[[ModelVersion], EmbedOptions],
+    payload: Callable[[EmbedResult], Awaitable[dict[str, Any]]],
 ) -> Response:
     """Embed ``inputs`` with the model ``model`` names for this caller and answer with
-    ``payload(result)``."""
+    ``await payload(result)``. ``options`` may depend on the version that serves the call."""
     handle = service.resolve(model, routing_key(admission, user))
+    if not isinstance(options, EmbedOptions):
+        options = options(handle)
     note_inputs(request, handle.name, inputs)
     cache_control = request.headers.get("cache-control")
     if cache_control:
@@ -102,7 +106,7 @@ async def _embed_response(
         admission=admission,
         disconnected=lambda: _client_gone(request),
     )
-    body = orjson.dumps(payload(result), option=orjson.OPT_SERIALIZE_NUMPY)
+    body = orjson.dumps(await payload(result), option=orjson.OPT_SERIALIZE_NUMPY)
     return Response(
         body,
         media_type="application/json",
@@ -130,10 +134,13 @@ async def _embed_response(
 async def create_embeddings(
     admission: EmbedAdmission, body: EmbeddingRequest, request: Request, service: ServiceDep
 ) -> Response:
-    def payload(result: EmbedResult) -> dict[str, Any]:
+    async def payload(result: EmbedResult) -> dict[str, Any]:
         vecs = result.vectors
         data: list[dict[str, Any]]
-        if body.encoding_format == "base64":
+        types = unique_types(body.embedding_types or ["float"])
+        if "float" not in types:
+            data = [{"object": "embedding", "index": i} for i in range(len(vecs))]
+        elif body.encoding_format == "base64":
             le = vecs.astype("<f4", copy=False)
             data = [
                 {
@@ -147,6 +154,13 @@ async def create_embeddings(
             data = [
                 {"object": "embedding", "index": i, "embedding": vecs[i]} for i in range(len(vecs))
             ]
+        # Extension: the other types by name, beside OpenAI's float `embedding`.
+        others = [t for t in types if t != "float"]
+        if others:
+            # Looked up only here: no extra dependency on the plain float path.
+            typed = await by_type(await get_calibrations(request), result, others)
+            for i, item in enumerate(data):
+                item["embeddings"] = {t: rows[i] for t, rows in typed.items()}
         total = result.tokens.total
         return {
             "object": "list",
@@ -185,14 +199,19 @@ async def embed(
     if (body.text is None) == (body.texts is None):
         raise InvalidRequest("give exactly one of 'text' or 'texts'", param="text")
 
-    def payload(result: EmbedResult) -> dict[str, Any]:
+    async def payload(result: EmbedResult) -> dict[str, Any]:
         vecs: np.ndarray[Any, Any] = result.vectors
         total = result.tokens.total
+        embeddings: Any = vecs
+        if body.embedding_types is not None:  # Cohere's shape: {type: rows}
+            types = unique_types(body.embedding_types)
+            calibrations = await get_calibrations(request)
+            embeddings = await by_type(calibrations, result, types, body.normalize)
         return {
             "model": result.model.name,
             "version": result.model.version,
             "dimensions": int(vecs.shape[1]),
-            "embeddings": vecs,
+            "embeddings": embeddings,
             "tokens": result.tokens.counts,
             "truncated": result.tokens.truncated,
             "usage": {"prompt_tokens": total, "total_tokens": total},

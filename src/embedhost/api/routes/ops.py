@@ -39,6 +39,7 @@ async def index(request: Request, settings: SettingsDep) -> Response:
         "endpoints": {
             "embeddings": "POST /v1/embeddings",
             "embed": "POST /embed",
+            "cohere_embed": "POST /v2/embed",
             "models": "GET /v1/models",
             "info": "GET /info",
             "health": "GET /health",
@@ -110,6 +111,7 @@ async def info(admission: EmbedAdmission, context: ContextDep) -> dict[str, Any]
         "default_model": default if admission.may_use(default) else None,
         "models": [m for m in registry.describe() if admission.may_use(m["name"])],
         "cache": cache,
+        "quantization": context.running.calibrations.describe(admission.may_use),
     }
 
 
