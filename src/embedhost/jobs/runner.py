@@ -251,7 +251,7 @@ class Jobs:
         await self.existing_store()
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 1.0)
+                await asyncio.wait_for(self._wake.wait(), min(1.0, self.config.lease_s / 3))
             self._wake.clear()
             if self._store is None:
                 continue

@@ -1,0 +1,209 @@
+"""The Batch API's shared store: job state in a real PostgreSQL (started by the test run)
+and files in one directory that several replicas share.
+
+- the store's leases: one holder per job, a lapsed lease taken over, the old holder's
+  writes refused (:class:`~embedhost.jobs.store.LeaseLost`);
+- two ``embedhost serve`` processes on one database and one files directory: the one
+  running a job is SIGKILLed mid-job, the other takes the job over when its lease lapses
+  and finishes it with every line exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from openai import OpenAI
+
+from embedhost.errors import NotFound
+from embedhost.jobs.postgres import PostgresStore
+from embedhost.jobs.store import BatchRecord, LeaseLost
+from tests.fakes import GATE
+from tests.support import MINILM
+from tests.support.app import FAKE_ENGINE
+from tests.support.postgres_server import PostgresServer
+from tests.support.servers import LiveServer, start_server, stop_server
+from tests.support.wait import wait_until
+
+LINES = 600
+CHUNK = 20
+HELD_AT = 330  # this line holds the engine (the fake's gate) until the holder is killed
+LEASE_S = 4.0
+
+
+def _batch(batch_id: str) -> BatchRecord:
+    return BatchRecord(
+        id=batch_id,
+        input_file_id="file_in",
+        endpoint="/v1/embeddings",
+        completion_window="24h",
+        created_at=0,
+        expires_at=2**40,
+        owner="k1",
+    )
+
+
+def test_leases_hand_a_job_to_one_replica_at_a_time(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    a = PostgresStore(postgres.url, tmp_path / "shared", lease_s=1.0)
+    b = PostgresStore(postgres.url, tmp_path / "shared", lease_s=1.0)
+    try:
+        src = tmp_path / "upload.jsonl"
+        src.write_text('{"custom_id": "x"}\n')
+        size = src.stat().st_size
+        a.add_file("k1", src, "in.jsonl", "batch", "file_in")
+        assert b.get_file("file_in", "k1").bytes == size
+        assert b.file_path("file_in").read_text() == '{"custom_id": "x"}\n'
+        assert [f.id for f in b.list_files("k1", "batch", None, 10)[0]] == ["file_in"]
+        assert b.list_files("k1", "batch_output", None, 10) == ([], False)
+        with pytest.raises(NotFound):
+            b.get_file("file_in", "someone-else")
+
+        rec = _batch("batch_1")
+        a.add_batch(rec)
+        assert b.get_batch("batch_1", "k1").status == "validating"
+        mine = a.claim("batch_1")
+        assert mine is not None and mine.id == "batch_1"
+        assert b.claim("batch_1") is None  # held by a
+        assert [r.id for r in b.active_batches()] == []
+        mine.stamp("in_progress")
+        mine.progress.next_line, mine.progress.out_bytes = 40, 1234
+        assert a.save(mine) and a.renew("batch_1")
+        with pytest.raises(LeaseLost):
+            b.save(mine)  # b does not hold it: nothing written
+
+        # a stops renewing (as a killed replica would): once the lease lapses b takes the
+        # job over, from what a recorded last.
+        taken = wait_until(lambda: b.claim("batch_1"), "the lease to lapse", timeout=20)
+        assert taken.status == "in_progress" and taken.progress.next_line == 40
+        assert taken.progress.out_bytes == 1234
+        assert not a.renew("batch_1")
+        mine.progress.next_line = 60
+        with pytest.raises(LeaseLost):
+            a.save(mine)
+        assert b.get_batch("batch_1", any_owner=True).progress.next_line == 40
+
+        # A cancel recorded meanwhile is not undone by the holder's next save.
+        b.mark_cancelling("batch_1")
+        taken.progress.next_line = 60
+        assert not b.save(taken)
+        assert b.status_of("batch_1") == "cancelling"
+        taken.stamp("cancelled")
+        assert b.save(taken)
+        b.release("batch_1")
+        assert b.count_by_status() == {"cancelled": 1}
+        assert a.claim("batch_1") is None  # finished jobs are nobody's to take
+        for i in range(3):
+            a.add_batch(_batch(f"batch_p{i}"))
+        page, more = a.list_batches("k1", None, 2)
+        assert [r.id for r in page] == ["batch_p2", "batch_p1"] and more
+        page, more = a.list_batches("k1", "batch_p1", 10)
+        assert [r.id for r in page] == ["batch_p0", "batch_1"] and not more
+    finally:
+        a.close()
+        b.close()
+
+
+def _config(tmp_path: Path, database_url: str) -> dict[str, Any]:
+    return {
+        "models": [
+            {
+                "name": "fake",
+                "engine": FAKE_ENGINE,
+                "path": MINILM,
+                "version": "1",
+                "engine_options": {"gate": str(tmp_path / "gate")},
+            }
+        ],
+        "jobs": {
+            "data_dir": str(tmp_path / "shared"),
+            "database_url": database_url,
+            "chunk_lines": CHUNK,
+            "lease_s": LEASE_S,
+        },
+    }
+
+
+def _counts(sdk: OpenAI, batch_id: str) -> tuple[str, int, int]:
+    b = sdk.batches.retrieve(batch_id)
+    assert b.request_counts is not None
+    return b.status, b.request_counts.completed, b.request_counts.failed
+
+
+def _holder_pid(url: str, batch_id: str) -> int | None:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT lease_owner FROM embedhost_batches WHERE id = %s", (batch_id,)
+        ).fetchone()
+    if row is None or row[0] is None:
+        return None
+    return int(str(row[0]).split(":")[1])  # host:pid:token
+
+
+def test_a_replica_dies_mid_job_and_another_finishes_it(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    config = _config(tmp_path, postgres.url)
+    servers: list[LiveServer] = []
+    workers: list[int] = []
+    try:
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            servers.append(start_server(tmp_path / name, config))
+            workers += servers[-1].worker_pids()
+        sdks = [OpenAI(api_key="none", base_url=f"{s.url}/v1") for s in servers]
+        rows = []
+        for i in range(LINES):
+            body: dict[str, Any] = {"input": [GATE, i] if i == HELD_AT else f"line number {i}"}
+            rows.append(
+                json.dumps(
+                    {"custom_id": f"c{i}", "method": "POST", "url": "/v1/embeddings", "body": body}
+                )
+            )
+        # Uploaded through one replica, the batch created through the other: one store.
+        f = sdks[0].files.create(
+            file=("in.jsonl", ("\n".join(rows) + "\n").encode()), purpose="batch"
+        )
+        b = sdks[1].batches.create(
+            input_file_id=f.id, endpoint="/v1/embeddings", completion_window="24h"
+        )
+        recorded = HELD_AT - HELD_AT % CHUNK  # every chunk before the held one
+        wait_until(
+            lambda: _counts(sdks[0], b.id)[1] >= recorded,
+            "the chunks before the held line to be recorded",
+            timeout=120,
+        )
+        assert _counts(sdks[1], b.id) == ("in_progress", recorded, 0)
+        pid = _holder_pid(postgres.url, b.id)
+        (dead,) = [s for s in servers if s.proc.pid == pid]
+        (alive,) = [s for s in servers if s is not dead]
+        sdk = sdks[servers.index(alive)]
+        os.kill(dead.proc.pid, signal.SIGKILL)
+        dead.proc.wait(30)
+        servers.remove(dead)
+        # What the dead replica may have written past its last record is not kept.
+        with (tmp_path / "shared" / "work" / f"{b.id}.out").open("ab") as w:
+            w.write(b'{"custom_id": "c321", "unrecorded": true}\n')
+        (tmp_path / "gate").touch()
+        wait_until(lambda: _counts(sdk, b.id)[0] == "completed", "the taken-over job", timeout=120)
+        assert _counts(sdk, b.id) == ("completed", LINES, 0)
+        assert _holder_pid(postgres.url, b.id) is None  # released when it finished
+        done = sdk.batches.retrieve(b.id)
+        assert done.output_file_id is not None and done.error_file_id is None
+        out = [json.loads(x) for x in sdk.files.content(done.output_file_id).text.splitlines()]
+        assert [o["custom_id"] for o in out] == [f"c{i}" for i in range(LINES)]
+        assert all(o["response"]["status_code"] == 200 for o in out)
+    finally:
+        for s in servers:
+            stop_server(s)
+        (tmp_path / "gate").touch()
+        for worker in workers:  # the killed replica's workers, orphaned
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker, signal.SIGKILL)
