@@ -655,6 +655,13 @@ class JobsConfig(_Strict):
         "replica take the job over at its last recorded chunk.",
     )
 
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("jobs.database_url must be a postgresql:// URL")
+        return v
+
 
 class RayConfig(_Strict):
     """Ray Serve (``embedhost serve --ray``, ``deploy/ray/serve.yaml``): one Serve replica is

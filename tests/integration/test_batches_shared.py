@@ -1,6 +1,7 @@
 """The Batch API's shared store: job state in a real PostgreSQL (started by the test run)
 and files in one directory that several replicas share.
 
+- the Batch API through the SDK on PostgreSQL (in-process): output, list, cancel, files;
 - the store's leases: one holder per job, a lapsed lease taken over, the old holder's
   writes refused (:class:`~embedhost.jobs.store.LeaseLost`);
 - two ``embedhost serve`` processes on one database and one files directory: the one
@@ -17,6 +18,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import httpx
+import openai
 import psycopg
 import pytest
 from openai import OpenAI
@@ -26,10 +29,10 @@ from embedhost.jobs.postgres import PostgresStore
 from embedhost.jobs.store import BatchRecord, LeaseLost
 from tests.fakes import GATE
 from tests.support import MINILM
-from tests.support.app import FAKE_ENGINE
+from tests.support.app import FAKE_ENGINE, app_client, fake_model, make_settings
 from tests.support.postgres_server import PostgresServer
 from tests.support.servers import LiveServer, start_server, stop_server
-from tests.support.wait import wait_until
+from tests.support.wait import wait_until, wait_until_async
 
 LINES = 600
 CHUNK = 20
@@ -47,6 +50,58 @@ def _batch(batch_id: str) -> BatchRecord:
         expires_at=2**40,
         owner="k1",
     )
+
+
+async def test_the_batch_api_on_postgres(postgres: PostgresServer, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    settings = make_settings(
+        [fake_model(engine_options={"gate": str(gate)})],
+        jobs={"data_dir": str(tmp_path / "shared"), "database_url": postgres.url,
+              "chunk_lines": 7},
+    )  # fmt: skip
+    async with app_client(settings) as (app, _):
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), timeout=60)
+        sdk = openai.AsyncOpenAI(api_key="none", base_url="http://testserver/v1", http_client=http)
+        rows = [_row(f"c{i}", f"text {i}") for i in range(50)] + ["not json"]
+        f = await sdk.files.create(file=("in.jsonl", "\n".join(rows).encode()), purpose="batch")
+        b = await sdk.batches.create(
+            input_file_id=f.id, endpoint="/v1/embeddings", completion_window="24h"
+        )
+
+        async def status(batch_id: str, want: str) -> bool:
+            return (await sdk.batches.retrieve(batch_id)).status == want
+
+        await wait_until_async(lambda: status(b.id, "completed"), "the batch", timeout=120)
+        done = await sdk.batches.retrieve(b.id)
+        assert done.request_counts is not None
+        assert (done.request_counts.completed, done.request_counts.failed) == (50, 1)
+        assert done.output_file_id is not None and done.error_file_id is not None
+        out = (await sdk.files.content(done.output_file_id)).text.splitlines()
+        assert [json.loads(x)["custom_id"] for x in out] == [f"c{i}" for i in range(50)]
+        assert (tmp_path / "shared" / "files" / done.output_file_id).exists()
+
+        held = _row("held", [GATE, 1])
+        f2 = await sdk.files.create(file=("in2.jsonl", held.encode()), purpose="batch")
+        b2 = await sdk.batches.create(
+            input_file_id=f2.id, endpoint="/v1/embeddings", completion_window="24h"
+        )
+        await wait_until_async(lambda: status(b2.id, "in_progress"), "b2 to run", timeout=60)
+        assert (await sdk.batches.cancel(b2.id)).status == "cancelling"
+        gate.touch()
+        await wait_until_async(lambda: status(b2.id, "cancelled"), "the cancel", timeout=60)
+        page = await sdk.batches.list(limit=1)
+        assert [x.id for x in page.data] == [b2.id] and page.has_more
+        assert [x.id for x in (await sdk.batches.list(after=b2.id)).data] == [b.id]
+        await sdk.files.delete(f.id)
+        with pytest.raises(openai.NotFoundError):
+            await sdk.files.retrieve(f.id)
+        metrics = (await http.get("http://testserver/metrics")).text
+        assert 'embedhost_batch_jobs{status="completed"} 1.0' in metrics
+
+
+def _row(cid: str, inp: object) -> str:
+    body = {"input": inp}
+    return json.dumps({"custom_id": cid, "method": "POST", "url": "/v1/embeddings", "body": body})
 
 
 def test_leases_hand_a_job_to_one_replica_at_a_time(

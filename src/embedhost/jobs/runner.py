@@ -247,35 +247,36 @@ class Jobs:
     # -- the runner -------------------------------------------------------------------------------
 
     async def _supervise(self) -> None:
-        # Resume what a previous run left, but do not create a store nobody asked for.
-        await self.existing_store()
         while True:
+            try:
+                await self._tick()
+            except Exception:  # the database unreachable, say: try again on the next tick
+                log.exception("reading the job store failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), min(1.0, self.config.lease_s / 3))
             self._wake.clear()
-            if self._store is None:
-                continue
+
+    async def _tick(self) -> None:
+        # Resume what a previous run left, but do not create a store nobody asked for.
+        store = await self.existing_store()
+        if store is None:
+            return
+        if not self._runs_here:
+            # Another process holds this directory's runner lock: serve the routes only,
+            # and take over if it goes away.
+            self._runs_here = await asyncio.to_thread(store.try_lock)
             if not self._runs_here:
-                # Another process holds this directory's runner lock: serve the routes only,
-                # and take over if it goes away.
-                self._runs_here = await asyncio.to_thread(self._store.try_lock)
-                if not self._runs_here:
-                    continue
-            try:
-                await self._renew(self._store)
-                active = await asyncio.to_thread(self._store.active_batches)
-            except Exception:
-                log.exception("reading the job store failed")
+                return
+        await self._renew(store)
+        for found in await asyncio.to_thread(store.active_batches):
+            if found.id in self._running or len(self._running) >= self.config.max_running:
                 continue
-            for found in active:
-                if found.id in self._running or len(self._running) >= self.config.max_running:
-                    continue
-                rec = await asyncio.to_thread(self._store.claim, found.id)
-                if rec is None:  # another replica took it meanwhile
-                    continue
-                task = asyncio.get_running_loop().create_task(self._run(rec), name=rec.id)
-                self._running[rec.id] = task
-                task.add_done_callback(functools.partial(self._done, rec.id))
+            rec = await asyncio.to_thread(store.claim, found.id)
+            if rec is None:  # another replica took it meanwhile
+                continue
+            task = asyncio.get_running_loop().create_task(self._run(rec), name=rec.id)
+            self._running[rec.id] = task
+            task.add_done_callback(functools.partial(self._done, rec.id))
 
     async def _renew(self, store: JobStore) -> None:
         """Renew the leases of the jobs running here; stop those whose lease was lost."""
