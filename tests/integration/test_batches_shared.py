@@ -24,6 +24,7 @@ import psycopg
 import pytest
 from openai import OpenAI
 
+from embedhost.config import JobsConfig
 from embedhost.errors import NotFound
 from embedhost.jobs.postgres import PostgresStore
 from embedhost.jobs.store import BatchRecord, LeaseLost
@@ -262,3 +263,9 @@ def test_a_replica_dies_mid_job_and_another_finishes_it(
         for worker in workers:  # the killed replica's workers, orphaned
             with contextlib.suppress(ProcessLookupError):
                 os.kill(worker, signal.SIGKILL)
+
+
+def test_the_database_url_must_be_postgresql() -> None:
+    with pytest.raises(ValueError, match="postgresql://"):
+        JobsConfig(database_url="mysql://db/jobs")  # type: ignore[arg-type]
+    assert JobsConfig().database_url is None  # the default: SQLite, nothing to install
