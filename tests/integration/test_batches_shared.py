@@ -203,9 +203,13 @@ def _holder_pid(url: str, batch_id: str) -> int | None:
     return int(str(row[0]).split(":")[1])  # host:pid:token
 
 
+@pytest.mark.parametrize("end", ["SIGKILL", "SIGSTOP"])
 def test_a_replica_dies_mid_job_and_another_finishes_it(
-    postgres: PostgresServer, tmp_path: Path
+    postgres: PostgresServer, tmp_path: Path, end: str
 ) -> None:
+    """SIGKILL: the holder is gone. SIGSTOP: it stalls past its lease, the other takes the
+    job over and finishes it, and the stalled one, continued, finds its lease lost and
+    writes nothing."""
     config = _config(tmp_path, postgres.url)
     servers: list[LiveServer] = []
     workers: list[int] = []
@@ -241,9 +245,16 @@ def test_a_replica_dies_mid_job_and_another_finishes_it(
         (dead,) = [s for s in servers if s.proc.pid == pid]
         (alive,) = [s for s in servers if s is not dead]
         sdk = sdks[servers.index(alive)]
-        os.kill(dead.proc.pid, signal.SIGKILL)
-        dead.proc.wait(30)
-        servers.remove(dead)
+        os.kill(dead.proc.pid, getattr(signal, end))
+        if end == "SIGKILL":
+            dead.proc.wait(30)
+            servers.remove(dead)
+        else:
+            wait_until(
+                lambda: _holder_pid(postgres.url, b.id) == alive.proc.pid,
+                "the other replica to take the lapsed lease",
+                timeout=60,
+            )
         # What the dead replica may have written past its last record is not kept.
         with (tmp_path / "shared" / "work" / f"{b.id}.out").open("ab") as w:
             w.write(b'{"custom_id": "c321", "unrecorded": true}\n')
@@ -256,8 +267,21 @@ def test_a_replica_dies_mid_job_and_another_finishes_it(
         out = [json.loads(x) for x in sdk.files.content(done.output_file_id).text.splitlines()]
         assert [o["custom_id"] for o in out] == [f"c{i}" for i in range(LINES)]
         assert all(o["response"]["status_code"] == 200 for o in out)
+        if end == "SIGSTOP":
+            os.kill(dead.proc.pid, signal.SIGCONT)
+            wait_until(
+                lambda: "lease lost" in dead.log_path.read_text(),
+                "the stalled replica to find its lease lost",
+                timeout=60,
+            )
+            again = sdk.files.content(done.output_file_id).text.splitlines()
+            assert [json.loads(x)["custom_id"] for x in again] == [f"c{i}" for i in range(LINES)]
+            assert not (tmp_path / "shared" / "work" / f"{b.id}.out").exists()
+            assert _counts(sdk, b.id) == ("completed", LINES, 0)
     finally:
         for s in servers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(s.proc.pid, signal.SIGCONT)
             stop_server(s)
         (tmp_path / "gate").touch()
         for worker in workers:  # the killed replica's workers, orphaned
