@@ -707,6 +707,27 @@ class JobsConfig(_Strict):
         description="Pause before retrying a line refused for now (full batch lane, "
         "token budget spent, model not ready): such lines wait, they do not fail.",
     )
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="postgresql://... : job state in PostgreSQL (embedhost[postgres]), so "
+        "several replicas share the jobs; data_dir must then be one directory every "
+        "replica mounts (a ReadWriteMany volume). Unset: SQLite in data_dir, one process.",
+    )
+    lease_s: float = Field(
+        default=30.0,
+        ge=1,
+        le=3600,
+        description="With database_url: a replica holds a running job by a lease it renews "
+        "every lease_s/3; a lease not renewed for lease_s (its replica died) lets another "
+        "replica take the job over at its last recorded chunk.",
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("jobs.database_url must be a postgresql:// URL")
+        return v
 
 
 class RayConfig(_Strict):

@@ -16,7 +16,7 @@ import pytest
 from fastapi import FastAPI
 
 from embedhost.config import RateLimit
-from embedhost.jobs.store import JobStore
+from embedhost.jobs.store import SqliteStore
 from embedhost.security.keys import new_key_entry
 from tests.fakes import GATE
 from tests.support.app import app_client, fake_model, make_settings
@@ -390,7 +390,7 @@ async def test_a_restart_while_finalizing_keeps_the_output(tmp_path: Path) -> No
         )
         before = await _lines(sdk, (await _finished(sdk, b.id)).output_file_id)
     # The state a crash leaves between recording the output file and moving it in place.
-    store = JobStore(tmp_path / "data")
+    store = SqliteStore(tmp_path / "data")
     rec = store.get_batch(b.id, "full")
     assert rec.output_file_id is not None
     store.file_path(rec.output_file_id).rename(store.work_paths(b.id)[0])

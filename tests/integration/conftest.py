@@ -1,4 +1,5 @@
-"""Integration fixtures: a real redis-server started (and stopped) by the test run."""
+"""Integration fixtures: a real redis-server and a real PostgreSQL server started (and
+stopped) by the test run."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.postgres_server import PostgresServer, start_postgres
 from tests.support.redis_server import RedisServer, start_redis
 
 
@@ -18,3 +20,13 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture
+def postgres() -> Iterator[PostgresServer]:
+    """A fresh PostgreSQL cluster on a free loopback port, for one test."""
+    server = start_postgres()
+    try:
+        yield server
+    finally:
+        server.stop()

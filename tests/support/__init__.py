@@ -6,8 +6,8 @@ conftest.py files, which import what they need from these modules).
   uses it too, so this package imports neither pytest nor any test module);
 - ``app``: the real app in-process (settings builders, fake-engine model entries);
 - ``prom``: Prometheus text parsing; ``strategies``: hypothesis strategies;
-- ``tokenization``, ``engines``, ``redis_server``, ``deploy``: what two or more test
-  modules check or start alike.
+- ``tokenization``, ``engines``, ``redis_server``, ``postgres_server``, ``deploy``: what
+  two or more test modules check or start alike.
 """
 
 from __future__ import annotations

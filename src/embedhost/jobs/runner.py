@@ -13,7 +13,11 @@ now (the batch lane full, the token budget spent, no model ready) waits and is r
 over budget, a job pauses; it does not fail. See :mod:`embedhost.jobs.store` for how a
 chunk is recorded exactly once.
 
-One process runs a data directory's jobs (no lease between replicas; see the README).
+Who runs a job: with SQLite, the one process holding the data directory's lock; with
+PostgreSQL (several replicas), the replica holding the job's lease, renewed every
+``jobs.lease_s / 3`` and before each chunk is written. A replica that dies lets its lease
+lapse and another claims the job; one that finds its lease lost stops without writing
+(:mod:`embedhost.jobs.base`).
 """
 
 from __future__ import annotations
@@ -40,7 +44,9 @@ from embedhost.errors import (
     ShuttingDown,
 )
 from embedhost.jobs import lines
-from embedhost.jobs.store import BatchRecord, FileRecord, JobStore, new_id, sync_append
+from embedhost.jobs.base import JobStore, LeaseLost, open_store, store_exists
+from embedhost.jobs.store import BatchRecord, FileRecord, new_id
+from embedhost.jobs.workfiles import nonempty, read_chunk, truncate, validate, write_at
 from embedhost.security.admission import Admission, Security
 from embedhost.security.keys import all_keys
 from embedhost.service import EmbeddingService, EmbedOptions
@@ -82,6 +88,7 @@ class Jobs:
         self._wake = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
         self._runs_here = False
+        self._renewed = 0.0
         self.lines = {"completed": 0, "failed": 0}
         """Lines finished by this process since it started (the metrics)."""
         self.waiting = 0
@@ -98,6 +105,7 @@ class Jobs:
         self._loop = asyncio.get_running_loop().create_task(self._supervise(), name="jobs")
 
     async def stop(self) -> None:
+        held = list(self._running)
         tasks = [t for t in (self._loop, *self._running.values()) if t is not None]
         for t in tasks:
             t.cancel()
@@ -105,6 +113,9 @@ class Jobs:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         if self._store is not None:
+            for batch_id in held:  # another replica takes them over now, not after lease_s
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self._store.release, batch_id)
             await asyncio.to_thread(self._store.close)
             self._store = None
 
@@ -112,17 +123,14 @@ class Jobs:
         if self._store is None:
             async with self._open:
                 if self._store is None:
-                    self._store = await asyncio.to_thread(JobStore, self.config.data_dir)
+                    self._store = await asyncio.to_thread(open_store, self.config)
         return self._store
 
     async def existing_store(self) -> JobStore | None:
         """The store if one exists: reads (a list, a lookup) never create a data directory."""
-        if self._store is None and not await asyncio.to_thread(self._db_exists):
+        if self._store is None and not await asyncio.to_thread(store_exists, self.config):
             return None
         return await self.store()
-
-    def _db_exists(self) -> bool:
-        return (Path(self.config.data_dir) / "jobs.sqlite3").exists()
 
     async def _reading(self, what: str, param: str) -> JobStore:
         store = await self.existing_store()
@@ -239,31 +247,46 @@ class Jobs:
     # -- the runner -------------------------------------------------------------------------------
 
     async def _supervise(self) -> None:
-        # Resume what a previous run left, but do not create a store nobody asked for.
-        await self.existing_store()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 1.0)
-            self._wake.clear()
-            if self._store is None:
-                continue
-            if not self._runs_here:
-                # Another process holds this directory's runner lock: serve the routes only,
-                # and take over if it goes away.
-                self._runs_here = await asyncio.to_thread(self._store.try_lock)
-                if not self._runs_here:
-                    continue
             try:
-                active = await asyncio.to_thread(self._store.active_batches)
-            except Exception:
+                await self._tick()
+            except Exception:  # the database unreachable, say: try again on the next tick
                 log.exception("reading the job store failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), min(1.0, self.config.lease_s / 3))
+            self._wake.clear()
+
+    async def _tick(self) -> None:
+        # Resume what a previous run left, but do not create a store nobody asked for.
+        store = await self.existing_store()
+        if store is None:
+            return
+        if not self._runs_here:
+            # Another process holds this directory's runner lock: serve the routes only,
+            # and take over if it goes away.
+            self._runs_here = await asyncio.to_thread(store.try_lock)
+            if not self._runs_here:
+                return
+        await self._renew(store)
+        for found in await asyncio.to_thread(store.active_batches):
+            if found.id in self._running or len(self._running) >= self.config.max_running:
                 continue
-            for rec in active:
-                if rec.id in self._running or len(self._running) >= self.config.max_running:
-                    continue
-                task = asyncio.get_running_loop().create_task(self._run(rec), name=rec.id)
-                self._running[rec.id] = task
-                task.add_done_callback(functools.partial(self._done, rec.id))
+            rec = await asyncio.to_thread(store.claim, found.id)
+            if rec is None:  # another replica took it meanwhile
+                continue
+            task = asyncio.get_running_loop().create_task(self._run(rec), name=rec.id)
+            self._running[rec.id] = task
+            task.add_done_callback(functools.partial(self._done, rec.id))
+
+    async def _renew(self, store: JobStore) -> None:
+        """Renew the leases of the jobs running here; stop those whose lease was lost."""
+        if time.monotonic() - self._renewed < self.config.lease_s / 3:
+            return
+        self._renewed = time.monotonic()
+        for batch_id, task in list(self._running.items()):
+            if not await asyncio.to_thread(store.renew, batch_id):
+                log.warning("batch %s: lease lost to another replica; stopping here", batch_id)
+                task.cancel()
 
     def _done(self, batch_id: str, _task: object = None) -> None:
         self._running.pop(batch_id, None)
@@ -271,10 +294,14 @@ class Jobs:
         self._wake.set()
 
     async def _run(self, rec: BatchRecord) -> None:
+        store = await self.store()
         try:
-            await self._job(await self.store(), rec)
+            await self._job(store, rec)
+            await asyncio.to_thread(store.release, rec.id)
         except asyncio.CancelledError:
             raise
+        except LeaseLost:
+            log.warning("batch %s: lease lost to another replica; stopping here", rec.id)
         except Exception:
             log.exception("batch %s failed", rec.id)
             rec.errors = {
@@ -282,12 +309,14 @@ class Jobs:
                 "data": [{"code": "server_error", "message": "the job failed on the server"}],
             }
             rec.stamp("failed")
-            await self._save(await self.store(), rec)
+            with contextlib.suppress(LeaseLost):
+                await self._save(store, rec)
+                await asyncio.to_thread(store.release, rec.id)
 
     async def _job(self, store: JobStore, rec: BatchRecord) -> None:
         src = store.file_path(rec.input_file_id)
         if rec.status == "validating":
-            problem = await asyncio.to_thread(self._validate, src, rec)
+            problem = await asyncio.to_thread(validate, src, rec, self.config.max_requests)
             if problem is not None:
                 rec.errors = {"object": "list", "data": [problem]}
                 rec.stamp("failed")
@@ -299,8 +328,8 @@ class Jobs:
         if rec.status == "finalizing":  # a restart while its files were being kept
             await self._finish(store, rec, "completed", out_p, err_p)
             return
-        await asyncio.to_thread(_truncate, out_p, rec.progress.out_bytes)
-        await asyncio.to_thread(_truncate, err_p, rec.progress.err_bytes)
+        await asyncio.to_thread(truncate, out_p, rec.progress.out_bytes)
+        await asyncio.to_thread(truncate, err_p, rec.progress.err_bytes)
         key = self._keys.get(rec.owner) if rec.owner else None
         admission = Admission(key, f"batch:{rec.id}", self.security)
         end = "completed"
@@ -310,7 +339,7 @@ class Jobs:
             if end != "completed":
                 break
             chunk, offset = await asyncio.to_thread(
-                _read_chunk, src, rec.progress.in_offset, self.config.chunk_lines
+                read_chunk, src, rec.progress.in_offset, self.config.chunk_lines
             )
             if not chunk:
                 break
@@ -323,10 +352,12 @@ class Jobs:
                 break
             out, err = await asyncio.to_thread(lines.render, list(answers))
             p = rec.progress
+            if not await asyncio.to_thread(store.renew, rec.id):
+                raise LeaseLost(rec.id)  # another replica resumed it: write nothing
             if out:
-                p.out_bytes = await asyncio.to_thread(sync_append, out_p, out)
+                p.out_bytes = await asyncio.to_thread(write_at, out_p, p.out_bytes, out)
             if err:
-                p.err_bytes = await asyncio.to_thread(sync_append, err_p, err)
+                p.err_bytes = await asyncio.to_thread(write_at, err_p, p.err_bytes, err)
             ok = sum(1 for a in answers if a.ok)
             rec.request_counts["completed"] += ok
             rec.request_counts["failed"] += len(answers) - ok
@@ -373,7 +404,7 @@ class Jobs:
         ):
             # Ids derived from the job's: a restart mid-way finds (or redoes) the same file.
             fid = f"file_{rec.id.removeprefix('batch_')}_{name}"
-            if await asyncio.to_thread(_nonempty, path):
+            if await asyncio.to_thread(nonempty, path):
                 f = await self.add_file(key_id, path, f"{rec.id}_{name}.jsonl", "batch_output", fid)
                 setattr(rec, attr, f.id)
             elif await asyncio.to_thread(store.has_file, fid):
@@ -382,25 +413,6 @@ class Jobs:
                 await asyncio.to_thread(path.unlink, missing_ok=True)
         rec.stamp(end)
         await self._save(store, rec)
-
-    def _validate(self, src: Path, rec: BatchRecord) -> dict[str, str] | None:
-        if not src.exists():
-            return {"code": "missing_file", "message": f"input file {rec.input_file_id} is gone"}
-        total = 0
-        with src.open("rb") as f:
-            for raw in f:
-                if raw.strip():
-                    total += 1
-        if total == 0:
-            return {"code": "empty_file", "message": "the input file has no lines"}
-        if total > self.config.max_requests:
-            return {
-                "code": "too_many_requests",
-                "message": f"the input file has {total} lines; the limit is "
-                f"{self.config.max_requests} per batch",
-            }
-        rec.request_counts["total"] = total
-        return None
 
     async def _answer(self, raw: bytes, rec: BatchRecord, admission: Admission) -> lines.Answer:
         try:
@@ -454,31 +466,3 @@ class Jobs:
             await self._cancelled_elsewhere(await self.store(), rec)
         if self._stop_reason(rec) is not None:
             raise _Stop
-
-
-def _nonempty(path: Path) -> bool:
-    return path.exists() and path.stat().st_size > 0
-
-
-def _truncate(path: Path, size: int) -> None:
-    """Cut a work file back to its recorded size: what a crash left after that is redone."""
-    if not path.exists():
-        if size:
-            raise RuntimeError(f"{path} is missing but {size} bytes were recorded")
-        return
-    with path.open("r+b") as f:
-        f.truncate(size)
-
-
-def _read_chunk(src: Path, offset: int, n: int) -> tuple[list[bytes], int]:
-    """Up to ``n`` non-blank lines from byte ``offset``, and the offset after them."""
-    out: list[bytes] = []
-    with src.open("rb") as f:
-        f.seek(offset)
-        while len(out) < n:
-            raw = f.readline()
-            if not raw:
-                break
-            if raw.strip():
-                out.append(raw)
-        return out, f.tell()

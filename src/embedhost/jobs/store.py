@@ -1,4 +1,6 @@
-"""The job store: file records and batch jobs in SQLite, file contents in a directory.
+"""The records (files, batches, progress) and the embedded job store: SQLite plus a files
+directory, for one process (:mod:`embedhost.jobs.base` has the interface it implements,
+:mod:`embedhost.jobs.postgres` the store several replicas share).
 
 Layout under ``jobs.data_dir``: ``jobs.sqlite3`` (WAL), ``files/<file id>`` (uploads and
 finished output/error files), ``work/<batch id>.out`` / ``.err`` (a running job's output
@@ -11,8 +13,8 @@ output and error files), written after the chunk's lines were appended and fsync
 restart the runner truncates both files to the recorded sizes and resumes at the
 recorded line, so a line is never lost once recorded, and never written twice.
 
-The store is an interface in all but name: a PostgreSQL store with a lease per job (for
-several replicas) would implement these methods; only this SQLite one exists.
+One process runs a data directory's jobs: the holder of an exclusive ``flock`` on
+``runner.lock`` (:meth:`SqliteStore.try_lock`); the others serve the routes only.
 """
 
 from __future__ import annotations
@@ -60,6 +62,10 @@ CREATE TABLE IF NOT EXISTS batches (
     progress TEXT NOT NULL
 );
 """
+
+
+class LeaseLost(Exception):
+    """Another replica took this job over (this one's lease lapsed): stop, write nothing."""
 
 
 def new_id(prefix: str) -> str:
@@ -142,7 +148,7 @@ class BatchRecord:
             setattr(self, attr, int(time.time()))
 
 
-class JobStore:
+class SqliteStore:
     """SQLite rows and the files directory (see the module docstring)."""
 
     def __init__(self, data_dir: str | Path) -> None:
@@ -276,6 +282,16 @@ class JobStore:
         self._lock_fd = fd
         return True
 
+    def claim(self, batch_id: str) -> BatchRecord | None:
+        # The flock holder runs every job of the directory: nothing more to take.
+        return self.get_batch(batch_id, any_owner=True)
+
+    def renew(self, batch_id: str) -> bool:
+        return self._lock_fd is not None
+
+    def release(self, batch_id: str) -> None:
+        pass
+
     def get_batch(
         self, batch_id: str, key_id: str | None = None, *, any_owner: bool = False
     ) -> BatchRecord:
@@ -343,12 +359,3 @@ class JobStore:
         d = json.loads(obj)
         d.pop("object", None)
         return BatchRecord(owner=owner, progress=Progress(**json.loads(progress)), **d)
-
-
-def sync_append(path: Path, data: bytes) -> int:
-    """Append ``data`` to ``path`` and fsync; the file's new size."""
-    with path.open("ab") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-        return f.tell()
