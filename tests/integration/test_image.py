@@ -5,6 +5,7 @@ checked from outside the container:
   packaged weights, cosine >= 0.9999, both float32);
 * a GGUF model mounted into the container serving (llama.cpp links libgomp, which the image
   must carry), close to the host's vector;
+* the CPU budget splits the container's quota (``--cpus 1``), not the host's cores;
 * the process runs as uid 10001, with a read-only root filesystem where only /tmp is
   writable (``--read-only --read-only-tmpfs=false --tmpfs /tmp``), no capabilities;
 * JSON log lines on stdout; ``podman healthcheck run`` (the image's HEALTHCHECK, kept by
@@ -67,6 +68,8 @@ def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
         "run", "-d", "--name", name,
         "--read-only", "--read-only-tmpfs=false", "--tmpfs", "/tmp:rw,size=512m,mode=1777",
         "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+        # A CPU quota under the host's cores: the budget must split 1 CPU, not the host's.
+        "--cpus", "1",
         "-e", f"EMBEDHOST_API_KEYS={json.dumps([entry.model_dump()])}",
         "-e", f"EMBEDHOST_SERVER__PORT={port}",
         "-v", f"{gguf.parent}:/models:ro",
@@ -141,6 +144,9 @@ def test_json_logs_then_a_clean_stop(container: dict[str, str]) -> None:
     assert records and any(r.get("event") or r.get("message") for r in records), lines[:5]
     # Every line the server writes on stdout is JSON (llama.cpp's native chatter goes to stderr).
     assert len(records) == len(lines), [x for x in lines if not x.startswith("{")][:5]
+    # The CPU budget read the container's quota (--cpus 1), not the host's cores.
+    budget = [r for r in records if "CPU budget of" in json.dumps(r)]
+    assert budget and "CPU budget of 1 usable cores" in json.dumps(budget[0]), budget
     r = podman("stop", "-t", str(GRACE_S), name, timeout=GRACE_S + 60)
     assert r.returncode == 0
     state = json.loads(podman("inspect", name, "--format", "{{json .State}}").stdout)

@@ -41,31 +41,58 @@ def _affinity() -> int:
         return os.cpu_count() or 1
 
 
-def cgroup_cpu_quota(root: str = CGROUP) -> float | None:
-    """CPUs allowed by the cgroup's quota (quota / period), None when unlimited or unknown.
-
-    A container sees its own cgroup at the root of /sys/fs/cgroup (cgroup namespaces):
-    v2 ``cpu.max`` ("max 100000" or "200000 100000"), v1 ``cpu/cpu.cfs_quota_us`` (-1:
-    none) over ``cpu.cfs_period_us``.
-    """
+def _own_cgroup_dirs(root: str) -> list[str]:
+    """This process's cgroup directories (from /proc/self/cgroup), then the root: a
+    container sees its own cgroup at the root when it has a cgroup namespace, and under
+    its path from /proc/self/cgroup when it shares the host's (cgroup v1, podman's
+    default there)."""
+    dirs: list[str] = []
     try:
-        with open(os.path.join(root, "cpu.max")) as f:
-            quota, _, period = f.read().strip().partition(" ")
-        if quota != "max" and float(period or 100000) > 0:
-            return float(quota) / float(period or 100000)
-        return None
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                names = controllers.split(",")
+                if controllers == "":
+                    dirs.append(os.path.join(root, path.lstrip("/")))
+                elif "cpu" in names:
+                    for sub in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
+                        dirs.append(os.path.join(root, sub, path.lstrip("/")))
     except (OSError, ValueError):
         pass
-    for sub in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
-        try:
-            with open(os.path.join(root, sub, "cpu.cfs_quota_us")) as f:
-                quota_us = int(f.read().strip())
-            with open(os.path.join(root, sub, "cpu.cfs_period_us")) as f:
-                period_us = int(f.read().strip())
-        except (OSError, ValueError):
-            continue
-        return quota_us / period_us if quota_us > 0 and period_us > 0 else None
-    return None
+    return [
+        *dirs,
+        root,
+        *(os.path.join(root, sub) for sub in ("cpu", "cpu,cpuacct", "cpuacct,cpu")),
+    ]
+
+
+def _read_quota(d: str) -> tuple[bool, float | None]:
+    """(found, CPUs) for one cgroup directory: v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``."""
+    try:
+        with open(os.path.join(d, "cpu.max")) as f:
+            quota, _, period = f.read().strip().partition(" ")
+        if quota != "max" and float(period or 100000) > 0:
+            return True, float(quota) / float(period or 100000)
+        return True, None
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(os.path.join(d, "cpu.cfs_quota_us")) as f:
+            quota_us = int(f.read().strip())
+        with open(os.path.join(d, "cpu.cfs_period_us")) as f:
+            period_us = int(f.read().strip())
+    except (OSError, ValueError):
+        return False, None
+    return True, (quota_us / period_us if quota_us > 0 and period_us > 0 else None)
+
+
+def cgroup_cpu_quota(root: str = CGROUP) -> float | None:
+    """CPUs allowed by this process's cgroup quota (quota / period); None when unlimited or
+    unknown. cgroup v2 ``cpu.max`` ("max 100000" or "200000 100000"), v1
+    ``cpu.cfs_quota_us`` (-1: none) over ``cpu.cfs_period_us``; the smallest quota found
+    on the process's own cgroup or the root of the mount."""
+    quotas = [q for d in _own_cgroup_dirs(root) for found, q in [_read_quota(d)] if found and q]
+    return min(quotas) if quotas else None
 
 
 def omp_threads(env: dict[str, str] | None = None) -> int | None:
