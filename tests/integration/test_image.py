@@ -8,7 +8,8 @@ checked from outside the container:
 * the CPU budget splits the container's quota (``--cpus 1``), not the host's cores;
 * the process runs as uid 10001, with a read-only root filesystem where only /tmp is
   writable (``--read-only --read-only-tmpfs=false --tmpfs /tmp``), no capabilities;
-* JSON log lines on stdout; ``podman healthcheck run`` (the image's HEALTHCHECK, kept by
+* JSON log lines on the container's output (nothing else but llama.cpp's native loader
+  warnings); ``podman healthcheck run`` (the image's HEALTHCHECK, kept by
   ``--format docker``) passes;
 * ``podman stop -t GRACE``: SIGTERM drains and the container exits 0 (not killed).
 
@@ -138,12 +139,17 @@ def test_user_readonly_root_and_health(container: dict[str, str]) -> None:
 def test_json_logs_then_a_clean_stop(container: dict[str, str]) -> None:
     name = container["name"]
     _embed(container, "minilm")
+    # The container's output, as a log collector reads it (the server logs to stderr, one
+    # stream with stdout for podman and the kubelet): every line is one JSON record.
     logs = podman("logs", name)
-    lines = [x for x in logs.stdout.splitlines() if x.strip()]
+    lines = [x for x in (logs.stdout + logs.stderr).splitlines() if x.strip()]
     records = [json.loads(x) for x in lines if x.startswith("{")]
-    assert records and any(r.get("event") or r.get("message") for r in records), lines[:5]
-    # Every line the server writes on stdout is JSON (llama.cpp's native chatter goes to stderr).
-    assert len(records) == len(lines), [x for x in lines if not x.startswith("{")][:5]
+    assert records and all(r.get("event") and r.get("level") for r in records), lines[:5]
+    # Except llama.cpp's own loader warnings, printed by the native library past Python's
+    # logging ("load: special_eos_id is not in special_eog_ids ..."): left as they are.
+    native = ("load:", "llama_", "print_info:", "load_tensors:", "llm_load")
+    other = [x for x in lines if not x.startswith("{") and not x.startswith(native)]
+    assert not other, other[:5]
     # The CPU budget read the container's quota (--cpus 1), not the host's cores.
     budget = [r for r in records if "CPU budget of" in json.dumps(r)]
     assert budget and "CPU budget of 1 usable cores" in json.dumps(budget[0]), budget
