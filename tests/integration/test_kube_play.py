@@ -94,6 +94,10 @@ def test_kube_play_deployment(tmp_path: Path) -> None:
     dep["metadata"]["name"] = f"embedhost-{run}"
     for d in (dep, cm):
         d["metadata"].pop("namespace", None)
+    # The host's network (no CNI bridge here) takes no port mappings: the server listens on
+    # EMBEDHOST_SERVER__PORT directly.
+    assert c["ports"][0]["containerPort"] == 8008
+    c.pop("ports")
     play = tmp_path / "play.yaml"
     play.write_text(yaml.safe_dump_all([cm, dep], sort_keys=False))
     # The Secret's data as a podman secret, under the name the Deployment refers to.
