@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from embedhost.security.keys import new_key_entry
 from tests.support import ROOT
 from tests.support.deploy import (
     DEPLOY,
@@ -62,9 +63,19 @@ def test_dockerfile_shape() -> None:
     assert "PYTHON_IMAGE=python:3.11-slim-bookworm" in args
     assert any(a.startswith("EXTRAS=") for a in args)
     runs = " ".join(" ".join(rest.split()) for op, rest in ins if op == "RUN")
-    assert '-c constraints.txt ".[${EXTRAS}]"' in runs  # torch pinned; extras by build arg
+    # Locked, hashed dependencies, one index each: torch from its index, the rest from PyPI.
+    assert '--require-hashes --no-deps --index-url "${TORCH_INDEX_URL}" -r torch.lock' in runs
+    assert '--index-url "${PYPI_INDEX_URL}" -r "requirements-${VARIANT}.lock"' in runs
+    assert "EXTRA_INDEX_URL" not in path.read_text()
+    # Dependencies before the source: a code change reuses the dependency layer.
+    copies = [rest for op, rest in ins if op == "COPY"]
+    assert copies[0].startswith("deploy/docker/torch.lock") and "src" not in copies[0]
+    assert ops_before_src_install_is_lock(ins)
+    # llama.cpp portable (no -march=native) and its OpenMP runtime in the final stage.
+    assert 'CMAKE_ARGS="-DGGML_NATIVE=OFF"' in " ".join(rest for op, rest in ins if op == "ENV")
     stage = final_stage(path)
     ops = dict(stage)
+    assert "libgomp1" in " ".join(rest for op, rest in stage if op == "RUN")
     assert ops["EXPOSE"] == "8008"
     user = ops["USER"].split(":")[0]
     assert user not in ("root", "0")
@@ -78,7 +89,44 @@ def test_dockerfile_shape() -> None:
     assert env["HF_HUB_OFFLINE"] == "1"
     # Only what the build needs goes into the context.
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
-    assert "*" in ignore and "!src" in ignore and "!constraints.txt" in ignore
+    assert "*" in ignore and "!src" in ignore and "!deploy/docker/*.lock" in ignore
+
+
+def ops_before_src_install_is_lock(ins: list[tuple[str, str]]) -> bool:
+    """The first RUN after the lock COPY installs from the locks only."""
+    i = next(i for i, (op, rest) in enumerate(ins) if op == "COPY" and "torch.lock" in rest)
+    op, rest = ins[i + 1]
+    return op == "RUN" and "-r torch.lock" in rest and " . " not in rest
+
+
+def test_locks_match_pyproject() -> None:
+    """Every dependency of the image's extras is in its lock, with hashes, torch as pinned."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    def names(lock: Path) -> dict[str, str]:
+        text = lock.read_text()
+        pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+) \\$", text, flags=re.M))
+        assert text.count("==") == len(pins) and "--hash=sha256:" in text
+        return {re.sub(r"[-_.]+", "-", k).lower(): v for k, v in pins.items()}
+
+    def wanted(extras: list[str]) -> set[str]:
+        reqs = list(project["dependencies"])
+        for e in extras:
+            reqs += project["optional-dependencies"][e]
+        return {re.sub(r"[-_.]+", "-", re.split(r"[<>=\[; ]", r)[0]).lower() for r in reqs}
+
+    torch = names(DOCKER / "torch.lock")
+    assert list(torch) == ["torch"]
+    pinned = dict(
+        line.split("==") for line in (ROOT / "constraints.txt").read_text().split() if "==" in line
+    )
+    assert torch["torch"].split("+")[0] == pinned["torch"]
+    for variant, extras in (("full", ["gguf", "onnx", "redis"]), ("slim", ["redis"])):
+        locked = names(DOCKER / f"requirements-{variant}.lock")
+        missing = wanted(extras) - set(locked) - {"torch"}
+        assert not missing, f"requirements-{variant}.lock lacks {missing}: run scripts/lock"
 
 
 def test_cuda_dockerfile_shape() -> None:
@@ -86,6 +134,12 @@ def test_cuda_dockerfile_shape() -> None:
     text = " ".join(f"{op} {rest}" for op, rest in ins)
     assert "nvidia/cuda:" in text
     assert "-DGGML_CUDA=on" in text  # llama.cpp with CUDA
+    assert "-DGGML_NATIVE=OFF" in text
+    # T4 (75) through Blackwell (100, 120: CUDA 12.8 or later).
+    assert 'CUDA_ARCHITECTURES="75;80;86;89;90;100;120"' in text
+    assert "libgomp1" in " ".join(
+        rest for op, rest in final_stage(DOCKER / "Dockerfile.cuda") if op == "RUN"
+    )
     assert "download.pytorch.org/whl/cu" in text  # torch with CUDA
     assert image_command(DOCKER / "Dockerfile.cuda")[:2] == [
         "/opt/embedhost/bin/embedhost",
@@ -140,6 +194,8 @@ def test_compose_replicas_nginx_redis_prometheus_grafana() -> None:
     for n in replicas:
         s = services[n]
         assert s["build"]["dockerfile"] == "deploy/docker/Dockerfile"
+        assert s["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert s["environment"]["OMP_NUM_THREADS"] == s["deploy"]["resources"]["limits"]["cpus"]
         assert (DEPLOY / s["build"]["context"] / s["build"]["dockerfile"]).is_file()
         assert s["read_only"] is True and s["cap_drop"] == ["ALL"]
     ids = {services[n]["environment"]["EMBEDHOST_SERVER__INSTANCE_ID"] for n in replicas}
@@ -153,21 +209,40 @@ def test_compose_replicas_nginx_redis_prometheus_grafana() -> None:
     for n in replicas:
         assert f"server {n}:8008 " in conf
     assert "redis" in services
+    assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    named = set(compose()["volumes"])
     for vol in services["prometheus"]["volumes"] + services["grafana"]["volumes"]:
         src = vol.split(":")[0]
-        if not src.startswith("./secrets/"):  # made by the user
-            assert (DEPLOY / src).exists(), vol
+        # A file of this repo, or a named volume (the data survives a recreate).
+        assert src in named or (DEPLOY / src).exists(), vol
+    assert {"prometheus-data", "grafana-data"} <= named
+    # Only nginx listens beyond loopback.
+    for name in ("prometheus", "grafana"):
+        for port in services[name]["ports"]:
+            assert port.startswith("127.0.0.1:"), port
+    # The metrics key is a compose secret whose file must be named, or compose stops.
+    (secret,) = services["prometheus"]["secrets"]
+    file = compose()["secrets"][secret["source"]]["file"]
+    assert file.startswith("${EMBEDHOST_METRICS_KEY_FILE:?")
+    with pytest.raises(AssertionError, match=r"secrets/metrics\.key"):
+        interpolate(file, {})
 
 
 def test_compose_env_is_real_settings(tmp_path: Path) -> None:
     """Every EMBEDHOST_* the replicas get, with .env.example's values, passes check-config
     on the config file compose mounts."""
     values = dotenv(DEPLOY / ".env.example")
+    # The example leaves the keys empty: compose refuses to start without them.
+    with pytest.raises(AssertionError, match="EMBEDHOST_API_KEYS"):
+        interpolate("${EMBEDHOST_API_KEYS:?x}", values)
+    _, app = new_key_entry("app", ["embed"])
+    values["EMBEDHOST_API_KEYS"] = json.dumps([app.model_dump()])
     services = compose()["services"]
     for name in ("embedhost-1", "embedhost-2"):
         s = services[name]
         env = {k: interpolate(str(v), values) for k, v in s["environment"].items()}
-        assert all(k.startswith("EMBEDHOST_") for k in env)
+        assert all(k.startswith("EMBEDHOST_") for k in env if k != "OMP_NUM_THREADS")
+        env.pop("OMP_NUM_THREADS")
         mounted = next(v for v in s["volumes"] if v.endswith(":/etc/embedhost/config.yaml:ro"))
         config = (DEPLOY / mounted.split(":")[0]).resolve()
         assert s["command"] == ["--config", "/etc/embedhost/config.yaml"]
@@ -183,11 +258,16 @@ def test_compose_prometheus_is_the_existing_config(tmp_path: Path) -> None:
     base = yaml.safe_load((PROM / "prometheus.yml").read_text())
     targets = ours["scrape_configs"][0]["static_configs"][0].pop("targets")
     base["scrape_configs"][0]["static_configs"][0].pop("targets")
+    # The key file is the compose secret's mount.
+    auth = ours["scrape_configs"][0]["authorization"]
+    assert auth.pop("credentials_file") == "/run/secrets/embedhost-metrics.key"
+    base["scrape_configs"][0]["authorization"].pop("credentials_file")
     assert ours == base
     assert targets == ["embedhost-1:8008", "embedhost-2:8008"]
     for f in ("alerts.yml", "scaling.yml"):
         shutil.copy(PROM / f, tmp_path / f)
-    shutil.copy(DEPLOY / "compose" / "prometheus.yml", tmp_path / "prometheus.yml")
+    text = (DEPLOY / "compose" / "prometheus.yml").read_text()
+    (tmp_path / "prometheus.yml").write_text(text.replace("/run/secrets/", ""))
     (tmp_path / "embedhost-metrics.key").write_text("key\n")
     assert "SUCCESS" in promtool("check", "config", "prometheus.yml", cwd=tmp_path)
 

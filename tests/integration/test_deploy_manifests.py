@@ -27,6 +27,14 @@ from tests.support.deploy import (
     nginx_conf,
     promtool,
 )
+from tests.support.kube import copy_tree, fresh_secret_env
+
+
+def dotenv(path: Path) -> dict[str, str]:
+    """kustomize's env file: KEY=VALUE lines, # comments."""
+    lines = [x for x in path.read_text().splitlines() if x.strip() and not x.startswith("#")]
+    return dict(x.split("=", 1) for x in lines)
+
 
 K8S = DEPLOY / "kubernetes"
 BASE = K8S / "base"
@@ -66,8 +74,14 @@ def _by_kind(kind: str, name: str | None = None) -> dict[str, Any]:
 
 def test_kustomization_lists_every_file() -> None:
     listed = {p.name for p in _base_files()}
-    present = {p.name for p in BASE.glob("*.yaml")} - {"kustomization.yaml"}
+    # kustomizeconfig.yaml: kustomize's own; config.yaml: the ConfigMap's generated content.
+    own = {"kustomization.yaml", "kustomizeconfig.yaml", "config.yaml"}
+    present = {p.name for p in BASE.glob("*.yaml")} - own
     assert listed == present
+    kust = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    # No Secret in the base: an overlay generates it (issue 24, item 1).
+    assert not any(d["kind"] == "Secret" for f in _base_files() for d in _docs(f))
+    assert "secretGenerator" not in kust
 
 
 @pytest.mark.parametrize("path", _base_files(), ids=lambda p: p.name)
@@ -87,17 +101,21 @@ def test_deployment() -> None:
     probes = {
         k: c[k]["httpGet"]["path"] for k in ("startupProbe", "livenessProbe", "readinessProbe")
     }
+    # The startup gate holds until the models are ready (/health answers before any load).
     assert probes == {
-        "startupProbe": "/health",
+        "startupProbe": "/ready",
         "livenessProbe": "/health",
         "readinessProbe": "/ready",
     }
     pre_stop = c["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
-    assert (
-        spec["terminationGracePeriodSeconds"]
-        > int(pre_stop[1]) + prod["server"]["graceful_shutdown_s"]
-    )
+    # The worst case: preStop + the drain + the registry stopping its workers (it waits up
+    # to graceful_shutdown_s again for them), under the grace period.
+    worst = int(pre_stop[1]) + 2 * prod["server"]["graceful_shutdown_s"]
+    assert spec["terminationGracePeriodSeconds"] > worst
+    # The autoscaler owns the replica count; the image is set by the overlay.
+    assert "replicas" not in dep["spec"]
+    assert "imagePullPolicy" not in c
     sc = c["securityContext"]
     assert sc["readOnlyRootFilesystem"] is True
     assert sc["allowPrivilegeEscalation"] is False
@@ -119,11 +137,11 @@ def test_deployment() -> None:
 
 
 def test_deployment_env_passes_check_config(tmp_path: Path) -> None:
-    """The Deployment's environment, resolved from the example Secret, with the ConfigMap's
-    config file: check-config passes and says serve would start."""
+    """The Deployment's environment, resolved from a production secret.env with fresh keys,
+    with the ConfigMap's config file: check-config passes and says serve would start."""
     dep = _by_kind("Deployment", "embedhost")
     (c,) = dep["spec"]["template"]["spec"]["containers"]
-    secret = _by_kind("Secret", "embedhost")["stringData"]
+    secret = fresh_secret_env(copy_tree(tmp_path))
     env: dict[str, str] = {}
     for e in c["env"]:
         if not e["name"].startswith("EMBEDHOST_"):
@@ -134,17 +152,22 @@ def test_deployment_env_passes_check_config(tmp_path: Path) -> None:
             env[e["name"]] = secret[src["secretKeyRef"]["key"]]
         else:
             env[e["name"]] = "embedhost-5d8c7b9f4-x2k7q"  # a pod name
-    cm = _by_kind("ConfigMap", "embedhost-config")
-    config = tmp_path / "config.yaml"
-    config.write_text(cm["data"]["config.yaml"])
-    check_config(config, env)
+    check_config(BASE / "config.yaml", env)
 
 
 def test_configmap_is_production_yaml() -> None:
-    cm = _by_kind("ConfigMap", "embedhost-config")
-    assert yaml.safe_load(cm["data"]["config.yaml"]) == yaml.safe_load(
-        (ROOT / "configs/production.yaml").read_text()
-    ), "copy configs/production.yaml into deploy/kubernetes/base/configmap.yaml"
+    prod = yaml.safe_load((ROOT / "configs/production.yaml").read_text())
+    assert yaml.safe_load((BASE / "config.yaml").read_text()) == prod, (
+        "copy configs/production.yaml to deploy/kubernetes/base/config.yaml"
+    )
+    # The components' configs: production's, but for the models.
+    rest = {k: v for k, v in prod.items() if k != "models"}
+    gpu = yaml.safe_load((K8S / "gpu" / "config.yaml").read_text())
+    assert gpu.pop("models") == [{**prod["models"][0], "device": "cuda"}]
+    models = yaml.safe_load((K8S / "models" / "config.yaml").read_text())
+    first, fetched = models.pop("models")
+    assert first == prod["models"][0] and fetched["path"].startswith("/models/")
+    assert gpu == rest and models == rest
 
 
 def test_service_pdb_networkpolicy_select_the_pods() -> None:
@@ -160,7 +183,7 @@ def test_service_pdb_networkpolicy_select_the_pods() -> None:
         labels.items()
     )
     # The Secret's Redis URL names the Redis Service.
-    url = _by_kind("Secret", "embedhost")["stringData"]["redis-url"]
+    url = dotenv(K8S / "production" / "secret.env.example")["redis-url"]
     redis_svc = _by_kind("Service", "embedhost-redis")
     assert (
         url == f"redis://{redis_svc['metadata']['name']}:{redis_svc['spec']['ports'][0]['port']}/0"
@@ -178,13 +201,13 @@ def test_servicemonitor_fields() -> None:
     assert re.fullmatch(r"\d+s", ep["interval"]) and re.fullmatch(r"\d+s", ep["scrapeTimeout"])
     cred = ep["authorization"]["credentials"]
     assert ep["authorization"]["type"] == "Bearer"
-    secret = _by_kind("Secret", cred["name"])
-    assert cred["key"] in secret["stringData"]
-    # The metrics key in the Secret is admitted by one of its API keys, with the scope.
+    assert cred["name"] == "embedhost"  # rewritten to the generated name (test_deploy_overlays)
+    # The metrics key in the example Secret is admitted by one of its API keys, with the scope.
     import hashlib
 
-    entries = json.loads(secret["stringData"]["api-keys"])
-    digest = "sha256:" + hashlib.sha256(secret["stringData"][cred["key"]].encode()).hexdigest()
+    secret = dotenv(K8S / "example" / "example.env")
+    entries = json.loads(secret["api-keys"])
+    digest = "sha256:" + hashlib.sha256(secret[cred["key"]].encode()).hexdigest()
     assert any(e["hash"] == digest and "metrics" in e["scopes"] for e in entries)
     # The job label the recording rules group by.
     assert sm["spec"]["jobLabel"] in svc["metadata"]["labels"]
@@ -197,10 +220,15 @@ def _scaling_rules() -> list[dict[str, Any]]:
     return rules
 
 
-def test_prometheusrule_matches_scaling_yml() -> None:
+def test_prometheusrule_matches_scaling_and_alerts() -> None:
     pr = _by_kind("PrometheusRule")
     assert pr["apiVersion"] == "monitoring.coreos.com/v1"
-    assert pr["spec"]["groups"] == yaml.safe_load((PROM / "scaling.yml").read_text())["groups"]
+    groups = [
+        g
+        for f in ("scaling.yml", "alerts.yml")
+        for g in yaml.safe_load((PROM / f).read_text())["groups"]
+    ]
+    assert pr["spec"]["groups"] == groups
     for g in pr["spec"]["groups"]:
         assert g["name"] and g["rules"]
         for r in g["rules"]:
@@ -260,7 +288,8 @@ def test_prometheus_adapter_rule() -> None:
 
 def test_keda_scaledobject() -> None:
     kust = yaml.safe_load((K8S / "keda" / "kustomization.yaml").read_text())
-    assert kust["resources"] == ["../base", "scaledobject.yaml"]
+    assert kust["kind"] == "Component"
+    assert kust["resources"] == ["scaledobject.yaml"]
     (patch,) = kust["patches"]
     deleted = yaml.safe_load(patch["patch"])
     assert deleted["$patch"] == "delete" and deleted["kind"] == "HorizontalPodAutoscaler"
@@ -277,6 +306,9 @@ def test_keda_scaledobject() -> None:
     meta = prom["metadata"]
     assert set(meta) >= {"serverAddress", "query", "threshold"}
     assert meta["serverAddress"].startswith("http")
+    # An empty answer is an error (then fallback), never a silent "zero load".
+    assert meta.get("ignoreNullValues", "true") == "false"
+    assert spec["fallback"]["replicas"] > spec["minReplicaCount"]
     assert _per_pod_series() + "{" in meta["query"]
     assert meta["query"].startswith("sum(")  # KEDA divides by the replica count
     assert float(meta["threshold"]) == 0.75  # the HPA's 750m
@@ -306,16 +338,16 @@ def test_nginx_conf_matches_the_server_limits(tmp_path: Path) -> None:
     assert int(directive("keepalive_timeout").rstrip("s")) < prod["server"]["timeout_keep_alive_s"]
     assert re.search(r"^\s*least_conn;", conf, flags=re.M)
     assert int(directive("keepalive")) > 0
-    assert directive("proxy_next_upstream").split() == [
-        "error",
-        "timeout",
-        "http_503",
-        "non_idempotent",
-    ]
+    # Retries on connection errors and timeouts only: a 503/429 (with its Retry-After)
+    # goes to the client, and never makes nginx mark a shedding replica down (502s).
+    assert directive("proxy_next_upstream").split() == ["error", "timeout", "non_idempotent"]
+    assert re.search(r"^\s*access_log /dev/stdout embedhost;", conf, flags=re.M)
+    assert directive("error_log") == "/dev/stderr warn"
+    assert directive("error_page") == "502 504 = @unavailable"
     assert "non_idempotent lets nginx retry POSTs" in conf  # the comment saying why it is safe
     assert directive("proxy_set_header X-Forwarded-For") == "$proxy_add_x_forwarded_for"
     assert directive("proxy_set_header X-Request-Id") == "$embedhost_request_id"
-    assert directive("add_header X-Upstream-Addr") == "$upstream_addr always"
+    assert re.search(r"^\s*add_header X-Upstream-Addr \$upstream_addr always;", conf, flags=re.M)
     exe = shutil.which("nginx") or "/usr/sbin/nginx"
     main = nginx_conf(tmp_path, 18080, ["127.0.0.1:18001", "127.0.0.1:18002"])
     r = subprocess.run(

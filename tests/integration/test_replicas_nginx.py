@@ -6,7 +6,10 @@ Under a steady load of concurrent clients through nginx:
 
 * the per-key and per-address budgets hold across replicas (one budget, in Redis);
 * SIGKILL of a replica: 0 failed requests at the client (nginx retries on the other);
-* a rolling restart (SIGTERM, restart, each replica in turn): 0 failed requests;
+  while the replica starts again, what it answers before its model is ready is a 503
+  ``model_not_ready`` with a Retry-After, which nginx passes on (it retries only on
+  connection errors and timeouts), never a 502 or an error without Retry-After;
+* a rolling restart (SIGTERM, restart, each replica in turn): the same;
 * a hot swap (load + promote version 2) on every replica in turn through its admin API:
   0 failed requests, and clients pinned to ``name@1`` keep getting version 1.
 
@@ -21,17 +24,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 import re
-import shutil
 import signal
 import subprocess
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ import yaml
 from embedhost.config import DEFAULT_MODEL_SHA256, RateLimit
 from embedhost.security.keys import new_key_entry
 from tests.support import MINILM, ROOT
-from tests.support.deploy import nginx_conf
+from tests.support.nginx import run_nginx
 from tests.support.redis_server import RedisServer, start_redis
 from tests.support.servers import (
     free_port,
@@ -163,38 +164,6 @@ def replica_config(port: int, redis: RedisServer, prefix: str) -> dict[str, Any]
     }
 
 
-@contextlib.contextmanager
-def run_nginx(tmp: Path, upstreams: list[str]) -> Iterator[str]:
-    exe = shutil.which("nginx") or "/usr/sbin/nginx"
-    assert os.path.exists(exe), "nginx is not installed: run scripts/system-deps"
-    port = free_port()
-    conf = nginx_conf(tmp, port, upstreams)
-    check = subprocess.run(
-        [exe, "-t", "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(conf)],
-        capture_output=True,
-        text=True,
-    )
-    assert check.returncode == 0, check.stderr
-    proc = subprocess.Popen(
-        [exe, "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(conf), "-g", "daemon off;"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_answering(
-            proc, f"{url}/health", timeout=20, every=0.05, log=tmp / "error.log", what="nginx"
-        )
-        yield url
-    finally:
-        proc.send_signal(signal.SIGQUIT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 # -- load -----------------------------------------------------------------------------------
 
 
@@ -206,6 +175,7 @@ class Result:
     upstream: str
     pinned: bool
     error: str = ""
+    retry_after: str = ""
 
 
 @dataclass
@@ -239,6 +209,7 @@ class Load:
                         r.headers.get("x-upstream-addr", ""),
                         pinned,
                         "" if r.status_code == 200 else r.text[:200],
+                        r.headers.get("retry-after", ""),
                     )
                     if r.status_code == 200:
                         assert len(r.json()["data"][0]["embedding"]) == 384
@@ -264,6 +235,10 @@ class Load:
 
     def wait_for(self, what: str, cond: Callable[[list[Result]], bool], t0: float) -> None:
         wait_until(lambda: cond(self.since(t0)), f"load: {what}", timeout=120)
+
+
+def _not_ready(r: Result) -> bool:
+    return r.status == 503 and "model_not_ready" in r.error and int(r.retry_after or 0) >= 1
 
 
 def _answered_by(r: Result) -> str:
@@ -321,12 +296,16 @@ def test_replicas_behind_nginx(tmp_path: Path) -> None:
             finally:
                 load.finish()
             total = load.results
-            failed = [r for r in total if r.status != 200]
+            # A replica that restarted listens before its model is loaded and answers 503
+            # model_not_ready with a Retry-After meanwhile; nginx passes that to the client
+            # (it retries only on connection errors and timeouts: issue 24). Anything else
+            # (a 502, an error without Retry-After) is a failure.
+            failed = [r for r in total if r.status != 200 and not _not_ready(r)]
             report.append(_phase_report("whole load", total))
             print("\nreplicas behind nginx:\n" + "\n".join(report))
             assert not failed, [(r.status, r.error) for r in failed[:5]]
             # Pinned clients got version 1 throughout, the swap included.
-            pinned = Counter(r.model for r in total if r.pinned)
+            pinned = Counter(r.model for r in total if r.pinned and r.status == 200)
             assert set(pinned) == {f"{NAME}@1"}, pinned
         _logs_name_their_replica(replicas)
     finally:

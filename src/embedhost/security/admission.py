@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from embedhost.config import ApiKeyConfig, RateLimit, Scope, Settings
 from embedhost.errors import ConfigError, Forbidden, PayloadTooLarge
+from embedhost.security.examples import published_example_keys
 from embedhost.security.keys import (
     KeyStore,
     all_keys,
@@ -114,6 +115,12 @@ def serve_time_problems(settings: Settings, keys: list[ApiKeyConfig] | None) -> 
                 "add keys (auth.keys, auth.keys_file or EMBEDHOST_API_KEYS; "
                 "`embedhost keys create`), bind 127.0.0.1, or set auth.allow_insecure: true"
             )
+    if settings.environment == "production" and (examples := published_example_keys(keys or [])):
+        problems.append(
+            f"API key(s) {', '.join(examples)} use a hash published in this repository's "
+            "examples (anyone can read the key) and environment is production; "
+            "create your own with `embedhost keys create`"
+        )
     rl = settings.rate_limits
     if rl.storage == "redis" and rl.redis_url is None:
         problems.append(

@@ -5,17 +5,22 @@ Each worker sizing its own thread pool to every core oversubscribes the machine 
 a server runs two of them: their threads spin-wait on each other's cores, and the engine
 that spins hardest takes the CPU (issue 15: ONNX answered ~8x what transformers did with
 the same senders). The budget splits the usable cores (``os.sched_getaffinity``) between
-the replicas of the models that do not set their threads, in proportion to each model's
+the replicas of the models that do not set their threads (usable: the process's CPU
+affinity, capped by the container's CPU quota, cgroup v2 ``cpu.max`` or v1
+``cpu.cfs_quota_us``, and by ``OMP_NUM_THREADS`` when set: a pod limited to 2 CPUs on a
+64-core node gets 2, not 64), in proportion to each model's
 ``cpu_weight``, at least one thread each. An explicit ``threads`` (or the engine's own
 thread option) wins, and its threads are taken out of what the others share; a warning
 says when the explicit counts alone oversubscribe the cores.
 
-One model with one replica is left to the engine's default (all usable cores): the budget
-only decides when there is something to share.
+One model with one replica is left to the engine's default (all usable cores) when
+nothing caps the affinity; under a quota or OMP_NUM_THREADS it gets the capped count,
+since engines size their pools from the affinity or the host's cores.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,11 +31,88 @@ from embedhost.config import ModelConfig
 THREAD_OPTIONS = ("n_threads", "intra_op_threads")
 
 
-def usable_cores() -> int:
+CGROUP = "/sys/fs/cgroup"
+
+
+def _affinity() -> int:
     try:
         return max(len(os.sched_getaffinity(0)), 1)
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def _own_cgroup_dirs(root: str) -> list[str]:
+    """This process's cgroup directories (from /proc/self/cgroup), then the root: a
+    container sees its own cgroup at the root when it has a cgroup namespace, and under
+    its path from /proc/self/cgroup when it shares the host's (cgroup v1, podman's
+    default there)."""
+    dirs: list[str] = []
+    try:
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                names = controllers.split(",")
+                if controllers == "":
+                    dirs.append(os.path.join(root, path.lstrip("/")))
+                elif "cpu" in names:
+                    for sub in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
+                        dirs.append(os.path.join(root, sub, path.lstrip("/")))
+    except (OSError, ValueError):
+        pass
+    return [
+        *dirs,
+        root,
+        *(os.path.join(root, sub) for sub in ("cpu", "cpu,cpuacct", "cpuacct,cpu")),
+    ]
+
+
+def _read_quota(d: str) -> tuple[bool, float | None]:
+    """(found, CPUs) for one cgroup directory: v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``."""
+    try:
+        with open(os.path.join(d, "cpu.max")) as f:
+            quota, _, period = f.read().strip().partition(" ")
+        if quota != "max" and float(period or 100000) > 0:
+            return True, float(quota) / float(period or 100000)
+        return True, None
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(os.path.join(d, "cpu.cfs_quota_us")) as f:
+            quota_us = int(f.read().strip())
+        with open(os.path.join(d, "cpu.cfs_period_us")) as f:
+            period_us = int(f.read().strip())
+    except (OSError, ValueError):
+        return False, None
+    return True, (quota_us / period_us if quota_us > 0 and period_us > 0 else None)
+
+
+def cgroup_cpu_quota(root: str = CGROUP) -> float | None:
+    """CPUs allowed by this process's cgroup quota (quota / period); None when unlimited or
+    unknown. cgroup v2 ``cpu.max`` ("max 100000" or "200000 100000"), v1
+    ``cpu.cfs_quota_us`` (-1: none) over ``cpu.cfs_period_us``; the smallest quota found
+    on the process's own cgroup or the root of the mount."""
+    quotas = [q for d in _own_cgroup_dirs(root) for found, q in [_read_quota(d)] if found and q]
+    return min(quotas) if quotas else None
+
+
+def omp_threads(env: dict[str, str] | None = None) -> int | None:
+    value = (os.environ if env is None else env).get("OMP_NUM_THREADS", "").split(",")[0]
+    try:
+        return int(value) if int(value) > 0 else None
+    except ValueError:
+        return None
+
+
+def usable_cores() -> int:
+    """The affinity, capped by the cgroup CPU quota (rounded up) and OMP_NUM_THREADS."""
+    cores = _affinity()
+    quota = cgroup_cpu_quota()
+    if quota is not None:
+        cores = min(cores, max(math.ceil(quota - 1e-9), 1))
+    omp = omp_threads()
+    if omp is not None:
+        cores = min(cores, omp)
+    return cores
 
 
 def explicit_threads(m: ModelConfig) -> int | None:
@@ -67,12 +149,14 @@ class Budget:
 
 def thread_budget(models: Sequence[ModelConfig], cores: int | None = None) -> Budget:
     """Threads per replica for each model of one server."""
+    capped = cores is None and usable_cores() < _affinity()
     cores = usable_cores() if cores is None else cores
     explicit = {m.ref: t for m in models if (t := explicit_threads(m)) is not None}
     shared = [m for m in models if m.ref not in explicit]
     threads: dict[str, int | None] = dict.fromkeys(explicit)
     if len(shared) == 1 and shared[0].replicas == 1 and not explicit:
-        threads[shared[0].ref] = None  # nothing to share: the engine's default
+        # Nothing to share: the engine's default, unless a quota caps what it would take.
+        threads[shared[0].ref] = cores if capped else None
         return Budget(cores, threads, explicit)
     pool = max(cores - sum(explicit[m.ref] * m.replicas for m in models if m.ref in explicit), 0)
     total_weight = sum(m.cpu_weight * m.replicas for m in shared)
