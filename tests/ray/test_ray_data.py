@@ -197,3 +197,34 @@ def test_killed_midway_then_resumed_equals_local(
         b = np.stack(want.column("embedding").to_numpy(zero_copy_only=False))
         cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
         assert cos.min() >= 0.9999, (s, cos.min())
+
+
+def test_bad_row_stops_naming_shard_and_row(cluster: str, tmp_path: Path) -> None:
+    """An empty text in the second shard: exit 1 naming it and its row; the first shard,
+    finished before it, is in place; the bad one is not (nor its partial file)."""
+    shards = tmp_path / "in"
+    shards.mkdir()
+    for s in range(2):
+        rows = [{"doc": f"{s}-{i}", "text": f"text {i} of shard {s}"} for i in range(12)]
+        if s == 1:
+            rows[4]["text"] = "  "
+        (shards / f"part-{s}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = tmp_path / "embedhost.yaml"
+    config.write_text(
+        yaml.safe_dump({"models": [{"name": "minilm", "path": MINILM, "threads": 1}]})
+    )
+    out = tmp_path / "vectors"
+    done = subprocess.run(
+        _command(shards, out, config, cluster),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "row 5:" in done.stderr and "part-1.jsonl" in done.stderr, done.stderr
+    assert "is empty" in done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["part-0.parquet"]
+    assert pq.read_table(out / "part-0.parquet").column("id").to_pylist() == [
+        f"0-{i}" for i in range(12)
+    ]
