@@ -170,7 +170,7 @@ def main() -> None:
                     outdir = tmp / f"ray-{n}-{r}"
                     cmd = [
                         *base, str(shard_dir), "-o", str(outdir), "--ray", address,
-                        "--replicas", str(n), "--num-cpus", str(cores / n / 2),
+                        "--replicas", str(n), "--num-cpus", str(cores / n),
                         "--config", str(config(tmp, threads)), *common,
                     ]  # fmt: skip
                     results.setdefault(f"ray-{n}", []).append(run_mode(cmd, args.texts))

@@ -182,12 +182,15 @@ class EmbedActor:
 def _read(ray: Any, paths: list[Path], text_field: str, id_field: str | None) -> Any:
     names = [str(p) for p in paths]
     kind = suffix(paths[0])
+    # Reading is light next to embedding; with a CPU of their own the read tasks would wait
+    # forever when the actors hold every CPU of the cluster (--replicas x --num-cpus).
+    common = {"include_paths": True, "num_cpus": 0}
     if kind == ".parquet":
         columns = [c for c in (text_field, id_field) if c is not None]
-        return ray.data.read_parquet(names, columns=columns, include_paths=True)
+        return ray.data.read_parquet(names, columns=columns, **common)
     if kind == ".jsonl":
-        return ray.data.read_json(names, lines=True, include_paths=True)
-    return ray.data.read_csv(names, include_paths=True)
+        return ray.data.read_json(names, lines=True, **common)
+    return ray.data.read_csv(names, **common)
 
 
 class _ShardSink:
