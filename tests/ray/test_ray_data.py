@@ -51,7 +51,8 @@ def _env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Ray head node with 2 CPUs: room for two actors of 0.5 CPU and the read tasks."""
+    """A Ray head node with 2 CPUs: two actors of 1 CPU hold them all (the read tasks take
+    none)."""
     tmp = tmp_path_factory.mktemp("raydata")
     ray_tmp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short socket paths
     gcs = free_port()
@@ -133,7 +134,7 @@ def _reference(shards: list[Path], config: Path, out: Path) -> None:
 def _command(shards: Path, out: Path, config: Path, address: str) -> list[str]:
     return [
         sys.executable, "-m", "embedhost", "embed", str(shards / "*.jsonl"), "-o", str(out),
-        "--ray", address, "--replicas", "2", "--num-cpus", "0.5", "--batch-size", "8",
+        "--ray", address, "--replicas", "2", "--num-cpus", "1", "--batch-size", "8",
         "--id-field", "doc", "--config", str(config), "--quiet",
     ]  # fmt: skip
 
