@@ -190,7 +190,13 @@ def _read(ray: Any, paths: list[Path], text_field: str, id_field: str | None) ->
         return ray.data.read_parquet(names, columns=columns, **common)
     if kind == ".jsonl":
         return ray.data.read_json(names, lines=True, **common)
-    return ray.data.read_csv(names, **common)
+    import pyarrow.csv as pacsv
+
+    # As the single-file reader does: a CSV's text and id are strings, even "42".
+    types = {c: load_pyarrow().string() for c in (text_field, id_field) if c is not None}
+    return ray.data.read_csv(
+        names, convert_options=pacsv.ConvertOptions(column_types=types), **common
+    )
 
 
 class _ShardSink:
