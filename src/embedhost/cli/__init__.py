@@ -33,4 +33,6 @@ cli.add_typer(admin.cache_cli, name="cache")
 
 
 def main() -> None:
-    cli()
+    import sys
+
+    cli(embed.optional_ray_address(sys.argv[1:]))

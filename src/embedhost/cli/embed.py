@@ -3,7 +3,8 @@
 The two forms are told apart by ``-o``: ``embedhost embed TEXT...`` prints the JSON answer
 for a few texts; ``embedhost embed INPUT -o OUTPUT`` embeds a corpus file
 (:mod:`embedhost.cli.corpus`). Without ``--local`` both call a server's
-``/v1/embeddings`` over HTTP; with it, the server's own code runs in this process.
+``/v1/embeddings`` over HTTP; with it, the server's own code runs in this process; with
+``--ray`` it runs in a pool of Ray actors over shards (:mod:`embedhost.cli.corpus.raydata`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,20 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+_RAY_DEFAULT = "default"
+"""``--ray`` without an address: ``ray.init()``'s own choice of cluster."""
+
+
+def optional_ray_address(argv: list[str]) -> list[str]:
+    """``--ray [ADDRESS]``: typer has no option with an optional value, so a bare ``--ray``
+    (last, or before another option) gets :data:`_RAY_DEFAULT` here, before parsing."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg == "--ray" and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out.append(_RAY_DEFAULT)
+    return out
 
 
 def embed(
@@ -72,12 +87,25 @@ def embed(
         int, typer.Option(min=0, help="Retries of a request answered 429/503 or cut off.")
     ] = 8,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="[ADDRESS]",
+            help="Embed INPUT (a file, directory or glob of shards) on Ray Data into the "
+            "directory OUTPUT, one .parquet a shard; ADDRESS: a cluster (default: Ray's).",
+        ),
+    ] = None,
+    replicas: Annotated[int, typer.Option(min=1, help="With --ray: engine actors.")] = 1,
+    num_cpus: Annotated[float, typer.Option(min=0, help="With --ray: CPUs per actor.")] = 1.0,
+    num_gpus: Annotated[float, typer.Option(min=0, help="With --ray: GPUs per actor.")] = 0.0,
 ) -> None:
     """Embed texts, or a file with -o.
 
     \b
     embedhost embed "some text" "another"          print the JSON answer
     embedhost embed corpus.jsonl -o vectors.parquet embed a file (progress, retries, --resume)
+    embedhost embed 'shards/*.parquet' -o out/ --ray   on Ray Data, one .parquet a shard
     """
     from embedhost.cli import corpus
 
@@ -93,6 +121,30 @@ def embed(
     if len(inputs) != 1:
         typer.echo("error: with -o, give exactly one input file", err=True)
         raise typer.Exit(2)
+    if ray is not None:
+        from embedhost.cli.corpus import raydata
+
+        code = raydata.main(
+            inputs[0],
+            output,
+            raydata.RayOptions(
+                address=None if ray == _RAY_DEFAULT else ray,
+                config=config,
+                model=model,
+                input_type=input_type,
+                text_field=text_field,
+                id_field=id_field,
+                replicas=replicas,
+                batch_size=batch_size,
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                overwrite=overwrite,
+                progress=not quiet,
+            ),
+        )
+        if code:
+            raise typer.Exit(code)
+        return
     options = corpus.RunOptions(
         text_field=text_field,
         id_field=id_field,

@@ -189,6 +189,12 @@ class ParquetWriter:
             self._writer.write_table(self._old.cast(schema))
 
     def write(self, rows: list[Row], vectors: np.ndarray[Any, Any]) -> None:
+        self.write_hashed(rows, [text_hash(r.text) for r in rows], vectors)
+
+    def write_hashed(
+        self, rows: list[Row], hashes: list[str], vectors: np.ndarray[Any, Any]
+    ) -> None:
+        """:meth:`write` with the texts' hashes already computed (``--ray``'s actors do)."""
         pa = self._pa
         dims = int(vectors.shape[1])
         if self._writer is None:
@@ -197,7 +203,7 @@ class ParquetWriter:
         table = pa.Table.from_arrays(
             [
                 pa.array([r.id for r in rows], pa.string()),
-                pa.array([text_hash(r.text) for r in rows], pa.string()),
+                pa.array(hashes, pa.string()),
                 pa.FixedSizeListArray.from_arrays(flat, dims),
             ],
             schema=self._writer.schema,
@@ -208,6 +214,13 @@ class ParquetWriter:
         if self._writer is not None:
             self._writer.close()
             os.replace(self.partial, self.path)
+
+    def abort(self) -> None:
+        """Drop what this run wrote (``--ray``: a shard is all there or not there)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self.partial.unlink(missing_ok=True)
 
 
 def make_writer(path: Path) -> Writer:
