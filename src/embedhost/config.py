@@ -221,6 +221,15 @@ class ModelConfig(_Strict):
     cache: bool = Field(
         default=True, description="Use the embedding cache (see the cache section) for this model."
     )
+    # Issue 25: TEI#378.
+    split_oversized: bool = Field(
+        default=False,
+        description=(
+            "A request with more inputs than limits.max_inputs_per_request is split into "
+            "parts of batching.max_batch_size, answered in order, instead of refused (413); "
+            "limits.max_request_tokens and token budgets still count the whole request."
+        ),
+    )
 
     @field_validator("engine")
     @classmethod
@@ -344,6 +353,16 @@ class RequestLimitsConfig(_Strict):
         default=1024,
         ge=1,
         description="Requests in flight on the whole server; beyond: an immediate 503.",
+    )
+    # Issue 25: Infinity#546.
+    max_request_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        le=86_400,
+        description=(
+            "Cap on a request's own X-Request-Timeout (seconds): past it, its queued work is "
+            "dropped and the client gets 504."
+        ),
     )
     refusals_per_s: float | None = Field(
         default=200.0,
