@@ -353,16 +353,17 @@ class _Batch:
         if self.admission is not None:
             await self.admission.charge_tokens(sum(len(s) for s in seqs))
         size = self.part if self.part is not None else max(len(seqs), 1)
-        # An oversized request (split_oversized) goes in parts, joined in order, two
-        # queued at a time: the engine has the next part while one is answered, and the
-        # queue never holds more of it than two batches.
+        # An oversized request (split_oversized) goes in parts, joined in order, at most
+        # two queued at a time (the engine has the next part while one is answered): a
+        # part waits for its predecessors while the queue has no room for it.
         pending: list[list[asyncio.Future[Vectors]]] = []
         out: list[Vectors] = []
         try:
             for start in range(0, len(seqs), size):
-                if len(pending) == 2:
+                part = seqs[start : start + size]
+                while pending and (len(pending) == 2 or self.replica.refuses(len(part))):
                     out.extend(await self._collect(pending.pop(0)))
-                pending.append(self.replica.submit(seqs[start : start + size], self.ticket))
+                pending.append(self.replica.submit(part, self.ticket))
             for futures in pending:
                 out.extend(await self._collect(futures))
         except BaseException:
