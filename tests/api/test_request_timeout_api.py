@@ -14,6 +14,7 @@ from tests.fakes import GATE
 from tests.support.app import app_client, fake_model, make_settings
 from tests.support.wait import wait_until_async
 
+
 def _settings(gate: Path, **limits: Any) -> Any:
     model = fake_model(
         "f",
