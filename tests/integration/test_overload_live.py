@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import os
 import signal
@@ -93,6 +94,10 @@ async def _client(port: int, i: int, tally: Tally) -> None:
         if not keep and writer is not None:
             writer.close()
             writer = None
+    if writer is not None:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
 
 
 async def _storm(port: int, timeout: float) -> Tally:
@@ -125,6 +130,7 @@ def test_every_request_of_an_overload_gets_an_http_answer(tmp_path: Path) -> Non
         tally = asyncio.run(_storm(port, timeout=180))
     finally:
         stop_server(server)
+    print(f"answers: {dict(tally.status)}, transport errors: {len(tally.errors)}")
     assert tally.held(), f"the overload was not held: {min(tally.answered)} answers at least"
     assert not tally.errors, f"{len(tally.errors)} transport errors: {tally.errors[:5]}"
     assert set(tally.status) <= {200, 429, 503}, tally.status
