@@ -24,9 +24,15 @@ class RefusalPacer:
     than a polite one; a client that honours Retry-After never waits here.
     """
 
-    def __init__(self, per_s: float | None, max_hold_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        per_s: float | None,
+        max_hold_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.per_s = per_s
         self.max_hold_s = max_hold_s
+        self._clock = clock  # a test's synthetic clock
         self._next = 0.0
         self.held = 0
         """Refusals held since start."""
@@ -35,7 +41,7 @@ class RefusalPacer:
         """Claim the next refusal's turn; how long to hold it (0: answer now)."""
         if self.per_s is None:
             return 0.0
-        now = time.monotonic()
+        now = self._clock()
         start = min(max(now, self._next), now + self.max_hold_s)
         self._next = start + 1.0 / self.per_s
         return start - now
