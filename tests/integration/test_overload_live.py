@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import signal
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import psutil
 from tests.fakes import GATE
 from tests.support.app import fake_model
 from tests.support.servers import LiveServer, start_server, stop_server
-from tests.support.wait import wait_until
+from tests.support.wait import wait_until, wait_until_async
 
 PASSAGES = [
     "Embeddings map text to vectors that capture meaning.",
@@ -103,11 +102,12 @@ async def _client(port: int, i: int, tally: Tally) -> None:
 async def _storm(port: int, timeout: float) -> Tally:
     tally = Tally()
     tasks = [asyncio.create_task(_client(port, i, tally)) for i in range(CLIENTS)]
-    deadline = time.monotonic() + timeout
-    while not tally.held() and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    tally.stop = True
-    await asyncio.wait_for(asyncio.gather(*tasks), 120)
+    try:
+        # Held until every client has had its answers: a condition, not a duration.
+        await wait_until_async(tally.held, "every client answered", timeout=timeout, every=0.1)
+    finally:
+        tally.stop = True
+        await asyncio.wait_for(asyncio.gather(*tasks), 120)
     return tally
 
 
