@@ -267,7 +267,10 @@ class ServerConfig(_Strict):
     log_format: Literal["console", "json"] = "console"
     access_log: bool = False
     root_path: str = ""
-    timeout_keep_alive_s: float = Field(default=5.0, gt=0, le=3600)
+    # Longer than the idle expiry of clients' connection pools (httpx 5 s, aiohttp 15 s,
+    # nginx upstreams 60 s): the client drops an idle connection first, rather than reuse
+    # one the server is closing (a reset instead of an answer). Issue 25.
+    timeout_keep_alive_s: float = Field(default=75.0, gt=0, le=3600)
     graceful_shutdown_s: float = Field(default=30.0, ge=0, le=3600)
     timeout_header_read_s: float = Field(
         default=10.0,

@@ -1,8 +1,9 @@
 """A real ``embedhost serve`` under the faults of overload and of its own death:
 
 * 200 clients posting 4 passages each in a loop, with no backoff, against
-  ``max_queue_items: 32`` and ``max_concurrent_requests: 150``: every request gets an
-  HTTP answer (200, 429 or 503), none a connection reset or a closed connection;
+  ``max_queue_items: 32`` and ``max_concurrent_requests: 150``, a few of them stalling
+  once for 6 s between two requests: every request gets an HTTP answer (200, 429 or
+  503), none a connection reset or a closed connection;
 * the API process SIGKILLed while a batch is in its worker: the worker notices when it
   answers, and exits without a traceback.
 
@@ -38,6 +39,9 @@ PASSAGES = [
 ]
 CLIENTS = 200
 ANSWERS_EACH = 3  # every client has had this many answers: the overload was held
+# Every 20th client idles this long once: longer than the 5 s for which uvicorn's default
+# keeps an idle connection (and than httpx's pool), shorter than aiohttp's pool (15 s).
+STALLED_EVERY, STALL_S = 20, 6.0
 
 
 class Tally:
@@ -93,6 +97,10 @@ async def _client(port: int, i: int, tally: Tally) -> None:
         if not keep and writer is not None:
             writer.close()
             writer = None
+        if i % STALLED_EVERY == 0 and tally.answered[i] == 1:
+            # A client stalled after its first answer (a starved thread on a busy
+            # machine, a pool's idle connection), then reusing its kept-alive connection.
+            await asyncio.sleep(STALL_S)
     if writer is not None:
         writer.close()
         with contextlib.suppress(OSError):
