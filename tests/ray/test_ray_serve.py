@@ -14,7 +14,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -35,7 +34,7 @@ import yaml
 import ray  # embedhost[ray]
 from embedhost.security.keys import hash_key
 from ray import serve
-from tests.support import MINILM, ROOT
+from tests.support import MINILM, ROOT, prom
 from tests.support.redis_server import RedisServer, start_redis
 from tests.support.servers import free_port
 from tests.support.wait import wait_until
@@ -45,6 +44,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.timeout(900)]
 
 LOAD_KEY = "eh_ray_load_key_0123456789"
 LIMITED_KEY = "eh_ray_limited_key_0123456789"
+REQUESTS = "embedhost_requests_total"
 LIMITED_RPM = 6
 APP = "embedhost"
 MODEL = "all-MiniLM-L6-v2"
@@ -333,20 +333,14 @@ def _replica_metrics(ray_app: RayApp) -> dict[int, str]:
     return out
 
 
-def _limited(text: str, status: int) -> int:
-    """Requests of the limited key a replica answered with ``status`` (its /metrics)."""
-    m = re.findall(
-        rf'embedhost_requests_total\{{[^}}]*key_id="limited"[^}}]*status="{status}"[^}}]*\}} (\S+)',
-        text,
-    )
-    return int(sum(float(v) for v in m))
-
-
-def _shared_refusal(ray_app: RayApp) -> dict[int, tuple[int, int]] | None:
+def _shared_refusal(ray_app: RayApp) -> dict[int, tuple[int, ...]] | None:
     """Each replica's (200s, 429s) for the limited key, once some replica refused it
     before serving the key's whole budget itself: only a budget shared across replicas
     does that (a replica counting alone serves LIMITED_RPM before its first 429)."""
-    counts = {p: (_limited(t, 200), _limited(t, 429)) for p, t in _replica_metrics(ray_app).items()}
+    counts = {
+        p: tuple(int(prom.total(t, REQUESTS, key_id="limited", status=c)) for c in ("200", "429"))
+        for p, t in _replica_metrics(ray_app).items()
+    }
     if any(ok < LIMITED_RPM and refused > 0 for ok, refused in counts.values()):
         return counts
     return None
@@ -386,7 +380,7 @@ def test_autoscaling_up_and_down_without_failures(ray_app: RayApp) -> None:
         assert all(a.headers.get("retry-after") for a in answers if a.status_code == 429)
 
         # Until the router has sent the key to both replicas: the second refuses it at once.
-        def shared() -> dict[int, tuple[int, int]] | None:
+        def shared() -> dict[int, tuple[int, ...]] | None:
             if (found := _shared_refusal(ray_app)) is None:
                 r = httpx.post(
                     f"{ray_app.url}/v1/embeddings",
