@@ -160,7 +160,7 @@ class Batcher:
         cfg = self.config
         if priority == "batch":
             return self.lane.refuses(n, len(self._queue))
-        if len(self._queue) + n > cfg.max_queue_items:
+        if len(self._queue) + n > cfg.max_queue_items and not self._purge_gone(n):
             return f"the queue for this model is full ({cfg.max_queue_items} inputs)"
         limit = cfg.max_queue_wait_s
         if limit is not None and self._queue:
@@ -225,6 +225,21 @@ class Batcher:
         self._fail_queue(ShuttingDown("the server is shutting down"))
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _purge_gone(self, n: int) -> bool:
+        """Drop the queued items nobody waits for any more (client gone, already resolved),
+        so that they stop counting toward ``max_queue_items``; whether ``n`` more now fit.
+        Asked only when the queue looks full, so the scan is bounded by that limit."""
+        if any(it.ticket.gone or it.future.done() for it in self._queue):
+            kept = [it for it in self._queue if not (it.ticket.gone or it.future.done())]
+            for it in self._queue:
+                if it.ticket.gone or it.future.done():
+                    self._drop(it)
+            self._queue.clear()
+            self._queue.extend(kept)
+            if self.observer is not None:
+                self.observer.queue_depth(len(kept))
+        return len(self._queue) + n <= self.config.max_queue_items
 
     def _fail_queue(self, exc: EmbedhostError) -> None:
         for queue in (self._queue, self.lane.queue):

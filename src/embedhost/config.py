@@ -257,6 +257,15 @@ class ModelConfig(_Strict):
             "embedhost.calibration). Default: the corpus bundled with embedhost."
         ),
     )
+    # Issue 25: TEI#378.
+    split_oversized: bool = Field(
+        default=False,
+        description=(
+            "A request with more inputs than limits.max_inputs_per_request is split into "
+            "parts of batching.max_batch_size, answered in order, instead of refused (413); "
+            "limits.max_request_tokens and token budgets still count the whole request."
+        ),
+    )
 
     @field_validator("engine")
     @classmethod
@@ -294,7 +303,10 @@ class ServerConfig(_Strict):
     log_format: Literal["console", "json"] = "console"
     access_log: bool = False
     root_path: str = ""
-    timeout_keep_alive_s: float = Field(default=5.0, gt=0, le=3600)
+    # Longer than the idle expiry of clients' connection pools (httpx 5 s, aiohttp 15 s,
+    # nginx upstreams 60 s): the client drops an idle connection first, rather than reuse
+    # one the server is closing (a reset instead of an answer). Issue 25.
+    timeout_keep_alive_s: float = Field(default=75.0, gt=0, le=3600)
     graceful_shutdown_s: float = Field(default=30.0, ge=0, le=3600)
     timeout_header_read_s: float = Field(
         default=10.0,
@@ -400,6 +412,16 @@ class RequestLimitsConfig(_Strict):
         default=1024,
         ge=1,
         description="Requests in flight on the whole server; beyond: an immediate 503.",
+    )
+    # Issue 25: Infinity#546.
+    max_request_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        le=86_400,
+        description=(
+            "Cap on a request's own X-Request-Timeout (seconds): past it, its queued work is "
+            "dropped and the client gets 504."
+        ),
     )
     refusals_per_s: float | None = Field(
         default=200.0,

@@ -155,6 +155,13 @@ class WorkerTimeout(EmbedhostError):
     code = "worker_timeout"
 
 
+class DeadlineExceeded(EmbedhostError):
+    """The request's own deadline (``X-Request-Timeout``) passed before it was answered."""
+
+    type = "server_error"
+    code = "request_deadline_exceeded"
+
+
 class ShuttingDown(EmbedhostError):
     type = "server_error"
     code = "shutting_down"
@@ -214,6 +221,7 @@ STATUS: dict[type[EmbedhostError], int] = {
     WorkerCrashed: 503,
     ShuttingDown: 503,
     WorkerTimeout: 504,
+    DeadlineExceeded: 504,
     EngineError: 500,
     Conflict: 409,
     VersionLoadFailed: 422,

@@ -34,7 +34,7 @@ from embedhost import longdocs
 from embedhost.cache import BYPASS, DEFAULT_POLICY, CachePolicy, EmbeddingCache
 from embedhost.config import Priority, RequestLimitsConfig
 from embedhost.engines.base import Vectors
-from embedhost.errors import EmbedhostError, InvalidRequest, PayloadTooLarge
+from embedhost.errors import DeadlineExceeded, EmbedhostError, InvalidRequest, PayloadTooLarge
 from embedhost.longdocs import ChunkingSpec, ChunkPlan, ChunkVector
 from embedhost.models.registry import ModelRegistry
 from embedhost.models.replica import Replica, Ticket
@@ -81,6 +81,9 @@ class EmbedOptions:
     """Per-chunk vectors (``/embed``'s ``chunking``; see :mod:`embedhost.longdocs`)."""
     max_tokens: int | None = None
     """Cap each input at this many tokens (below the model's limit; Cohere's ``max_tokens``)."""
+    timeout_s: float | None = None
+    """The request's own deadline (``X-Request-Timeout``), capped by
+    ``limits.max_request_timeout_s``; past it: :class:`DeadlineExceeded` (504)."""
 
 
 _DEFAULT = EmbedOptions()
@@ -143,7 +146,11 @@ class EmbeddingService:
             start = time.perf_counter()
             with handle.lease():
                 try:
-                    result = await self._embed(handle, inputs, options, ticket, admission)
+                    result = await self._deadline(
+                        options.timeout_s,
+                        self._embed(handle, inputs, options, ticket, admission),
+                        ticket,
+                    )
                 except EmbedhostError as exc:
                     handle.stats.error(exc.code)
                     raise
@@ -153,6 +160,28 @@ class EmbeddingService:
                 watcher.cancel()
         self._mirror(handle, inputs, result, options)
         return result
+
+    async def _deadline(
+        self, timeout_s: float | None, work: Awaitable[EmbedResult], ticket: Ticket
+    ) -> EmbedResult:
+        """``work`` within the request's own deadline, if it set one."""
+        if timeout_s is None:
+            return await work
+        limit = min(timeout_s, self.limits.max_request_timeout_s)
+        deadline = asyncio.timeout(limit)
+        try:
+            async with deadline:
+                return await work
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            # Its sequences still queued are dropped when the next batch is formed (and no
+            # longer count toward max_queue_items); a batch already in the engine finishes.
+            ticket.gone = True
+            raise DeadlineExceeded(
+                f"the request was not answered within its X-Request-Timeout of {limit:g} s; "
+                "its queued work was dropped"
+            ) from None
 
     def _mirror(
         self,
@@ -215,7 +244,8 @@ class EmbeddingService:
         dimensions = options.dimensions
         if not inputs:
             raise InvalidRequest("input must not be empty", param="input")
-        if len(inputs) > self.limits.max_inputs_per_request:
+        split = handle.config.split_oversized
+        if len(inputs) > self.limits.max_inputs_per_request and not split:
             raise PayloadTooLarge(
                 f"{len(inputs)} inputs in one request; the limit is "
                 f"{self.limits.max_inputs_per_request}",
@@ -285,7 +315,8 @@ class EmbeddingService:
         if admission is not None and charge_all:
             await admission.charge_tokens(tokens.total)
         t_submit = time.monotonic()
-        batch = _Batch(replica, ticket, None if charge_all else admission)
+        part = handle.config.batching.max_batch_size if split else None
+        batch = _Batch(replica, ticket, None if charge_all else admission, part)
         cache_state = None
         if cache is None:
             results = await batch(tokens.ids)
@@ -384,11 +415,32 @@ class _Batch:
     replica: Replica
     ticket: Ticket
     admission: Admission | None
+    part: int | None = None
+    """``split_oversized``: submit in parts of this many sequences."""
 
     async def __call__(self, seqs: list[list[int]]) -> list[Vectors]:
         if self.admission is not None:
             await self.admission.charge_tokens(sum(len(s) for s in seqs))
-        futures = self.replica.submit(seqs, self.ticket)
+        size = self.part if self.part is not None else max(len(seqs), 1)
+        # An oversized request (split_oversized) goes in parts, joined in order, at most
+        # two queued at a time (the engine has the next part while one is answered): a
+        # part waits for its predecessors while the queue has no room for it.
+        pending: list[list[asyncio.Future[Vectors]]] = []
+        out: list[Vectors] = []
+        try:
+            for start in range(0, len(seqs), size):
+                part = seqs[start : start + size]
+                while pending and (len(pending) == 2 or self.replica.refuses(len(part))):
+                    out.extend(await self._collect(pending.pop(0)))
+                pending.append(self.replica.submit(part, self.ticket))
+            for futures in pending:
+                out.extend(await self._collect(futures))
+        except BaseException:
+            self.ticket.gone = True  # the parts still queued are dropped
+            raise
+        return out
+
+    async def _collect(self, futures: list[asyncio.Future[Vectors]]) -> list[Vectors]:
         try:
             results = await asyncio.gather(*futures, return_exceptions=True)
         except asyncio.CancelledError:

@@ -239,10 +239,20 @@ async def test_per_key_scope_and_uncharged_hits() -> None:
 
 
 @pytest.mark.parametrize("header", ["no-cache, no-store", "NO-STORE,NO-CACHE"])
-async def test_bypass_sends_miss(cached: tuple[FastAPI, httpx.AsyncClient], header: str) -> None:
+async def test_bypass_neither_reads_nor_writes(
+    cached: tuple[FastAPI, httpx.AsyncClient], header: str
+) -> None:
     app, client = cached
+    # Not read: an input already cached is computed again, and no cache header is sent.
+    text = f"bypass {header}"
+    assert (await embed(client, [text])).headers["x-embedhost-cache"] == "miss"
     before = sequences(app, "fake")
-    r = await embed(client, ["bypass"], **{"Cache-Control": header})
-    # Neither read nor written: computed, and not cached as far as the header goes.
+    r = await embed(client, [text], **{"Cache-Control": header})
     assert "x-embedhost-cache" not in r.headers
     assert sequences(app, "fake") == before + 1
+    # Not written: after a bypassed request, the next plain one is still a miss.
+    fresh = f"never stored {header}"
+    await embed(client, [fresh], **{"Cache-Control": header})
+    r = await embed(client, [fresh])
+    assert r.headers["x-embedhost-cache"] == "miss"
+    assert sequences(app, "fake") == before + 3

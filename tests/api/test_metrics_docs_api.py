@@ -10,6 +10,8 @@ import re
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from embedhost.config import RateLimit
+from embedhost.security.ratelimit import budgets_for
 from tests.fakes import CRASH
 from tests.support import ROOT
 from tests.support.app import app_client, fake_model, make_settings, wait_ready
@@ -102,4 +104,11 @@ async def test_readme_metrics_match_what_metrics_serves() -> None:
     listed = set(re.findall(r"`([a-z]+-[a-z]+)`", description))
     assert "addr-requests" in values["limit"]
     assert values["limit"] <= listed, (values["limit"], listed)
-    assert listed == {"key-requests", "key-tokens", "addr-requests", "addr-tokens"}
+    # Every value the code can emit: each budget kind, with every budget set.
+    full = RateLimit(requests_per_minute=1, tokens_per_minute=1)
+    emitted = {
+        kind
+        for unit in ("requests", "tokens")
+        for kind, _, _ in budgets_for(full, full, "key", "127.0.0.1", unit)
+    }
+    assert listed == emitted, (listed, emitted)

@@ -4,9 +4,11 @@ Retry-After from the drain estimate and OpenAI's error shape."""
 from __future__ import annotations
 
 import asyncio
+import math
+from pathlib import Path
 from typing import Any
 
-from tests.fakes import CRASH, SLOW
+from tests.fakes import CRASH, GATE
 from tests.support.app import app_client, fake_model, make_settings, wait_ready
 from tests.support.wait import wait_until_async
 
@@ -15,30 +17,34 @@ async def _until(cond: Any, what: str) -> None:
     await wait_until_async(cond, what, timeout=30, every=0.01)
 
 
-def _post_slow(client: Any) -> asyncio.Future[Any]:
-    return asyncio.ensure_future(client.post("/v1/embeddings", json={"input": [101, SLOW, 102]}))
+def _post_gated(client: Any) -> asyncio.Future[Any]:
+    return asyncio.ensure_future(client.post("/v1/embeddings", json={"input": [101, GATE, 102]}))
 
 
 async def _fill_queue(app: Any, client: Any) -> list[asyncio.Future[Any]]:
-    """One slow batch in the engine, then two requests waiting: the queue (2) is full."""
+    """One batch held in the engine (until the gate opens), then two requests waiting: the
+    queue (2) is full for as long as the test needs, however busy the machine."""
     batcher = app.state.context.registry.default.replicas[0].batcher
-    first = _post_slow(client)
+    first = _post_gated(client)
     await _until(lambda: batcher.in_flight == 1, "the first request is in the engine")
-    rest = [_post_slow(client) for _ in range(2)]
+    rest = [_post_gated(client) for _ in range(2)]
     await _until(lambda: batcher.queued == 2, "two requests are queued")
     return [first, *rest]
 
 
-SETTINGS = {
-    "engine_options": {"slow_s": 2.0},
-    "batching": {"max_queue_items": 2, "max_batch_size": 1, "pipeline_depth": 1},
-    # The identical slow requests must each queue: the vector cache would join them.
-    "cache": False,
-}
+def _settings(gate: Path, **kw: Any) -> dict[str, Any]:
+    return {
+        "engine_options": {"gate": str(gate)},
+        "batching": {"max_queue_items": 2, "max_batch_size": 1, "pipeline_depth": 1},
+        # The identical gated requests must each queue: the vector cache would join them.
+        "cache": False,
+        **kw,
+    }
 
 
-async def test_full_queue_is_refused_before_the_body_is_read() -> None:
-    settings = make_settings([fake_model("f", **SETTINGS)])
+async def test_full_queue_is_refused_before_the_body_is_read(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    settings = make_settings([fake_model("f", **_settings(gate))])
     async with app_client(settings) as (app, client):
         tasks = await _fill_queue(app, client)
 
@@ -91,6 +97,7 @@ async def test_full_queue_is_refused_before_the_body_is_read() -> None:
 
         # Probes and other routes are not gated.
         assert (await client.get("/health")).status_code == 200
+        gate.touch()
         done = await asyncio.gather(*tasks)
         assert [d.status_code for d in done] == [200, 200, 200]
         # Drained: admitted again.
@@ -98,17 +105,61 @@ async def test_full_queue_is_refused_before_the_body_is_read() -> None:
         assert r.status_code == 200
 
 
-async def test_retry_after_follows_the_measured_drain_time() -> None:
-    settings = make_settings([fake_model("f", **SETTINGS)])
+# Every batch takes at least 0.5 s, so the measured rate is at most 2 sequences/s; the
+# configured constant (worker.retry_after_s) is 30, far from any drain estimate here.
+_MEASURED = {"delay_s": 0.5}
+_CONSTANT = {"retry_after_s": 30}
+
+
+async def _measure(client: Any, batcher: Any) -> None:
+    """Two batches through the engine, so that its throughput has been measured."""
+    for i in range(2):
+        assert (await client.post("/v1/embeddings", json={"input": [101, 7 + i]})).is_success
+    assert 0 < batcher.rate <= 2.0
+
+
+async def test_retry_after_follows_the_measured_drain_time(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    options = {"gate": str(gate), **_MEASURED}
+    settings = make_settings(
+        [fake_model("f", **_settings(gate, engine_options=options))], worker=_CONSTANT
+    )
     async with app_client(settings) as (app, client):
         batcher = app.state.context.registry.default.replicas[0].batcher
+        await _measure(client, batcher)
         tasks = await _fill_queue(app, client)
         r = await client.post("/v1/embeddings", json={"input": "x"})
         assert r.status_code == 429
-        # What the batcher estimates now (the rate is measured from the batches so far).
-        expected = batcher.retry_after()
-        assert abs(int(r.headers["retry-after"]) - expected) <= 1
+        # Three sequences ahead (one in the engine, two queued) at <= 2/s: at least 1.5 s,
+        # so at least 2 once rounded up; not the constant, and what the batcher says.
+        retry_after = int(r.headers["retry-after"])
+        assert 2 <= retry_after < 30
+        assert abs(retry_after - math.ceil(batcher.retry_after())) <= 1
+        gate.touch()
         await asyncio.gather(*tasks)
+
+
+async def test_concurrency_limit_503_sends_the_drain_estimate(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    options = {"gate": str(gate), **_MEASURED}
+    settings = make_settings(
+        [fake_model("f", **_settings(gate, engine_options=options))],
+        worker=_CONSTANT,
+        limits={"max_concurrent_requests": 1},
+    )
+    async with app_client(settings) as (app, client):
+        batcher = app.state.context.registry.default.replicas[0].batcher
+        await _measure(client, batcher)
+        held = _post_gated(client)  # holds the one slot until the gate opens
+        await _until(lambda: batcher.in_flight == 1, "the first request is in the engine")
+        r = await client.post("/v1/embeddings", json={"input": "x"})
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "server_overloaded"
+        retry_after = int(r.headers["retry-after"])
+        assert retry_after < 30, "the constant, not the drain estimate"
+        assert abs(retry_after - math.ceil(batcher.retry_after())) <= 1
+        gate.touch()
+        assert (await held).status_code == 200
 
 
 async def test_no_model_ready_is_refused_before_the_body_is_read() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,7 +18,7 @@ from embedhost.api.app import create_app
 from embedhost.api.deps import require_scope
 from embedhost.api.record import record_of
 from embedhost.security.keys import new_key_entry
-from tests.fakes import SLOW
+from tests.fakes import GATE
 from tests.support.app import app_client, fake_model, make_settings, wait_ready
 from tests.support.wait import wait_until_async
 
@@ -393,30 +394,29 @@ async def test_tokens_per_minute(limited_app: FastAPI) -> None:
         assert "24 tokens, more than the budget of 20" in err["message"]
 
 
-async def test_concurrency_limit_fast_503() -> None:
+async def test_concurrency_limit_fast_503(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"  # the first request holds the one slot until the gate opens
     settings = make_settings(
-        [fake_model("fake", max_input_tokens=16, engine_options={"slow_s": 1.0})],
+        [fake_model("fake", max_input_tokens=16, engine_options={"gate": str(gate)})],
         limits={"max_concurrent_requests": 1},
     )
     async with app_client(settings) as (app, client):
-        slow = asyncio.create_task(
-            client.post("/v1/embeddings", json={"input": [SLOW], "model": "fake"})
+        held = asyncio.create_task(
+            client.post("/v1/embeddings", json={"input": [GATE], "model": "fake"})
         )
-
-        async def refused() -> httpx.Response | None:
-            await asyncio.sleep(0.01)  # the slow request goes first and holds the one slot
-            r = await client.post("/v1/embeddings", json=EMBED)
-            return r if r.status_code == 503 else None
-
-        r = await wait_until_async(refused, "a 503", timeout=10, every=0)
+        batcher = app.state.context.registry.default.replicas[0].batcher
+        await wait_until_async(lambda: batcher.in_flight == 1, "the first request in the engine")
+        r = await client.post("/v1/embeddings", json=EMBED)
         err = assert_error(r, 503, "server_error", "server_overloaded")
         assert "limit of 1 concurrent requests" in err["message"]
+        # Nothing measured yet (the held batch is the first): the configured constant.
         assert r.headers["retry-after"] == "2"
         assert app.state.context.concurrency.overloaded >= 1
         assert app.state.context.concurrency.in_flight == 1
         # Probes still answer.
         assert (await client.get("/health")).status_code == 200
-        assert (await slow).status_code == 200
+        gate.touch()
+        assert (await held).status_code == 200
         assert (await client.post("/v1/embeddings", json=EMBED)).status_code == 200
 
 

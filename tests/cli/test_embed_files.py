@@ -255,8 +255,23 @@ async def test_retries_honour_retry_after(
     np.testing.assert_allclose(read_output(out)[1], await reference(app, TEXTS), rtol=1e-6)
 
 
-async def test_a_real_rate_limit_is_waited_out(tmp_path: Path) -> None:
-    """The server's own 429 (per-address budget): its Retry-After is what is waited."""
+class Recording(httpx.AsyncBaseTransport):
+    """The app's own transport, recording the ``Retry-After`` of each 429 it answers."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.inner = httpx.ASGITransport(app=app)
+        self.retry_after: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        r = await self.inner.handle_async_request(request)
+        if r.status_code == 429:
+            self.retry_after.append(r.headers["retry-after"])
+        return r
+
+
+async def test_a_real_rate_limit_s_retry_after_is_what_is_waited(tmp_path: Path) -> None:
+    """The server's own 429 (per-address budget): each wait is the Retry-After it sent
+    (the budget refills in a minute, so the retries with this recorded clock still fail)."""
     settings = make_settings(
         [fake_model("fake")], rate_limits={"per_address": {"requests_per_minute": 1}}
     )
@@ -268,11 +283,14 @@ async def test_a_real_rate_limit_is_waited_out(tmp_path: Path) -> None:
     async with app_client(settings) as (application, _):
         src = write_input(tmp_path / "in.txt", TEXTS[:4])
         out = tmp_path / "out.jsonl"
-        e = embedder(application, sleep=sleep, retries=2)
+        transport = Recording(application)
+        e = embedder(application, transport=transport, sleep=sleep, retries=2)
         s = await embed_corpus(src, out, e, batch_size=2, concurrency=1)
     assert s.error is not None and "429" in s.error
     assert read_output(out)[0] == ["1", "2"]  # the first request's rows are kept
-    assert len(sleeps) == 2 and all(0 < x <= 60 for x in sleeps)  # a minute's budget
+    # The waits are the server's, not the client's own backoff (0.5 s, then 1 s).
+    assert sleeps == [float(v) for v in transport.retry_after[:2]]
+    assert all(1 <= x <= 60 for x in sleeps), sleeps
 
 
 def test_retry_after_forms() -> None:

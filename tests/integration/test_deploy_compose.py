@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
+from embedhost.config import load_settings
+from embedhost.errors import ConfigError
 from embedhost.security.keys import new_key_entry
 from tests.support import ROOT
 from tests.support.deploy import (
@@ -147,11 +149,29 @@ def test_cuda_dockerfile_shape() -> None:
     ]
 
 
-def test_setting_exists() -> None:
-    assert setting_exists("EMBEDHOST_SERVER__INSTANCE_ID")
-    assert setting_exists("EMBEDHOST_RATE_LIMITS__PER_KEY__REQUESTS_PER_MINUTE")
-    assert not setting_exists("EMBEDHOST_SERVER__INSTANCEID")
-    assert not setting_exists("EMBEDHOST_REDIS_URL")
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("EMBEDHOST_SERVER__INSTANCE_ID", "replica-7"),
+        ("EMBEDHOST_RATE_LIMITS__PER_KEY__REQUESTS_PER_MINUTE", "7"),
+        ("EMBEDHOST_SERVER__INSTANCEID", "replica-7"),
+        ("EMBEDHOST_REDIS_URL", "redis://elsewhere:6379/0"),
+    ],
+)
+def test_setting_exists_agrees_with_what_the_settings_read(
+    monkeypatch: pytest.MonkeyPatch, var: str, value: str
+) -> None:
+    """The manifests' variables are checked with ``setting_exists``: it must say yes
+    exactly when ``load_settings`` takes the variable (no for one it ignores or refuses)."""
+    for name in [k for k in os.environ if k.startswith("EMBEDHOST_")]:
+        monkeypatch.delenv(name)
+    default = load_settings(None, check_paths=False).model_dump()
+    monkeypatch.setenv(var, value)
+    try:
+        taken = load_settings(None, check_paths=False).model_dump() != default
+    except ConfigError:  # an unknown field of a known section is refused
+        taken = False
+    assert setting_exists(var) == taken, (var, setting_exists(var))
 
 
 # -- compose ---------------------------------------------------------------------------------

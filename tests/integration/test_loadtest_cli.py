@@ -7,7 +7,9 @@ second server; --rate sends on an open-loop schedule.
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -165,36 +167,97 @@ def test_compare_prints_side_by_side(server: LiveServer) -> None:
         assert row in out
 
 
-def test_rate_is_an_open_loop_schedule(server: LiveServer) -> None:
-    report = loadtest("--url", server.url, "--api-key", KEY, "--requests", "20", "--rate", "40")
+class Stub:
+    """A stand-in server on a thread: records the texts each request carries, and with
+    ``hold`` answers none until ``hold`` requests are waiting at once (or 10 s passed)."""
+
+    def __init__(self, hold: int = 0) -> None:
+        self.hold = hold
+        self.texts: list[str] = []
+        self.waiting = 0
+        self.most_waiting = 0
+        self.cond = threading.Condition()
+        stub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                with stub.cond:
+                    stub.texts.extend(body["input"])
+                    stub.waiting += 1
+                    stub.most_waiting = max(stub.most_waiting, stub.waiting)
+                    stub.cond.notify_all()
+                    if not stub.cond.wait_for(lambda: stub.most_waiting >= stub.hold, 10):
+                        stub.hold = 0  # never reached: answer everything from now on
+                    stub.waiting -= 1
+                data = [
+                    {"object": "embedding", "index": i, "embedding": [0.0]}
+                    for i in range(len(body["input"]))
+                ]
+                out = json.dumps({"object": "list", "data": data, "model": "stub"}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_rate_is_an_open_loop_schedule() -> None:
+    """Open loop: requests leave on schedule whether or not earlier ones were answered. The
+    stub answers none until all 20 are waiting at once, which a closed-loop sender (the
+    next request after an answer) never reaches."""
+    stub = Stub(hold=20)
+    try:
+        report = loadtest("--url", stub.url, "--requests", "20", "--rate", "40")
+    finally:
+        stub.close()
     assert report["load"]["rate"] == 40 and report["load"]["concurrency"] == 256
     r = report["runs"][0]["results"]
     assert (r["requests"], r["ok"]) == (20, 20)
-    # Request i leaves at i/40 s: the last one not before 19/40 s.
-    assert r["elapsed_s"] >= 19 / 40
-    assert r["behind_schedule"] >= 0
+    assert stub.most_waiting == 20
 
 
-def test_duration_and_corpus_file(server: LiveServer, tmp_path: Path) -> None:
+def test_duration_and_corpus_file(tmp_path: Path) -> None:
     corpus = tmp_path / "texts.txt"
     corpus.write_text("first text\n\nsecond text\nthird text\n")
-    r = loadtest(
-        "--url",
-        server.url,
-        "--api-key",
-        KEY,
-        "--duration",
-        "0.5",
-        "--concurrency",
-        "2",
-        "--corpus",
-        str(corpus),
-        "--texts-per-request",
-        "2",
-    )["runs"][0]["results"]
+    stub = Stub()
+    try:
+        r = loadtest(
+            "--url",
+            stub.url,
+            "--duration",
+            "0.5",
+            "--concurrency",
+            "2",
+            "--corpus",
+            str(corpus),
+            "--texts-per-request",
+            "2",
+        )["runs"][0]["results"]
+    finally:
+        stub.close()
     assert r["requests"] > 0 and r["ok"] == r["requests"]
     assert r["texts"] == 2 * r["ok"]
     assert r["elapsed_s"] >= 0.5
+    # What was sent is the file's texts (the blank line skipped), all of them in turn.
+    assert stub.texts and set(stub.texts) <= {"first text", "second text", "third text"}
+    if r["requests"] >= 2:
+        assert set(stub.texts) == {"first text", "second text", "third text"}
+    assert len(stub.texts) == r["texts"]
 
 
 def test_bad_arguments() -> None:

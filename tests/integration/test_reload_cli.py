@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -86,8 +87,18 @@ def test_sighup_applies_the_difference(server: LiveServer) -> None:
     }
 
 
-def test_models_cli(server: LiveServer) -> None:
-    url = server.url
+@pytest.fixture
+def split_server(tmp_path: Path) -> Iterator[LiveServer]:
+    """Its own server, not the one SIGHUP changed: m@2 current, m@3 beside it."""
+    models = [fake_model("m", version="2", traffic=50), fake_model("m", version="3", traffic=50)]
+    srv = start_server(tmp_path, {"models": models})
+    yield srv
+    stop_server(srv)
+
+
+def test_models_cli(split_server: LiveServer) -> None:
+    url = split_server.url
+    assert _group(url, "m")["current"] == "2"
     runner = CliRunner()
 
     def run(*args: str) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -35,7 +34,7 @@ import yaml
 import ray  # embedhost[ray]
 from embedhost.security.keys import hash_key
 from ray import serve
-from tests.support import MINILM, ROOT
+from tests.support import MINILM, ROOT, prom
 from tests.support.redis_server import RedisServer, start_redis
 from tests.support.servers import free_port
 from tests.support.wait import wait_until
@@ -45,6 +44,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.timeout(900)]
 
 LOAD_KEY = "eh_ray_load_key_0123456789"
 LIMITED_KEY = "eh_ray_limited_key_0123456789"
+REQUESTS = "embedhost_requests_total"
 LIMITED_RPM = 6
 APP = "embedhost"
 MODEL = "all-MiniLM-L6-v2"
@@ -93,7 +93,11 @@ def _config(redis: RedisServer, metrics_port: int) -> dict[str, Any]:
     return {
         "worker": {"restart_backoff_initial_s": 0.1, "restart_backoff_max_s": 0.5},
         # One engine thread per replica: two replicas share this machine's two cores.
-        "models": [{"name": MODEL, "path": MINILM, "threads": 1}],
+        # The cache off: the loads below must reach the engines, not the cache (they send
+        # the same passages again and again). float32: what the reference computes.
+        "models": [
+            {"name": MODEL, "path": MINILM, "threads": 1, "cache": False, "dtype": "float32"}
+        ],
         "auth": {
             "metrics_open": True,
             "keys": [
@@ -329,11 +333,17 @@ def _replica_metrics(ray_app: RayApp) -> dict[int, str]:
     return out
 
 
-def _limited_200s(text: str) -> int:
-    m = re.findall(
-        r'embedhost_requests_total\{[^}]*key_id="limited"[^}]*status="200"[^}]*\} (\S+)', text
-    )
-    return int(sum(float(v) for v in m))
+def _shared_refusal(ray_app: RayApp) -> dict[int, tuple[int, ...]] | None:
+    """Each replica's (200s, 429s) for the limited key, once some replica refused it
+    before serving the key's whole budget itself: only a budget shared across replicas
+    does that (a replica counting alone serves LIMITED_RPM before its first 429)."""
+    counts = {
+        p: tuple(int(prom.total(t, REQUESTS, key_id="limited", status=c)) for c in ("200", "429"))
+        for p, t in _replica_metrics(ray_app).items()
+    }
+    if any(ok < LIMITED_RPM and refused > 0 for ok, refused in counts.values()):
+        return counts
+    return None
 
 
 def test_autoscaling_up_and_down_without_failures(ray_app: RayApp) -> None:
@@ -368,10 +378,23 @@ def test_autoscaling_up_and_down_without_failures(ray_app: RayApp) -> None:
         codes = sorted(a.status_code for a in answers)
         assert codes == [200] * LIMITED_RPM + [429] * LIMITED_RPM, codes
         assert all(a.headers.get("retry-after") for a in answers if a.status_code == 429)
-        per_replica = {p: _limited_200s(t) for p, t in _replica_metrics(ray_app).items()}
-        print(f"limited key's 200s per replica (metrics port -> count): {per_replica}")
+
+        # Until the router has sent the key to both replicas: the second refuses it at once.
+        def shared() -> dict[int, tuple[int, ...]] | None:
+            if (found := _shared_refusal(ray_app)) is None:
+                r = httpx.post(
+                    f"{ray_app.url}/v1/embeddings",
+                    headers=ray_app.headers(LIMITED_KEY),
+                    json={"model": MODEL, "input": "shared limit"},
+                    timeout=60,
+                )
+                assert r.status_code == 429, r.text
+            return found
+
+        per_replica = wait_until(shared, "a replica refusing the key's spent budget", timeout=30)
+        print(f"limited key's (200s, 429s) per replica (metrics port -> counts): {per_replica}")
         assert len(per_replica) == 2, per_replica
-        assert sum(per_replica.values()) == LIMITED_RPM
+        assert sum(ok for ok, _ in per_replica.values()) == LIMITED_RPM
         keys = subprocess.run(
             ["redis-cli", "-p", str(ray_app.redis.port), "--scan"],
             capture_output=True, text=True, check=True,
@@ -427,7 +450,9 @@ def test_replica_actor_sigkill_is_replaced(ray_app: RayApp) -> None:
     before = ray_app.info()
     (worker_pid,) = [r["pid"] for m in before["models"] for r in m["replicas"]]
     replica_pid = psutil.Process(worker_pid).ppid()
-    assert "ServeReplica" in " ".join(psutil.Process(replica_pid).cmdline()) or replica_pid > 1
+    # The engine worker's parent is the replica actor (Ray titles its process so).
+    cmdline = " ".join(psutil.Process(replica_pid).cmdline())
+    assert "ServeReplica" in cmdline, (replica_pid, cmdline)
     load = Load(ray_app.url, threads=3).start()
     try:
         _wait_for(lambda: load.statuses().get(200, 0) >= 3, 120, "requests served")

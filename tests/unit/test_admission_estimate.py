@@ -81,13 +81,32 @@ async def test_item_bound_alone_without_a_wait_limit() -> None:
     assert batcher().refuses(64) is None
 
 
+class Clock:
+    """A synthetic monotonic clock: it moves only when the test says."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_pacer_holds_refusals_beyond_its_rate() -> None:
-    pacer = RefusalPacer(10.0, max_hold_s=0.5)
+    clock = Clock()
+    pacer = RefusalPacer(10.0, max_hold_s=0.5, clock=clock)
+    # 20 refusals at one instant: one turn (0.1 s) each, none held beyond 0.5 s.
     holds = [pacer.hold_s() for _ in range(20)]
-    assert holds[0] == 0.0
-    assert holds == sorted(holds)  # each waits its turn behind the one before
-    assert holds[3] > 0.2  # the 4th is at least 3 turns (0.1 s each) back, minus a little
-    assert max(holds) <= 0.5  # never held beyond max_hold_s
+    assert holds[:6] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
+    assert holds[6:] == pytest.approx([0.5] * 14)
+    # A second later every claimed turn has passed: answered at once again.
+    clock.now += 1.0
+    assert pacer.hold_s() == 0.0
+    # At the rate, never held: 0.1 s apart.
+    clock.now += 1.0
+    pacer.hold_s()
+    for _ in range(5):
+        clock.now += 0.1
+        assert pacer.hold_s() == pytest.approx(0.0, abs=1e-9)
 
 
 def test_pacer_off() -> None:

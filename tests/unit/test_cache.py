@@ -148,28 +148,57 @@ async def test_single_flight_across_concurrent_requests() -> None:
     assert not cache._inflight  # nothing left behind
 
 
+class Gated(Counting):
+    """Computes (or fails) only once ``gate`` is set; ``started`` once it was called."""
+
+    def __init__(self, fail: BaseException | None = None) -> None:
+        super().__init__(fail=fail)
+        self.gate = asyncio.Event()
+        self.started = asyncio.Event()
+
+    async def __call__(self, seqs: list[list[int]]) -> list[Vectors]:
+        self.calls.append(seqs)
+        self.started.set()
+        await self.gate.wait()
+        if self.fail is not None:
+            raise self.fail
+        return [vector_for(s, DIMS) for s in seqs]
+
+
+async def _settle() -> None:
+    """Let every runnable task run until it blocks (no I/O here: the memory tier only)."""
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
 async def test_a_failed_computing_request_does_not_fail_its_followers() -> None:
     cache = _cache()
-    owner = Counting(delay=0.05, fail=RuntimeError("client gone"))
+    owner = Gated(fail=RuntimeError("client gone"))
     follower = Counting()
     seq = [101, 9, 102]
     first = asyncio.ensure_future(cache.embed("m@1:x", "s", [seq], DIMS, owner))
-    await asyncio.sleep(0.01)  # the first request owns the input now
+    await asyncio.wait_for(owner.started.wait(), 10)  # the first request owns the input now
     second = asyncio.ensure_future(cache.embed("m@1:x", "s", [seq], DIMS, follower))
+    await _settle()
+    # It joined: it waits for the owner's answer instead of computing its own.
+    assert not second.done() and follower.calls == []
+    owner.gate.set()
     with pytest.raises(RuntimeError):
         await first
     vecs, state = await second
     assert vecs[0].tobytes() == vector_for(seq, DIMS).tobytes()
-    assert state == "miss" and follower.sequences == 1
+    assert state == "miss" and follower.sequences == 1  # computed once the owner failed
     # A cancelled owner too.
-    slow = Counting(delay=10)
+    slow = Gated()
     task = asyncio.ensure_future(cache.embed("m@1:x", "s", [[101, 10, 102]], DIMS, slow))
-    await asyncio.sleep(0.01)
+    await asyncio.wait_for(slow.started.wait(), 10)
     waiter = asyncio.ensure_future(cache.embed("m@1:x", "s", [[101, 10, 102]], DIMS, follower))
-    await asyncio.sleep(0.01)
+    await _settle()
+    assert not waiter.done() and follower.sequences == 1
     task.cancel()
     vecs, _ = await waiter
     assert vecs[0].tobytes() == vector_for([101, 10, 102], DIMS).tobytes()
+    assert follower.sequences == 2
     assert not cache._inflight
 
 

@@ -66,9 +66,17 @@ def test_oversubscribing_explicit_threads_warn() -> None:
 
 
 def test_usable_cores_is_the_affinity() -> None:
+    """Confined to one core (as a cgroup cpuset or ``taskset`` would), it counts one,
+    whatever the machine has."""
     import os
 
-    assert usable_cores() == len(os.sched_getaffinity(0))
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before)})  # this thread only; restored below
+    try:
+        assert usable_cores() == 1
+    finally:
+        os.sched_setaffinity(0, before)
+    assert usable_cores() == len(before)
 
 
 def test_cpu_weight_is_validated() -> None:

@@ -13,6 +13,7 @@ import pytest
 from embedhost import modelfiles
 from embedhost.errors import ChecksumMismatch
 from embedhost.modelfiles import HASH_STATS, hashed_files, remember, verify_checksum
+from tests.support.wait import wait_until
 
 
 @dataclass
@@ -53,7 +54,14 @@ def test_changed_file_is_hashed_again(tmp_path: Path) -> None:
     # Same size, same mtime (set back): the ctime still moves, so it is hashed again.
     st = f.stat()
     f.write_bytes(b"WEIGHTS" * 1000)
-    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    def mtime_set_back_ctime_moved() -> bool:
+        # The ctime clock ticks coarsely on some filesystems (a jiffy): set the mtime back
+        # until the ctime has left the recorded one, as any later change would.
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+        return f.stat().st_ctime_ns != st.st_ctime_ns
+
+    wait_until(mtime_set_back_ctime_moved, "the file's ctime to move", timeout=10, every=0.001)
     h0, s0 = counts()
     with pytest.raises(ChecksumMismatch):
         verify_checksum(model)

@@ -63,7 +63,10 @@ def create_app(
     security = Security(settings)
     pacer = RefusalPacer(settings.limits.refusals_per_s)
     concurrency = ConcurrencyLimit(
-        settings.limits.max_concurrent_requests, settings.worker.retry_after_s, pacer
+        settings.limits.max_concurrent_requests,
+        settings.worker.retry_after_s,
+        pacer,
+        lambda: context.core.registry.retry_after() if context.core is not None else None,
     )
     instance_id = settings.server.resolved_instance_id
     metrics = (

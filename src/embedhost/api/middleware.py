@@ -298,7 +298,7 @@ class ConcurrencyLimitMiddleware:
                 f"the server is at its limit of {limit.max_concurrent} concurrent requests; "
                 "retry shortly",
             )
-            retry = {"retry-after": str(limit.retry_after_s)}
+            retry = {"retry-after": str(limit.retry_after())}
             await limit.pacer.pace()
             await send_error(send, 503, err.message, err.type, err.code, retry)
             return

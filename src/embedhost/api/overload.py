@@ -8,7 +8,9 @@ refusals are answered (:class:`RefusalPacer`). The middleware that enforces them
 from __future__ import annotations
 
 import asyncio
+import math
 import time
+from collections.abc import Callable
 
 
 class RefusalPacer:
@@ -22,9 +24,15 @@ class RefusalPacer:
     than a polite one; a client that honours Retry-After never waits here.
     """
 
-    def __init__(self, per_s: float | None, max_hold_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        per_s: float | None,
+        max_hold_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.per_s = per_s
         self.max_hold_s = max_hold_s
+        self._clock = clock  # a test's synthetic clock
         self._next = 0.0
         self.held = 0
         """Refusals held since start."""
@@ -33,7 +41,7 @@ class RefusalPacer:
         """Claim the next refusal's turn; how long to hold it (0: answer now)."""
         if self.per_s is None:
             return 0.0
-        now = time.monotonic()
+        now = self._clock()
         start = min(max(now, self._next), now + self.max_hold_s)
         self._next = start + 1.0 / self.per_s
         return start - now
@@ -51,12 +59,24 @@ class ConcurrencyLimit:
     enforced by :class:`~embedhost.api.middleware.ConcurrencyLimitMiddleware`."""
 
     def __init__(
-        self, max_concurrent: int | None, retry_after_s: int, pacer: RefusalPacer | None = None
+        self,
+        max_concurrent: int | None,
+        retry_after_s: int,
+        pacer: RefusalPacer | None = None,
+        drain_s: Callable[[], float | None] = lambda: None,
     ) -> None:
         self.max_concurrent = max_concurrent
         self.retry_after_s = retry_after_s
+        # The queues' drain estimate (the registry's answer, None before the models
+        # exist), as the 429 of a full queue sends it; the constant until then.
+        self._drain_s = drain_s
         self.pacer = pacer or RefusalPacer(None)
         self.in_flight = 0
         """Requests in flight under the limit (probes are not counted)."""
         self.overloaded = 0
         """Requests refused with 503 since start."""
+
+    def retry_after(self) -> int:
+        """Retry-After of a 503 beyond the limit, in whole seconds (at least 1)."""
+        drain = self._drain_s()
+        return max(1, math.ceil(self.retry_after_s if drain is None else drain))

@@ -195,6 +195,12 @@ class ModelRegistry:
             )
         return None
 
+    def retry_after(self) -> float:
+        """Retry-After for an overload refusal: the soonest drain estimate of a ready
+        replica (the configured constant when none is ready)."""
+        waits = [r.retry_after() for h in self.handles.values() for r in h.replicas if r.ready]
+        return min(waits, default=self.settings.worker.retry_after_s)
+
     # -- routing ----------------------------------------------------------------------------
 
     def route(self, ref: str | None, key: str | None = None) -> ModelVersion:

@@ -95,6 +95,20 @@ def worker_main(
     catalog.adopt(engine_row)  # before the config is validated: it names this engine
     config = ModelConfig.model_validate_json(config_json)
     try:
+        _load_and_serve(conn, config, known_files, restart)
+    except (BrokenPipeError, ConnectionResetError, EOFError):
+        # The API process is gone (SIGKILL, OOM kill) while a message was on its way to
+        # it: nobody is left to read it, and no traceback is owed to anyone.
+        log.info("worker pid %d: the API process has gone; exiting", os.getpid())
+
+
+def _load_and_serve(
+    conn: Connection,
+    config: ModelConfig,
+    known_files: dict[str, Any] | None,
+    restart: bool,
+) -> None:
+    try:
         conn.send(("phase", "verifying"))
         if known_files:
             remember(known_files)
@@ -138,17 +152,25 @@ def worker_main(
             inbox.put(("stop",))
 
     threading.Thread(target=reader, daemon=True, name="worker-reader").start()
+    try:
+        _serve(conn, inbox, engine)
+    finally:
+        with contextlib.suppress(Exception):
+            engine.close()
+
+
+def _serve(conn: Connection, inbox: queue.SimpleQueue[Any], engine: Any) -> None:
+    """Embed the batches the reader thread queues until told to stop (or the pipe closes)."""
     while True:
         msg = inbox.get()
         if msg[0] == "stop":
-            break
+            return
         op, batch_id, batch = msg
         try:
             # "states": an engine whose info says token_states has the method (TokenStates).
-            vecs = engine.embed(batch) if op == "embed" else engine.token_states(batch)  # type: ignore[attr-defined]
-            conn.send(("ok", batch_id, vecs))
+            vecs = engine.embed(batch) if op == "embed" else engine.token_states(batch)
         except Exception as exc:
             log.error("batch %s failed: %s", batch_id, traceback.format_exc())
             conn.send(("error", batch_id, f"{type(exc).__name__}: {exc}"))
-    with contextlib.suppress(Exception):
-        engine.close()
+            continue
+        conn.send(("ok", batch_id, vecs))

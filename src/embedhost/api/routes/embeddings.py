@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -66,6 +67,20 @@ def _as_batch(inp: str | list[str] | list[int] | list[list[int]]) -> list[str] |
     return inp  # type: ignore[return-value]
 
 
+def request_timeout(value: str) -> float:
+    """``X-Request-Timeout``: seconds, a positive finite number (the service caps it)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise InvalidRequest(
+            f"X-Request-Timeout must be a positive number of seconds, not {value[:32]!r}",
+            param="X-Request-Timeout",
+        )
+    return seconds
+
+
 def routing_key(admission: Admission, user: str | None = None) -> str:
     """Who is asking, for sticky A/B splits: the API key (and, within it, the ``user`` the
     key's application names), else ``user``, else the client address (which honours
@@ -99,6 +114,9 @@ async def _embed_response(
     if cache_control:
         options = dataclasses.replace(options, cache=CachePolicy.from_header(cache_control))
     options = dataclasses.replace(options, priority=request_priority(request.headers, admission))
+    timeout = request.headers.get("x-request-timeout")
+    if timeout is not None:
+        options = dataclasses.replace(options, timeout_s=request_timeout(timeout))
     result = await service.embed(
         handle,
         inputs,
