@@ -17,6 +17,7 @@ from embedhost.cache import EmbeddingCache
 from embedhost.config import Settings
 from embedhost.metrics import Metrics
 from embedhost.models.registry import ModelRegistry
+from embedhost.scoring import ScoringService
 from embedhost.service import EmbeddingService
 from embedhost.tracing import Tracing
 
@@ -29,6 +30,8 @@ class Core:
     cache: EmbeddingCache
     metrics: Metrics | None
     tracing: Tracing | None
+    scoring: ScoringService
+    """Rerank and score (issue 21), on the embedding service's parts."""
 
     @classmethod
     def build(cls, settings: Settings, metrics: Metrics | None = None) -> Core:
@@ -38,7 +41,7 @@ class Core:
         cache = EmbeddingCache(settings.cache, metrics.cache_observer() if metrics else None)
         registry = ModelRegistry(settings, metrics)
         service = EmbeddingService(registry, settings.limits, tracing=tracing, cache=cache)
-        return cls(settings, registry, service, cache, metrics, tracing)
+        return cls(settings, registry, service, cache, metrics, tracing, ScoringService(service))
 
     def start(self) -> None:
         """Start every configured model in the background (the registry tells when they

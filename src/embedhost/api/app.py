@@ -35,6 +35,7 @@ from embedhost.api.observability import TIMING_HEADERS, ObservabilityMiddleware
 from embedhost.api.overload import ConcurrencyLimit, RefusalPacer
 from embedhost.api.routes import admin, embeddings, ops
 from embedhost.api.routes import metrics as metrics_routes
+from embedhost.api.routes import rerank as rerank_routes
 from embedhost.config import Settings
 from embedhost.core import Core
 from embedhost.errors import EmbedhostError
@@ -104,6 +105,7 @@ def create_app(
     app.state.context = context
     app.include_router(ops.router)
     app.include_router(embeddings.router)
+    app.include_router(rerank_routes.router)
     if metrics is not None:
         metrics.add_state(lambda: _snapshot(context))
         # auth.metrics_open lets it through without the scope (Security.admit decides).

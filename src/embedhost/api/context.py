@@ -26,6 +26,7 @@ from embedhost.core import Core
 from embedhost.errors import ModelNotReady
 from embedhost.metrics import Metrics
 from embedhost.models.registry import ModelRegistry
+from embedhost.scoring import ScoringService
 from embedhost.security.admission import Security
 from embedhost.service import EmbeddingService
 from embedhost.tracing import Tracing
@@ -64,6 +65,10 @@ class AppContext:
     @property
     def service(self) -> EmbeddingService:
         return self.running.service
+
+    @property
+    def scoring(self) -> ScoringService:
+        return self.running.scoring
 
     @property
     def cache(self) -> EmbeddingCache:

@@ -15,6 +15,7 @@ from embedhost.cache import EmbeddingCache
 from embedhost.config import SCOPES, Scope, Settings
 from embedhost.metrics import Metrics
 from embedhost.models.registry import ModelRegistry
+from embedhost.scoring import ScoringService
 from embedhost.security.admission import Admission
 from embedhost.security.admission import Security as SecurityLayer
 from embedhost.service import EmbeddingService
@@ -53,6 +54,13 @@ ServiceDep = Annotated[EmbeddingService, Depends(get_service)]
 CacheDep = Annotated[EmbeddingCache, Depends(get_cache)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics | None, Depends(get_metrics)]
+
+
+async def get_scoring(request: Request) -> ScoringService:
+    return context_of(request).scoring
+
+
+ScoringDep = Annotated[ScoringService, Depends(get_scoring)]
 
 
 # Declared for the OpenAPI schema (so /docs and generated clients know how to send a key);
