@@ -21,7 +21,8 @@ from tests.support.engines import SENTENCES
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 QUERY = "What is the capital of France?"
-DOCS = SENTENCES + [
+DOCS = [
+    *SENTENCES,
     "Berlin is the capital of Germany.",
     "The Eiffel Tower is in Paris.",
     "France is a country in western Europe.",
@@ -141,7 +142,9 @@ async def test_score_vllm_shape_both_tasks(client: httpx.AsyncClient, reference:
     )
     expected = reference.predict([(QUERY, DOCS[0]), ("fox", DOCS[1])])
     np.testing.assert_allclose([d["score"] for d in pairwise.json()["data"]], expected, atol=1e-4)
-    cos = await client.post("/score", json={"model": "minilm", "text_1": "a cat", "text_2": DOCS[:2]})
+    cos = await client.post(
+        "/score", json={"model": "minilm", "text_1": "a cat", "text_2": DOCS[:2]}
+    )
     assert cos.status_code == 200, cos.text
     vecs = (
         await client.post("/v1/embeddings", json={"model": "minilm", "input": ["a cat", *DOCS[:2]]})
