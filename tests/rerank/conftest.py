@@ -7,9 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.crossencoder import minilm_cross_encoder
+from tests.support.crossencoder import cross_encoder_onnx, minilm_cross_encoder
 
 
 @pytest.fixture(scope="session")
 def cross_encoder_dir() -> Path:
     return minilm_cross_encoder()
+
+
+@pytest.fixture(scope="session")
+def cross_encoder_onnx_dir() -> Path:
+    """The fixture through `embedhost export-onnx` (cached under .cache/crossencoder/)."""
+    return cross_encoder_onnx()

@@ -75,3 +75,23 @@ def _build(out: Path) -> None:
     (out / "FIXTURE.json").write_text(
         json.dumps({"from": MINILM, "seed": SEED, "head_std": _HEAD_STD}, indent=1) + "\n"
     )
+
+
+def cross_encoder_onnx() -> Path:
+    """The fixture exported by ``embedhost export-onnx`` (its logits), cached beside it."""
+    from embedhost.engines.onnx_export import export_onnx
+
+    out = CACHE / f"{NAME}-onnx"
+    if (out / "model.onnx").is_file() and (out / "tokenizer.json").is_file():
+        return out
+    tmp = Path(tempfile.mkdtemp(dir=CACHE, prefix=f".{NAME}-onnx-"))
+    try:
+        export_onnx(minilm_cross_encoder(), tmp)
+        if out.exists():
+            shutil.rmtree(tmp)
+        else:
+            os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
