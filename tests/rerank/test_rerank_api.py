@@ -232,3 +232,25 @@ async def test_long_document_scored_by_its_best_window(
     assert cut.json()["results"][0]["index"] != len(docs) - 1
     # usage counts every window's tokens: more than the cut request's
     assert windowed.json()["usage"]["total_tokens"] > cut.json()["usage"]["total_tokens"]
+
+
+async def test_readme_examples_run(client: httpx.AsyncClient, cross_encoder_dir: Path) -> None:
+    import json
+    import re
+
+    import yaml
+
+    from embedhost.config import load_settings
+    from tests.support import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Rerank\n", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    config = yaml.safe_load(block.replace("/models/ms-marco-MiniLM-L-6-v2", str(cross_encoder_dir)))
+    settings = load_settings(None, config)
+    assert [m.task for m in settings.models] == [None, "rerank"]
+    calls = re.findall(r"curl -s localhost:8008(\S+) .*?-d '(\{.*?\})'", section)
+    assert len(calls) == 5
+    for path, body in calls:
+        r = await client.post(path, json=json.loads(body.replace('"reranker"', '"ce"')))
+        assert r.status_code == 200, (path, r.text)
