@@ -95,6 +95,7 @@ _BUILTIN = (
     ),
     EngineRow(
         name=LLAMA_CPP,
+        tasks=(EMBED, RERANK),
         target="embedhost.engines.llama_cpp:LlamaCppEngine",
         path=PathKind.FILE,
         file_suffix=".gguf",

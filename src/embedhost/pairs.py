@@ -23,8 +23,10 @@ from typing import Literal
 
 from embedhost import catalog
 from embedhost.config import ModelConfig
+from embedhost.engines.gguf import GGUFModel
+from embedhost.engines.gguf_rerank import gguf_pair_template
 from embedhost.engines.rerank import PairTemplate, pair_template
-from embedhost.errors import ConfigError, InputTooLong, InvalidRequest
+from embedhost.errors import InputTooLong, InvalidRequest
 from embedhost.tokenization import Tokenizer, check_texts
 
 Mode = Literal["window", "right", "left", "refuse"]
@@ -60,7 +62,11 @@ def load_template(config: ModelConfig) -> PairTemplate:
         file = Path(str(tok))
         return pair_template(file / "tokenizer.json" if file.is_dir() else file)
     if catalog.row(config.engine).tokenizer is catalog.TokenizerKind.GGUF:
-        raise ConfigError(f"model {config.ref}: reranking a GGUF is not supported yet")
+        model = GGUFModel(path, vocab_only=True)
+        try:
+            return gguf_pair_template(model)
+        finally:
+            model.free()
     return pair_template(path / "tokenizer.json")
 
 
