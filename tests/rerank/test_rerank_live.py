@@ -160,3 +160,19 @@ def test_hot_swap_of_the_reranker_under_load(server: LiveServer, cross_encoder_d
     assert tags == {"ce@1", "ce@2"}
     after = {v[0] for sent, _, v in results if sent > promoted}
     assert after == {"ce@2"}
+
+
+def test_loadtest_rerank_mode(server: LiveServer) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from embedhost.cli import cli
+
+    args = ["loadtest", "--url", server.url, "--model", "ce", "--rerank"]
+    args += ["--requests", "6", "--texts-per-request", "20", "--corpus", "passages", "--json"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    run = json.loads(result.stdout)["runs"][0]
+    assert run["url"] == f"{server.url}/v1/rerank"
+    assert run["results"]["ok"] == 6 and not run["results"]["errors"]
