@@ -176,3 +176,38 @@ def test_loadtest_rerank_mode(server: LiveServer) -> None:
     run = json.loads(result.stdout)["runs"][0]
     assert run["url"] == f"{server.url}/v1/rerank"
     assert run["results"]["ok"] == 6 and not run["results"]["errors"]
+
+
+def test_console_rerank_playground(server: LiveServer) -> None:
+    """The console's rerank playground in Debian's chromium (headless): its scores are the
+    API's, best first; no script error or CSP violation."""
+    from playwright.sync_api import sync_playwright
+
+    problems: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda exc: problems.append(str(exc)))
+            page.goto(server.url + "/", wait_until="domcontentloaded")
+            page.wait_for_selector("#rerank-playground:not([hidden])", timeout=30_000)
+            page.select_option("#rerank-model", "ce")
+            page.click("#rerank")
+            page.wait_for_selector("#rerank-results:not([hidden])", timeout=30_000)
+            shown = page.eval_on_selector_all(
+                "#rerank-results td.score", "els => els.map(e => [+e.dataset.i, +e.textContent])"
+            )
+            docs = page.input_value("#rerank-docs").split("\n")
+            query = page.input_value("#rerank-query")
+        finally:
+            browser.close()
+    api = httpx.post(
+        f"{server.url}/v1/rerank",
+        json={"model": "ce", "query": query, "documents": docs},
+        timeout=60,
+    ).json()["results"]
+    assert [i for i, _ in shown] == [r["index"] for r in api]
+    for (_, score), r in zip(shown, api, strict=True):
+        assert abs(score - r["relevance_score"]) < 1e-4
+    assert not problems, problems
