@@ -33,8 +33,17 @@ def expected(cross_encoder_dir: Path) -> Any:
     return ce.predict([(QUERY, d) for d in DOCS], activation_fn=torch.nn.Identity())
 
 
-def _score(engine_name: str, path: Path, dtype: str = "float32") -> np.ndarray:
-    config = ModelConfig(name="ce", engine=engine_name, path=str(path), dtype=dtype, warmup=False)
+def _score(
+    engine_name: str, path: Path, dtype: str = "float32", options: dict[str, Any] | None = None
+) -> np.ndarray:
+    config = ModelConfig(
+        name="ce",
+        engine=engine_name,
+        path=str(path),
+        dtype=dtype,
+        warmup=False,
+        engine_options=options or {},
+    )
     engine = create_engine(config)
     info = engine.load()
     try:
@@ -53,8 +62,9 @@ def _score(engine_name: str, path: Path, dtype: str = "float32") -> np.ndarray:
     return np.asarray(out)[:, 0]
 
 
-def test_transformers_float32(cross_encoder_dir: Path, expected: Any) -> None:
-    got = _score("transformers", cross_encoder_dir)
+@pytest.mark.parametrize("packing", [True, False], ids=["packed", "padded"])
+def test_transformers_float32(cross_encoder_dir: Path, expected: Any, packing: bool) -> None:
+    got = _score("transformers", cross_encoder_dir, options={"packing": packing})
     np.testing.assert_allclose(got, expected, atol=1e-4)
     assert list(np.argsort(-got)) == list(np.argsort(-expected))
 

@@ -102,7 +102,8 @@ class TransformersEngine:
         if resolve_task(cfg, hf_task(path)) == RERANK:
             # A cross-encoder: scores of pairs (engines/transformers_rerank.py).
             self._scorer = Scorer(cfg, torch)
-            return self._scorer.load(path, hf_conf, dtype, dtype_name)
+            packs = _packing_supported(hf_conf) if packing == "auto" else bool(packing)
+            return self._scorer.load(path, hf_conf, dtype, dtype_name, packs)
         model = AutoModel.from_pretrained(path, dtype=dtype, **options)
         self._model = model.to(cfg.device).eval()
         self._pooling = cfg.pooling if cfg.pooling != "auto" else st.get("pooling", "mean")

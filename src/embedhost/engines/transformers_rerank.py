@@ -5,6 +5,10 @@ scored pair by pair, as sentence-transformers' ``CrossEncoder`` scores it.
 arrive as token ids (see ``engines/rerank.py``); the token type ids are derived from the
 tokenizer's pair layout, and the answer is the classifier's raw logits in float32, one row
 per pair (the API process applies the sigmoid, as ``CrossEncoder.predict`` does).
+
+BERT-class cross-encoders run packed, as the embedding path does (``engines/packing.py``):
+pairs share rows with a block-diagonal mask, per-pair positions and token types, and the
+pooler and classifier read each pair's [CLS] state; other architectures run padded.
 """
 
 from __future__ import annotations
@@ -16,11 +20,19 @@ import numpy as np
 
 from embedhost.config import ModelConfig
 from embedhost.engines.base import EngineInfo, Vectors, pad_batch
-from embedhost.engines.rerank import POOLING, RERANK, PairTemplate, pair_template, token_types
+from embedhost.engines.packing import chunks, pack
+from embedhost.engines.rerank import (
+    POOLING,
+    RERANK,
+    PairTemplate,
+    pair_template,
+    second_segment_starts,
+    token_types,
+)
 
 
 class Scorer:
-    """One loaded cross-encoder (padded batches; the batcher sorts pairs by length)."""
+    """One loaded cross-encoder."""
 
     def __init__(self, config: ModelConfig, torch: Any) -> None:
         self.config = config
@@ -28,8 +40,14 @@ class Scorer:
         self._model: Any = None
         self._type_vocab = 1
         self._template: PairTemplate | None = None
+        self._packing = False
+        self._dtype: Any = None
+        self._max_width = 512
+        self._hidden = 0
 
-    def load(self, path: Path, hf_conf: Any, dtype: Any, dtype_name: str) -> EngineInfo:
+    def load(
+        self, path: Path, hf_conf: Any, dtype: Any, dtype_name: str, packing: bool = False
+    ) -> EngineInfo:
         from transformers import AutoModelForSequenceClassification
 
         cfg = self.config
@@ -45,6 +63,11 @@ class Scorer:
         model_max = int(getattr(hf_conf, "max_position_embeddings", 512))
         max_tokens = min(cfg.max_input_tokens or model_max, model_max)
         labels = int(getattr(hf_conf, "num_labels", 1))
+        # Packed needs the BERT layout: an encoder whose pooler + classifier read [CLS].
+        self._packing = packing and hasattr(model, "bert") and hasattr(model, "classifier")
+        self._dtype = dtype
+        self._max_width = max_tokens
+        self._hidden = int(hf_conf.hidden_size)
         return EngineInfo(
             engine="transformers",
             dims=labels,
@@ -53,16 +76,53 @@ class Scorer:
             normalize=False,
             dtype=dtype_name,
             device=cfg.device,
-            packs=False,
+            packs=self._packing,
             task=RERANK,
             details={
                 "architecture": (getattr(hf_conf, "architectures", None) or ["?"])[0],
                 "torch_threads": self._torch.get_num_threads(),
                 "labels": labels,
+                "packing": self._packing,
             },
         )
 
     def score(self, batch: list[list[int]]) -> Vectors:
+        if self._packing:
+            parts = chunks([len(s) for s in batch])
+            return np.concatenate([self._packed(batch[r.start : r.stop]) for r in parts])
+        return self._padded(batch)
+
+    def _packed(self, batch: list[list[int]]) -> Vectors:
+        torch = self._torch
+        assert self._template is not None
+        p = pack(batch, self._max_width, self._hidden)
+        types = np.zeros_like(p.ids)
+        if self._type_vocab > 1 and self._template.second_type:
+            second = np.asarray(second_segment_starts(batch, self._template), dtype=np.int64)
+            owner = np.maximum(p.segments, 0)
+            in_second = (p.segments >= 0) & (p.positions >= second[owner])
+            types[in_second] = self._template.second_type
+        device = self.config.device
+        bert = self._model.bert
+        with torch.inference_mode():
+            seg = torch.from_numpy(p.segments)
+            same = seg[:, :, None] == seg[:, None, :]  # block-diagonal, as engines/packing.py
+            mask = torch.zeros(same.shape, dtype=self._dtype)
+            mask.masked_fill_(~same, torch.finfo(self._dtype).min)
+            hidden = bert(
+                input_ids=torch.from_numpy(p.ids).to(device),
+                position_ids=torch.from_numpy(p.positions).to(device),
+                token_type_ids=torch.from_numpy(types).to(device),
+                attention_mask=mask[:, None].to(device),
+            ).last_hidden_state
+            cls = hidden.reshape(-1, hidden.shape[-1])[torch.from_numpy(p.starts).to(device)]
+            pooler = bert.pooler
+            pooled = pooler.activation(pooler.dense(cls)) if pooler is not None else cls
+            logits = self._model.classifier(pooled)
+            out: Vectors = logits.float().cpu().numpy().astype(np.float32, copy=False)
+        return out
+
+    def _padded(self, batch: list[list[int]]) -> Vectors:
         torch = self._torch
         assert self._template is not None
         ids, mask = pad_batch(batch)
