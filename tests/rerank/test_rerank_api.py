@@ -254,3 +254,15 @@ async def test_readme_examples_run(client: httpx.AsyncClient, cross_encoder_dir:
     for path, body in calls:
         r = await client.post(path, json=json.loads(body.replace('"reranker"', '"ce"')))
         assert r.status_code == 200, (path, r.text)
+
+
+async def test_metrics_count_scored_documents_by_task(client: httpx.AsyncClient) -> None:
+    r = await client.post("/rerank", json={"model": "ce", "query": "q", "texts": ["a", "b", "c"]})
+    assert r.status_code == 200
+    text = (await client.get("/metrics")).text
+    line = next(
+        ln
+        for ln in text.splitlines()
+        if ln.startswith("embedhost_scored_documents_total{") and 'model="ce"' in ln
+    )
+    assert 'task="rerank"' in line and float(line.rsplit(" ", 1)[1]) >= 3

@@ -24,6 +24,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from embedhost.api.context import context_of
 from embedhost.api.deps import EmbedAdmission, ScoringDep
 from embedhost.api.observability import note_inputs
 from embedhost.errors import InvalidRequest
@@ -36,7 +37,7 @@ from embedhost.protocol_rerank import (
     TEIRank,
     TEIRerankRequest,
 )
-from embedhost.scoring import Fields, ScoreOptions, ScoreResult
+from embedhost.scoring import Fields, ScoreOptions, ScoreResult, ScoringService
 from embedhost.security.admission import Admission
 
 router = APIRouter(tags=["rerank"])
@@ -57,7 +58,12 @@ def _key(admission: Admission) -> str:
     return f"key:{admission.key_id}" if admission.key_id else f"addr:{admission.address}"
 
 
-def _json(body: Any, result: ScoreResult) -> Response:
+def _json(body: Any, result: ScoreResult, request: Request) -> Response:
+    metrics = context_of(request).metrics
+    if metrics is not None:
+        task = ScoringService.task_of(result.model)
+        metrics.scored_documents.labels(result.model.name, task).inc(len(result.scores))
+        metrics.scored_tokens.labels(result.model.name, task).inc(result.tokens)
     return Response(
         orjson.dumps(body),
         media_type="application/json",
@@ -134,7 +140,7 @@ async def _cohere_jina(
             "tokens": {"input_tokens": result.tokens},
         },
     }
-    return _json(payload, result)
+    return _json(payload, result, request)
 
 
 @router.post(
@@ -191,7 +197,7 @@ async def rerank_tei(
         if body.return_text:
             item["text"] = body.texts[i]
         ranks.append(item)
-    return _json(ranks, result)
+    return _json(ranks, result, request)
 
 
 def _texts(value: str | list[str] | None) -> list[str] | None:
@@ -244,4 +250,4 @@ async def score(
         ],
         "usage": {"prompt_tokens": result.tokens, "total_tokens": result.tokens},
     }
-    return _json(payload, result)
+    return _json(payload, result, request)
