@@ -217,10 +217,11 @@ class ScoringService:
         info = replica.info
         assert info is not None
         mode = _mode(handle, options)
-        template = self._template(handle)
         chars = sum(map(len, queries)) + sum(map(len, documents))
 
         def prepare() -> Pairs:
+            # The layout is read once per version (a file read: in the thread when large).
+            template = self._template(handle)
             tok = handle.tokenizer
             q_ids = content_ids(tok, queries, fields.query)
             d_ids = content_ids(tok, documents, fields.documents)
