@@ -40,7 +40,9 @@ class TokenizerKind(StrEnum):
 
 
 EMBED = "embed"
-"""The one task every engine runs today."""
+"""Vectors: the task every engine runs."""
+RERANK = "rerank"
+"""Scores of query-document pairs (a cross-encoder); see ``embedhost.scoring``."""
 
 PLUGIN_PREFIX = "plugin:"
 
@@ -86,12 +88,14 @@ DEFAULT_ENGINE = TRANSFORMERS
 _BUILTIN = (
     EngineRow(
         name=TRANSFORMERS,
+        tasks=(EMBED, RERANK),
         target="embedhost.engines.transformers:TransformersEngine",
         path=PathKind.DIRECTORY,
         packs=True,  # BERT-class models, engine_options.packing: auto
     ),
     EngineRow(
         name=LLAMA_CPP,
+        tasks=(EMBED, RERANK),
         target="embedhost.engines.llama_cpp:LlamaCppEngine",
         path=PathKind.FILE,
         file_suffix=".gguf",
@@ -102,6 +106,7 @@ _BUILTIN = (
     ),
     EngineRow(
         name=ONNX,
+        tasks=(EMBED, RERANK),
         target="embedhost.engines.onnx:OnnxEngine",
         path=PathKind.DIRECTORY,
         extra="onnx",

@@ -266,6 +266,29 @@ class ModelConfig(_Strict):
             "limits.max_request_tokens and token budgets still count the whole request."
         ),
     )
+    # Rerank (issue 21): see embedhost.scoring and engines/rerank.py.
+    task: Literal["embed", "rerank"] | None = Field(
+        default=None,
+        description=(
+            "embed (vectors) or rerank (a cross-encoder scoring query-document pairs). "
+            "Default: read from the model (a *ForSequenceClassification architecture, a "
+            "GGUF with a classifier head, an ONNX export of a cross-encoder)."
+        ),
+    )
+    rerank_windows: bool = Field(
+        default=True,
+        description=(
+            "rerank: a document longer than the model's window is scored as the best of "
+            "overlapping windows. false: follow truncation (cut right/left, or refuse)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _task_supported(self) -> ModelConfig:
+        tasks = catalog.row(self.engine).tasks
+        if self.task is not None and self.task not in tasks:
+            raise ValueError(f"engine {self.engine} runs {', '.join(tasks)}, not task {self.task}")
+        return self
 
     @field_validator("engine")
     @classmethod
@@ -395,6 +418,9 @@ class RequestLimitsConfig(_Strict):
     max_request_tokens: int = Field(default=500_000, ge=1)
     max_chunks_per_input: int = Field(
         default=64, ge=1, description="Windows one input may take when chunked; beyond: 413."
+    )
+    max_documents: int = Field(
+        default=1000, ge=1, le=100_000, description="Documents in one rerank or score request."
     )
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_json_depth: int = Field(

@@ -18,6 +18,7 @@ from embedhost.calibration import Calibrations
 from embedhost.config import Settings
 from embedhost.metrics import Metrics
 from embedhost.models.registry import ModelRegistry
+from embedhost.scoring import ScoringService
 from embedhost.service import EmbeddingService
 from embedhost.tracing import Tracing
 
@@ -32,6 +33,8 @@ class Core:
     tracing: Tracing | None
     calibrations: Calibrations
     """int8/uint8 ranges per version (embedhost.calibration)."""
+    scoring: ScoringService
+    """Rerank and score (issue 21), on the embedding service's parts."""
 
     @classmethod
     def build(cls, settings: Settings, metrics: Metrics | None = None) -> Core:
@@ -42,7 +45,16 @@ class Core:
         registry = ModelRegistry(settings, metrics)
         service = EmbeddingService(registry, settings.limits, tracing=tracing, cache=cache)
         calibrations = Calibrations(service, settings.quantization)
-        return cls(settings, registry, service, cache, metrics, tracing, calibrations)
+        return cls(
+            settings,
+            registry,
+            service,
+            cache,
+            metrics,
+            tracing,
+            calibrations,
+            ScoringService(service),
+        )
 
     def start(self) -> None:
         """Start every configured model in the background (the registry tells when they

@@ -324,6 +324,20 @@ class Metrics:
             ["model", "key_id"],
             registry=r,
         )
+        # Rerank and score (issue 21), by the model's task (rerank, or embed for /score's
+        # cosines): documents scored and the tokens of every pair and window scored.
+        self.scored_documents = Counter(
+            "embedhost_scored_documents",
+            "Documents scored by the rerank and score routes",
+            ["model", "task"],
+            registry=r,
+        )
+        self.scored_tokens = Counter(
+            "embedhost_scored_tokens",
+            "Tokens scored by the rerank and score routes (every window counted)",
+            ["model", "task"],
+            registry=r,
+        )
         self.errors = Counter(
             "embedhost_errors",
             "Error responses, by error code (queue_full, engine_error, worker_timeout, ...)",

@@ -176,6 +176,10 @@ class ModelCard(BaseModel):
     default_prompt: str | None = Field(
         default=None, description="Extension: the prompt applied when a request names none."
     )
+    task: str | None = Field(
+        default=None,
+        description="Extension: embed or rerank (known once the model has loaded).",
+    )
 
 
 class ModelList(BaseModel):

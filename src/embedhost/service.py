@@ -254,6 +254,12 @@ class EmbeddingService:
         replica = handle.pick()
         info = replica.info
         assert info is not None
+        if info.task != "embed":
+            raise InvalidRequest(
+                f"model {handle.name!r} is a reranker (task {info.task}), not an embedding "
+                "model; use /v1/rerank, /v2/rerank, /rerank or /score",
+                param="model",
+            )
         if dimensions is not None and dimensions > info.dims:
             raise InvalidRequest(
                 f"dimensions={dimensions} is larger than this model's {info.dims}",

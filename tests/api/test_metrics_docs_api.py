@@ -58,7 +58,12 @@ def served(text: str) -> tuple[dict[str, str], dict[str, set[frozenset[str]]], d
     return types, labelsets, values
 
 
-_SERIES_ON_FIRST_EVENT = {"embedhost_cache_errors_total"}
+_SERIES_ON_FIRST_EVENT = {
+    "embedhost_cache_errors_total",
+    # rerank/score traffic (tests/rerank/test_rerank_api.py checks their series)
+    "embedhost_scored_documents_total",
+    "embedhost_scored_tokens_total",
+}
 
 
 async def test_readme_metrics_match_what_metrics_serves() -> None:

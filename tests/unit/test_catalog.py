@@ -24,7 +24,7 @@ def test_builtin_rows() -> None:
         "gguf",
         ".gguf file",
     )
-    assert gguf.quantized_names and gguf.packs and gguf.tasks == ("embed",)
+    assert gguf.quantized_names and gguf.packs and gguf.tasks == ("embed", "rerank")
     assert catalog.row("onnx").extra == "onnx" and not catalog.row("onnx").packs
     assert catalog.row(catalog.DEFAULT_ENGINE).path_noun == "directory"
 

@@ -36,6 +36,7 @@ from embedhost.api.observability import TIMING_HEADERS, ObservabilityMiddleware
 from embedhost.api.overload import ConcurrencyLimit, RefusalPacer
 from embedhost.api.routes import admin, batches, cohere_embed, embeddings, ops
 from embedhost.api.routes import metrics as metrics_routes
+from embedhost.api.routes import rerank as rerank_routes
 from embedhost.api.routes import tokenize as tokenize_routes
 from embedhost.config import Settings
 from embedhost.core import Core
@@ -117,6 +118,7 @@ def create_app(
     app.include_router(embeddings.router)
     app.include_router(tokenize_routes.router)
     app.include_router(cohere_embed.router)
+    app.include_router(rerank_routes.router)
     if metrics is not None:
         metrics.add_state(lambda: _snapshot(context))
         # auth.metrics_open lets it through without the scope (Security.admit decides).

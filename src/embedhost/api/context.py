@@ -27,6 +27,7 @@ from embedhost.errors import ModelNotReady
 from embedhost.jobs.runner import Jobs
 from embedhost.metrics import Metrics
 from embedhost.models.registry import ModelRegistry
+from embedhost.scoring import ScoringService
 from embedhost.security.admission import Security
 from embedhost.service import EmbeddingService
 from embedhost.tracing import Tracing
@@ -67,6 +68,10 @@ class AppContext:
     @property
     def service(self) -> EmbeddingService:
         return self.running.service
+
+    @property
+    def scoring(self) -> ScoringService:
+        return self.running.scoring
 
     @property
     def cache(self) -> EmbeddingCache:

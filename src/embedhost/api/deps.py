@@ -16,6 +16,7 @@ from embedhost.calibration import Calibrations
 from embedhost.config import SCOPES, Scope, Settings
 from embedhost.metrics import Metrics
 from embedhost.models.registry import ModelRegistry
+from embedhost.scoring import ScoringService
 from embedhost.security.admission import Admission
 from embedhost.security.admission import Security as SecurityLayer
 from embedhost.service import EmbeddingService
@@ -61,6 +62,13 @@ async def get_calibrations(request: Request) -> Calibrations:
 
 
 CalibrationsDep = Annotated[Calibrations, Depends(get_calibrations)]
+
+
+async def get_scoring(request: Request) -> ScoringService:
+    return context_of(request).scoring
+
+
+ScoringDep = Annotated[ScoringService, Depends(get_scoring)]
 
 
 # Declared for the OpenAPI schema (so /docs and generated clients know how to send a key);

@@ -41,6 +41,9 @@ class EngineInfo:
     """:meth:`Engine.token_states` answers (late chunking)."""
     details: dict[str, Any] = field(default_factory=dict)
     """Descriptive facts shown on ``/info``; nothing decides by them."""
+    task: str = "embed"
+    """``embed`` (vectors of ``dims``) or ``rerank`` (``dims`` raw scores per pair: one per
+    label of the model's classifier; see ``engines/rerank.py``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -28,6 +28,8 @@ import numpy as np
 from embedhost.config import ModelConfig
 from embedhost.engines.base import EngineInfo, Vectors, check_options
 from embedhost.engines.gguf import GGUFModel, library
+from embedhost.engines.gguf_rerank import RANK_POOLING, gguf_task
+from embedhost.engines.rerank import EMBED, POOLING, RERANK, resolve_task
 from embedhost.errors import ConfigError
 from embedhost.modelfiles import quantization_mismatches, quantization_of
 
@@ -120,7 +122,12 @@ class LlamaCppEngine:
             pooling = _LLAMA_TO_POOLING.get(file_pooling or -1, "last" if causal else "mean")
         else:
             pooling = cfg.pooling
-        if pooling in ("none", "rank"):
+        rerank = resolve_task(cfg, gguf_task(model, path)) == RERANK
+        if rerank:
+            # Rank pooling: n_cls_out scores per sequence (engines/gguf_rerank.py).
+            pooling = "rank"
+            self._dims = int(llama.llama_model_n_cls_out(model.ptr))
+        elif pooling in ("none", "rank"):
             raise ConfigError(
                 f"{path.name} has pooling {pooling!r}, not an embedding pooling; "
                 "set pooling: mean, cls or last"
@@ -161,9 +168,15 @@ class LlamaCppEngine:
         cparams.n_threads_batch = int(opts.get("n_threads_batch", threads))
         # Every sequence of a decode shares one KV cache (instead of n_ctx / n_seq_max each).
         cparams.kv_unified = True
-        cparams.pooling_type = 0 if self._pool_max else _POOLING_TO_LLAMA[pooling]
+        cparams.pooling_type = (
+            RANK_POOLING if rerank else 0 if self._pool_max else _POOLING_TO_LLAMA[pooling]
+        )
         if "flash_attn" in opts:
             cparams.flash_attn_type = 1 if opts["flash_attn"] else 0
+        elif rerank:
+            # CPU flash attention runs in f16: a pair's score then moves with its batch
+            # neighbours (7e-4 on the test fixture); off, within 1e-4 of llama-server's.
+            cparams.flash_attn_type = 0
         ctx = llama.llama_init_from_model(model.ptr, cparams)
         if not ctx:
             raise RuntimeError(f"{path.name}: llama.cpp could not create a context (n_ctx={n_ctx})")
@@ -210,8 +223,9 @@ class LlamaCppEngine:
             engine="llama_cpp",
             dims=self._dims,
             max_tokens=max_tokens,
-            pooling=pooling,
-            normalize=True if cfg.normalize is None else cfg.normalize,
+            pooling=POOLING if rerank else pooling,
+            task=RERANK if rerank else EMBED,
+            normalize=not rerank if cfg.normalize is None else cfg.normalize,
             dtype=dtype,
             device=cfg.device,
             packs=True,  # sequences share a decode without padding

@@ -29,6 +29,17 @@ from embedhost.engines.base import (
     pad_batch,
     read_st_config,
 )
+from embedhost.engines.onnx_rerank import OUTPUT as ONNX_LOGITS
+from embedhost.engines.rerank import (
+    EMBED,
+    POOLING,
+    RERANK,
+    PairTemplate,
+    hf_task,
+    pair_template,
+    resolve_task,
+    token_types,
+)
 from embedhost.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -102,6 +113,9 @@ class OnnxEngine:
         self._output = ""
         self._pooling = "mean"
         self._pooled_graph = False
+        self._pairs: PairTemplate | None = None
+        """A reranker's pair layout (its token types); None for an embedding model."""
+        self._type_vocab = 1
 
     def load(self) -> EngineInfo:
         cfg = self.config
@@ -149,16 +163,28 @@ class OnnxEngine:
 
         st = read_st_config(path)
         hf = _read_json(path / "config.json")
+        detected = RERANK if hf_task(path) == RERANK and self._output == ONNX_LOGITS else EMBED
+        if resolve_task(cfg, detected) == RERANK:
+            # A cross-encoder's export: logits of pairs (engines/onnx_rerank.py).
+            self._pairs = pair_template(path / "tokenizer.json")
+            self._type_vocab = int(hf.get("type_vocab_size", 1) or 1)
+        self._pooled_graph = self._pooled_graph or self._pairs is not None
         self._pooling = cfg.pooling if cfg.pooling != "auto" else st.get("pooling", "mean")
         normalize = cfg.normalize if cfg.normalize is not None else bool(st.get("normalize", False))
         model_max = int(hf.get("max_position_embeddings", 512))
         max_tokens = min(cfg.max_input_tokens or st.get("max_tokens", model_max), model_max)
-        dims = int(hf.get("hidden_size") or self.embed([[1, 1]]).shape[1])
+        dims = int(
+            self.embed([[1, 1]]).shape[1]
+            if self._pairs is not None or not hf.get("hidden_size")
+            else hf["hidden_size"]
+        )
+        rerank = self._pairs is not None
         return EngineInfo(
             engine="onnx",
             dims=dims,
             max_tokens=max_tokens,
-            pooling="graph" if self._pooled_graph else self._pooling,
+            task=RERANK if rerank else EMBED,
+            pooling=POOLING if rerank else "graph" if self._pooled_graph else self._pooling,
             normalize=normalize,
             dtype=_TYPE_NAMES.get(out.type, out.type),
             device=cfg.device,
@@ -177,7 +203,7 @@ class OnnxEngine:
 
     def embed(self, batch: list[list[int]]) -> Vectors:
         ids, mask = pad_batch(batch)
-        (out,) = self._session.run([self._output], self._feeds(ids, mask))
+        (out,) = self._session.run([self._output], self._feeds(ids, mask, batch))
         pooled = (
             out
             if self._pooled_graph
@@ -190,10 +216,12 @@ class OnnxEngine:
         if self._pooled_graph:
             raise RuntimeError("this ONNX graph returns pooled vectors, not token states")
         t_ids, mask = pad_batch([ids])
-        (out,) = self._session.run([self._output], self._feeds(t_ids, mask))
+        (out,) = self._session.run([self._output], self._feeds(t_ids, mask, [ids]))
         return np.ascontiguousarray(out[0], dtype=np.float32)
 
-    def _feeds(self, ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+    def _feeds(
+        self, ids: np.ndarray, mask: np.ndarray, batch: list[list[int]]
+    ) -> dict[str, np.ndarray]:
         n, width = ids.shape
         feeds: dict[str, np.ndarray] = {}
         for name, meta in self._inputs.items():
@@ -202,6 +230,9 @@ class OnnxEngine:
                 feeds[name] = ids.astype(kind, copy=False)
             elif name == "attention_mask":
                 feeds[name] = mask.astype(kind, copy=False)
+            elif name == "token_type_ids" and self._pairs is not None:
+                types = token_types(batch, width, self._pairs, self._type_vocab)
+                feeds[name] = types.astype(kind, copy=False)
             elif name == "token_type_ids":
                 feeds[name] = np.zeros_like(ids, dtype=kind)
             elif name == "position_ids":

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from embedhost.engines.base import MissingExtra
+from embedhost.engines.onnx_rerank import export_classifier
+from embedhost.engines.rerank import RERANK, hf_task
 from embedhost.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,12 @@ def export_onnx(hf_dir: Path, out_dir: Path, *, optimize: bool = False, opset: i
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / "model.onnx"
     hf_conf = AutoConfig.from_pretrained(hf_dir)
+    if hf_task(hf_dir) == RERANK:  # a cross-encoder: its logits (engines/onnx_rerank.py)
+        export_classifier(hf_dir, target, opset)
+        if optimize:
+            _optimize(target, str(getattr(hf_conf, "model_type", "")))
+        _copy_support_files(hf_dir, out_dir)
+        return target
     model = AutoModel.from_pretrained(hf_dir, dtype=torch.float32).eval()
 
     class TokenStates(torch.nn.Module):

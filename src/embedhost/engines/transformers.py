@@ -18,6 +18,8 @@ import numpy as np
 from embedhost.config import ModelConfig
 from embedhost.engines.base import EngineInfo, Vectors, pad_batch, read_st_config
 from embedhost.engines.packing import chunks, pack
+from embedhost.engines.rerank import RERANK, hf_task, resolve_task
+from embedhost.engines.transformers_rerank import Scorer
 from embedhost.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,7 @@ class TransformersEngine:
         self._max_width = 512
         self._hidden = 0
         self._dtype: Any = None
+        self._scorer: Scorer | None = None
 
     def load(self) -> EngineInfo:
         import torch
@@ -96,6 +99,11 @@ class TransformersEngine:
             raise ConfigError(
                 f"engine_options.packing must be true, false or auto, not {packing!r}"
             )
+        if resolve_task(cfg, hf_task(path)) == RERANK:
+            # A cross-encoder: scores of pairs (engines/transformers_rerank.py).
+            self._scorer = Scorer(cfg, torch)
+            packs = _packing_supported(hf_conf) if packing == "auto" else bool(packing)
+            return self._scorer.load(path, hf_conf, dtype, dtype_name, packs)
         model = AutoModel.from_pretrained(path, dtype=dtype, **options)
         self._model = model.to(cfg.device).eval()
         self._pooling = cfg.pooling if cfg.pooling != "auto" else st.get("pooling", "mean")
@@ -125,6 +133,8 @@ class TransformersEngine:
         )
 
     def embed(self, batch: list[list[int]]) -> Vectors:
+        if self._scorer is not None:
+            return self._scorer.score(batch)
         if self._packing:
             return self._embed_packed(batch)
         torch = self._torch
@@ -208,3 +218,5 @@ class TransformersEngine:
 
     def close(self) -> None:
         self._model = None
+        if self._scorer is not None:
+            self._scorer.close()

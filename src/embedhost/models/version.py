@@ -224,6 +224,7 @@ class ModelVersion:
             "path": self.config.path,
             "status": state.value,
             "reason": self.reason if state is not VersionState.READY else None,
+            "task": info.task if info else self.config.task,
             "dimensions": info.dims if info else None,
             "max_input_tokens": self.max_tokens if info else self.config.max_input_tokens,
             "truncation": self.config.truncation,

@@ -131,6 +131,7 @@ async def list_models(admission: EmbedAdmission, registry: RegistryDep) -> Model
             version=h.version,
             prompts=h.prompts.texts,
             default_prompt=h.prompts.default,
+            task=h.info.task if h.info else h.config.task,
         )
         for h in registry.handles.values()
         if admission.may_use(h.name)
@@ -142,6 +143,7 @@ async def list_models(admission: EmbedAdmission, registry: RegistryDep) -> Model
             version=h.version,
             prompts=h.prompts.texts,
             default_prompt=h.prompts.default,
+            task=h.info.task if h.info else h.config.task,
         )
         for g in registry.groups.values()
         for h in g.versions.values()

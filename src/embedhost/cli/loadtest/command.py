@@ -115,6 +115,14 @@ def loadtest(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the report as JSON (no live display).")
     ] = False,
+    rerank: Annotated[
+        bool,
+        typer.Option(
+            "--rerank",
+            help="Rerank mode: a query and --texts-per-request documents per request, to "
+            "/v1/rerank (texts/s are then pairs/s).",
+        ),
+    ] = False,
 ) -> None:
     """Load-test an OpenAI-compatible embeddings endpoint (embedhost or any other)."""
     from rich.console import Console
@@ -137,9 +145,9 @@ def loadtest(
         texts = read_corpus(corpus)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    targets = [(url if compare else "server", Target(url, model, api_key))]
+    targets = [(url if compare else "server", Target(url, model, api_key, rerank))]
     if compare:
-        second = Target(compare, compare_model or model, compare_api_key or api_key)
+        second = Target(compare, compare_model or model, compare_api_key or api_key, rerank)
         if compare == url:
             targets = [(f"{url} (A)", targets[0][1]), (f"{url} (B)", second)]
         else:

@@ -33,11 +33,19 @@ class Target:
     url: str
     model: str | None = None
     api_key: str | None = None
+    rerank: bool = False
+    """Rerank mode: each request is a query and ``texts_per_request`` documents, posted
+    to ``/v1/rerank`` (Jina's and Cohere v1's shape)."""
 
     @property
     def endpoint(self) -> str:
-        """The embeddings URL: a base URL gets ``/v1/embeddings``, a ``.../v1`` one ``/embeddings``."""
+        """The embeddings URL: a base URL gets ``/v1/embeddings``, a ``.../v1`` one ``/embeddings``
+        (in rerank mode ``/v1/rerank`` and ``/rerank``)."""
         url = self.url.rstrip("/")
+        if self.rerank:
+            if url.endswith("/rerank"):
+                return url
+            return url + ("/rerank" if url.endswith(("/v1", "/v2")) else "/v1/rerank")
         if url.endswith("/embeddings"):
             return url
         if url.endswith("/v1"):
@@ -95,6 +103,9 @@ def request_bodies(texts: list[str], target: Target, load: Load) -> list[bytes]:
     for i in range(n):
         batch = [texts[(i * k + j) % len(texts)] for j in range(k)]
         body: dict[str, Any] = {"input": batch}
+        if target.rerank:
+            # The query: a text of the corpus that is not among the documents.
+            body = {"query": texts[(i * k + k) % len(texts)], "documents": batch}
         if target.model:
             body["model"] = target.model
         if load.input_type:
