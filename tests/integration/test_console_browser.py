@@ -26,7 +26,8 @@ from tests.support.servers import LiveServer, start_server, stop_server
 from tests.support.wait import wait_until
 
 CHROMIUM = "/usr/bin/chromium"
-KEY, KEY_E = new_key_entry("console", ["embed"])
+# embed to use the playground; metrics to see the live figures (server-wide: issue 20)
+KEY, KEY_E = new_key_entry("console", ["embed", "metrics"])
 TEXTS = ["A man is eating food.", "A man is eating a piece of bread.", "The sky is blue today."]
 
 pytestmark = pytest.mark.slow

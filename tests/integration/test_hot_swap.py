@@ -48,6 +48,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
                 }
             ],
             "worker": {"restart_backoff_initial_s": 0.2},
+            # The admin API loads only under its roots (issue 20): the tests' own
+            # directories (corrupt, huge, missing models) are under the session's base.
+            "lifecycle": {"model_roots": [str(tmp_path_factory.getbasetemp())]},
         },
     )
     yield srv

@@ -22,8 +22,14 @@ from embedhost.api.context import context_of
 from embedhost.api.deps import EmbedAdmission
 from embedhost.errors import InvalidRequest, NotFound, PayloadTooLarge
 from embedhost.jobs.runner import Jobs
+from embedhost.protocol import ErrorResponse
 
-router = APIRouter(tags=["batches"])
+# Every route answers OpenAI's error body: a bad field (400), no key (401), another key's
+# or an unknown id (404), an upload over its limit (413), overload (429, 503).
+router = APIRouter(
+    tags=["batches"],
+    responses={code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 422, 429, 503)},
+)
 
 
 def _jobs(request: Request) -> Jobs:
