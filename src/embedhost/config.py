@@ -324,6 +324,10 @@ class ServerConfig(_Strict):
     port: int = Field(default=8008, ge=0, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["console", "json"] = "console"
+    log_stream: Literal["stderr", "stdout"] = Field(
+        default="stderr",
+        description="Where the API and worker processes log (the images set stdout).",
+    )
     access_log: bool = False
     root_path: str = ""
     # Longer than the idle expiry of clients' connection pools (httpx 5 s, aiohttp 15 s,

@@ -55,6 +55,7 @@ def setup_logging(
     stream: TextIO | None = None,
     process: str = "api",
     instance: str | None = None,
+    destination: str = "stderr",
 ) -> None:
     """Configure structlog and the stdlib root logger for this process.
 
@@ -63,7 +64,11 @@ def setup_logging(
     that the logs of several replicas gathered in one place name the replica of each line.
     """
     global _current
-    _current = {"level": level, "format": fmt}
+    _current = {"level": level, "format": fmt, "destination": destination}
+    if stream is None and destination == "stdout":
+        # server.log_stream: stdout, where container runtimes and twelve-factor
+        # collectors expect the log stream (the default stays stderr, beside CLI output).
+        stream = sys.stdout
     if instance:
         _current["instance"] = instance
     common: list[Processor] = [

@@ -74,6 +74,7 @@ def serve(
         settings.server.log_level,
         settings.server.log_format,
         instance=settings.server.resolved_instance_id,
+        destination=settings.server.log_stream,
     )
     if on_ray:
         from embedhost.rayserve import serve_forever

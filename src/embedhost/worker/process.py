@@ -87,6 +87,7 @@ def worker_main(
             log_config["format"],
             process="worker",
             instance=log_config.get("instance"),
+            destination=log_config.get("destination", "stderr"),
         )
     else:
         logging.basicConfig(
