@@ -430,6 +430,23 @@ class RequestLimitsConfig(_Strict):
     max_json_depth: int = Field(
         default=32, ge=4, le=1000, description="Nesting of arrays/objects in a JSON body."
     )
+    max_json_elements: int | None = Field(
+        default=None,
+        ge=1024,
+        description=(
+            "Array items and object members in one JSON body, counted on the raw bytes "
+            "before parsing (413 beyond). Default: max_request_tokens + "
+            "max_inputs_per_request + 4096, what the largest acceptable request holds."
+        ),
+    )
+
+    @property
+    def json_elements(self) -> int:
+        """``max_json_elements``, or its default."""
+        if self.max_json_elements is not None:
+            return self.max_json_elements
+        return self.max_request_tokens + self.max_inputs_per_request + 4096
+
     max_input_chars: int | None = Field(
         default=None,
         ge=1,

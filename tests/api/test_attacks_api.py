@@ -271,3 +271,28 @@ async def test_oversized_headers_are_refused() -> None:
     finally:
         server.should_exit = True
         await task
+
+
+async def test_a_body_of_millions_of_elements_is_refused_before_parsing() -> None:
+    # Parsing and validating 2.4 million token ids takes seconds of CPU (the validation on
+    # the event loop): the elements are counted on the raw bytes first. The limit's
+    # default is what the largest acceptable request holds.
+    settings = make_settings(
+        [fake_model("fake")], limits={"max_request_tokens": 2000, "max_inputs_per_request": 16}
+    )
+    async with app_client(settings) as (app, client):
+        limit = app.state.context.settings.limits.json_elements
+        assert limit == 2000 + 16 + 4096
+        headers = {"Content-Type": "application/json"}
+        ids = orjson.dumps({"input": [[7] * (limit + 10)]})
+        err = assert_error(
+            await client.post("/v1/embeddings", content=ids, headers=headers),
+            413,
+            "payload_too_large",
+        )
+        assert "max_json_elements" in err["message"]
+        # Commas inside strings are text, not elements: such a body is served.
+        text = orjson.dumps({"input": ["a," * (limit // 16 + 10)] * 16})
+        assert text.count(b",") > limit
+        r = await client.post("/v1/embeddings", content=text, headers=headers)
+        assert r.status_code == 200, r.text[:300]

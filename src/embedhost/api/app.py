@@ -179,6 +179,7 @@ def _middleware(
             BodyLimitMiddleware,
             max_bytes=settings.limits.max_body_bytes,
             max_depth=settings.limits.max_json_depth,
+            max_elements=settings.limits.json_elements,
             timeout_s=settings.server.timeout_body_read_s,
             uploads={"/v1/files": settings.jobs.max_file_bytes} if settings.jobs.enabled else None,
         ),

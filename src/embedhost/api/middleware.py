@@ -55,6 +55,21 @@ def json_too_deep(body: bytes, max_depth: int) -> bool:
     return False
 
 
+# A JSON string (skipped whole: commas inside it are text) or a comma.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
+def json_elements_over(body: bytes, limit: int) -> bool:
+    """Whether a JSON document holds more than about ``limit`` array items and object
+    members (its commas outside strings), on the raw bytes before parsing: parsing and
+    validating a body of millions of small elements (token ids) takes seconds of CPU
+    that no request needs. ``bytes.count`` settles most bodies; the strings are blanked
+    out (in C) only when the commas alone could be over."""
+    if body.count(b",") <= limit:
+        return False
+    return _JSON_STRING.sub(b'""', body).count(b",") > limit
+
+
 def not_utf8_json(body: bytes) -> bool:
     """Whether ``body`` is JSON in UTF-16 or UTF-32 (which ``json.loads`` would accept,
     and in which the depth scan, reading bytes, loses track of strings). Their ASCII
@@ -82,6 +97,12 @@ async def _too_deep(body: bytes, max_depth: int) -> bool:
     return await asyncio.to_thread(json_too_deep, body, max_depth)
 
 
+async def _too_many(body: bytes, limit: int) -> bool:
+    if len(body) <= _INLINE_SCAN_BYTES:
+        return json_elements_over(body, limit)
+    return await asyncio.to_thread(json_elements_over, body, limit)
+
+
 class BodyLimitMiddleware:
     """413 before parsing when a body is larger than ``max_body_bytes``; 400 when it is not
     UTF-8 (RFC 8259) or its JSON nests deeper than ``max_json_depth``; 408 when it is not
@@ -97,10 +118,12 @@ class BodyLimitMiddleware:
         max_depth: int | None = None,
         timeout_s: float | None = None,
         uploads: dict[str, int] | None = None,
+        max_elements: int | None = None,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.max_depth = max_depth
+        self.max_elements = max_elements
         self.timeout_s = timeout_s
         # Paths that take files (the Batch API's /v1/files) and their own limit: counted as
         # they stream to the route, never held here whole (see _counted).
@@ -176,6 +199,19 @@ class BodyLimitMiddleware:
                 400,
                 f"the JSON body nests deeper than the limit of {self.max_depth} levels",
                 "json_too_deep",
+            )
+            return
+        if (
+            self.max_elements is not None
+            and _json_body(scope)
+            and await _too_many(body, self.max_elements)
+        ):
+            await self._send(
+                send,
+                413,
+                f"the JSON body holds more than {self.max_elements} elements "
+                "(limits.max_json_elements); send fewer inputs or token ids per request",
+                "payload_too_large",
             )
             return
         await self.app(scope, _replay(body, receive), send)
