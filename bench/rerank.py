@@ -9,7 +9,8 @@ exported to ONNX and converted to GGUF f16 as the tests do, so all configs read 
 weights. Goal (issue 21): embedhost >= 1.3x the best peer in pairs/s.
 
     .venv/bin/python bench/rerank.py [--duration 30] [--infinity /tmp/infvenv/bin/infinity_emb]
-        [--only embedhost-transformers,llama-server]
+        [--only embedhost-transformers,llama-server-t2]
+(peers at each setting: Infinity bfloat16 and float32, llama-server at 1 and 2 threads)
 
 Infinity comes from its own virtual environment (``--infinity`` or ``$INFINITY``);
 llama-server is found or built as the tests do (tests/support/llama_server.py). A peer
@@ -39,8 +40,10 @@ CONFIGS = (
     "embedhost-transformers-float32",
     "embedhost-onnx",
     "embedhost-llama_cpp",
-    "infinity",
-    "llama-server",
+    "infinity-bfloat16",
+    "infinity-float32",
+    "llama-server-t1",
+    "llama-server-t2",
 )
 
 
@@ -105,7 +108,8 @@ def _embedhost(name: str, tmp: Path, duration: float, texts: list[str]) -> dict[
     model: dict[str, Any] = {"name": "ce", "engine": engine, "path": str(path), "task": "rerank"}
     if name.endswith("-float32"):
         model["dtype"] = "float32"
-    proc, url, t0 = start_serve({"models": [model]}, tmp, name)
+    # The vector cache off: the 64 bodies repeat, and a cached pair is not a scored one.
+    proc, url, t0 = start_serve({"models": [model], "cache": {"enabled": False}}, tmp, name)
     try:
         ready = wait_ready(proc, url, t0)
         result = asyncio.run(_drive(f"{url}/v1/rerank", _bodies(texts, "jina", "ce"), duration))
@@ -114,11 +118,13 @@ def _embedhost(name: str, tmp: Path, duration: float, texts: list[str]) -> dict[
     return {**result, "ready_s": round(ready, 1)}
 
 
-def _infinity(binary: str, tmp: Path, duration: float, texts: list[str]) -> dict[str, Any]:
+def _infinity(
+    binary: str, tmp: Path, duration: float, texts: list[str], dtype: str
+) -> dict[str, Any]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [binary, "v2", "--model-id", str(minilm_cross_encoder()), "--served-model-name", "ce"]
-    cmd += ["--engine", "torch", "--device", "cpu", "--batch-size", "32"]
+    cmd += ["--engine", "torch", "--device", "cpu", "--batch-size", "32", "--dtype", dtype]
     cmd += ["--host", "127.0.0.1", "--port", str(port)]
     proc = spawn(cmd, tmp / "infinity.log", env={**os.environ, "PYTHONPATH": ""})
     try:
@@ -149,7 +155,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--infinity", default=os.environ.get("INFINITY"))
-    parser.add_argument("--llama-threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--only", default=",".join(CONFIGS), help="comma-separated configs")
     args = parser.parse_args()
     texts = corpus("passages.txt")
@@ -160,13 +165,15 @@ def main() -> None:
         for name in args.only.split(","):
             if name.startswith("embedhost-"):
                 results[name] = _embedhost(name, tmp, args.duration, texts)
-            elif name == "infinity":
+            elif name.startswith("infinity-"):
                 if not args.infinity or not Path(args.infinity).is_file():
                     notes.append("infinity: skipped, no infinity_emb (--infinity or $INFINITY)")
                     continue
-                results[name] = _infinity(args.infinity, tmp, args.duration, texts)
-            elif name == "llama-server":
-                results[name] = _llama_server(tmp, args.duration, texts, args.llama_threads)
+                dtype = name.removeprefix("infinity-")
+                results[name] = _infinity(args.infinity, tmp, args.duration, texts, dtype)
+            elif name.startswith("llama-server-t"):
+                threads = int(name.removeprefix("llama-server-t"))
+                results[name] = _llama_server(tmp, args.duration, texts, threads)
             print(name, results.get(name), flush=True)
     peers = [r["pairs_per_s"] for n, r in results.items() if not n.startswith("embedhost")]
     rows = [
