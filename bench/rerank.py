@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -151,44 +152,58 @@ def _llama_server(tmp: Path, duration: float, texts: list[str], threads: int) ->
         stop_process(proc)
 
 
+def _one(name: str, args: argparse.Namespace, tmp: Path, texts: list[str]) -> dict[str, Any]:
+    if name.startswith("embedhost-"):
+        return _embedhost(name, tmp, args.duration, texts)
+    if name.startswith("infinity-"):
+        dtype = name.removeprefix("infinity-")
+        return _infinity(args.infinity, tmp, args.duration, texts, dtype)
+    threads = int(name.removeprefix("llama-server-t"))
+    return _llama_server(tmp, args.duration, texts, threads)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds (odd: reversed)")
     parser.add_argument("--infinity", default=os.environ.get("INFINITY"))
     parser.add_argument("--only", default=",".join(CONFIGS), help="comma-separated configs")
     args = parser.parse_args()
     texts = corpus("passages.txt")
-    results: dict[str, Any] = {}
+    names = args.only.split(",")
     notes: list[str] = []
+    if not args.infinity or not Path(args.infinity).is_file():
+        notes.append("infinity: skipped, no infinity_emb (--infinity or $INFINITY)")
+        names = [n for n in names if not n.startswith("infinity-")]
+    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        for name in args.only.split(","):
-            if name.startswith("embedhost-"):
-                results[name] = _embedhost(name, tmp, args.duration, texts)
-            elif name.startswith("infinity-"):
-                if not args.infinity or not Path(args.infinity).is_file():
-                    notes.append("infinity: skipped, no infinity_emb (--infinity or $INFINITY)")
-                    continue
-                dtype = name.removeprefix("infinity-")
-                results[name] = _infinity(args.infinity, tmp, args.duration, texts, dtype)
-            elif name.startswith("llama-server-t"):
-                threads = int(name.removeprefix("llama-server-t"))
-                results[name] = _llama_server(tmp, args.duration, texts, threads)
-            print(name, results.get(name), flush=True)
-    peers = [r["pairs_per_s"] for n, r in results.items() if not n.startswith("embedhost")]
+        for rnd in range(args.rounds):
+            for name in names if rnd % 2 == 0 else list(reversed(names)):
+                runs[name].append(_one(name, args, tmp, texts))
+                print(rnd, name, runs[name][-1], flush=True)
+
+    def med(n: str, key: str) -> float:
+        return float(statistics.median(r[key] or 0 for r in runs[n]))
+
+    peers = [med(n, "pairs_per_s") for n in names if not n.startswith("embedhost")]
     rows = [
-        "| config | pairs/s | p50 ms | p99 ms | non-2xx | vs best peer |",
+        "| config | pairs/s median (rounds) | p50 ms | p99 ms | non-2xx | vs best peer |",
         "|---|---|---|---|---|---|",
     ]
-    for n, r in results.items():
-        vs = f"{r['pairs_per_s'] / max(peers):.2f}x" if peers and max(peers) > 0 else "-"
+    for n in names:
+        tps = med(n, "pairs_per_s")
+        vs = f"{tps / max(peers):.2f}x" if peers and max(peers) > 0 else "-"
+        each = ", ".join(f"{r['pairs_per_s']:.0f}" for r in runs[n])
+        bad = sum(r["non_2xx"] for r in runs[n])
         rows.append(
-            f"| {n} | {r['pairs_per_s']} | {r['p50_ms']} | {r['p99_ms']} | {r['non_2xx']} | {vs} |"
+            f"| {n} | {tps:.0f} ({each}) | {med(n, 'p50_ms'):.0f} | {med(n, 'p99_ms'):.0f} "
+            f"| {bad} | {vs} |"
         )
     print("\n".join(rows))
-    for n in notes:
-        print(f"note: {n}")
-    path = write_json("rerank", {"machine": machine(), "results": results, "notes": notes})
+    for note in notes:
+        print(f"note: {note}")
+    path = write_json("rerank", {"machine": machine(), "runs": runs, "notes": notes})
     print(f"wrote {path}")
 
 
