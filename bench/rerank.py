@@ -9,7 +9,8 @@ exported to ONNX and converted to GGUF f16 as the tests do, so all configs read 
 weights. Goal (issue 21): embedhost >= 1.3x the best peer in pairs/s.
 
     .venv/bin/python bench/rerank.py [--duration 30] [--infinity /tmp/infvenv/bin/infinity_emb]
-        [--only embedhost-transformers,llama-server]
+        [--only embedhost-transformers,llama-server-t2]
+(peers at each setting: Infinity bfloat16 and float32, llama-server at 1 and 2 threads)
 
 Infinity comes from its own virtual environment (``--infinity`` or ``$INFINITY``);
 llama-server is found or built as the tests do (tests/support/llama_server.py). A peer
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -39,8 +41,10 @@ CONFIGS = (
     "embedhost-transformers-float32",
     "embedhost-onnx",
     "embedhost-llama_cpp",
-    "infinity",
-    "llama-server",
+    "infinity-bfloat16",
+    "infinity-float32",
+    "llama-server-t1",
+    "llama-server-t2",
 )
 
 
@@ -105,7 +109,8 @@ def _embedhost(name: str, tmp: Path, duration: float, texts: list[str]) -> dict[
     model: dict[str, Any] = {"name": "ce", "engine": engine, "path": str(path), "task": "rerank"}
     if name.endswith("-float32"):
         model["dtype"] = "float32"
-    proc, url, t0 = start_serve({"models": [model]}, tmp, name)
+    # The vector cache off: the 64 bodies repeat, and a cached pair is not a scored one.
+    proc, url, t0 = start_serve({"models": [model], "cache": {"enabled": False}}, tmp, name)
     try:
         ready = wait_ready(proc, url, t0)
         result = asyncio.run(_drive(f"{url}/v1/rerank", _bodies(texts, "jina", "ce"), duration))
@@ -114,11 +119,13 @@ def _embedhost(name: str, tmp: Path, duration: float, texts: list[str]) -> dict[
     return {**result, "ready_s": round(ready, 1)}
 
 
-def _infinity(binary: str, tmp: Path, duration: float, texts: list[str]) -> dict[str, Any]:
+def _infinity(
+    binary: str, tmp: Path, duration: float, texts: list[str], dtype: str
+) -> dict[str, Any]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [binary, "v2", "--model-id", str(minilm_cross_encoder()), "--served-model-name", "ce"]
-    cmd += ["--engine", "torch", "--device", "cpu", "--batch-size", "32"]
+    cmd += ["--engine", "torch", "--device", "cpu", "--batch-size", "32", "--dtype", dtype]
     cmd += ["--host", "127.0.0.1", "--port", str(port)]
     proc = spawn(cmd, tmp / "infinity.log", env={**os.environ, "PYTHONPATH": ""})
     try:
@@ -145,43 +152,58 @@ def _llama_server(tmp: Path, duration: float, texts: list[str], threads: int) ->
         stop_process(proc)
 
 
+def _one(name: str, args: argparse.Namespace, tmp: Path, texts: list[str]) -> dict[str, Any]:
+    if name.startswith("embedhost-"):
+        return _embedhost(name, tmp, args.duration, texts)
+    if name.startswith("infinity-"):
+        dtype = name.removeprefix("infinity-")
+        return _infinity(args.infinity, tmp, args.duration, texts, dtype)
+    threads = int(name.removeprefix("llama-server-t"))
+    return _llama_server(tmp, args.duration, texts, threads)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds (odd: reversed)")
     parser.add_argument("--infinity", default=os.environ.get("INFINITY"))
-    parser.add_argument("--llama-threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--only", default=",".join(CONFIGS), help="comma-separated configs")
     args = parser.parse_args()
     texts = corpus("passages.txt")
-    results: dict[str, Any] = {}
+    names = args.only.split(",")
     notes: list[str] = []
+    if not args.infinity or not Path(args.infinity).is_file():
+        notes.append("infinity: skipped, no infinity_emb (--infinity or $INFINITY)")
+        names = [n for n in names if not n.startswith("infinity-")]
+    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        for name in args.only.split(","):
-            if name.startswith("embedhost-"):
-                results[name] = _embedhost(name, tmp, args.duration, texts)
-            elif name == "infinity":
-                if not args.infinity or not Path(args.infinity).is_file():
-                    notes.append("infinity: skipped, no infinity_emb (--infinity or $INFINITY)")
-                    continue
-                results[name] = _infinity(args.infinity, tmp, args.duration, texts)
-            elif name == "llama-server":
-                results[name] = _llama_server(tmp, args.duration, texts, args.llama_threads)
-            print(name, results.get(name), flush=True)
-    peers = [r["pairs_per_s"] for n, r in results.items() if not n.startswith("embedhost")]
+        for rnd in range(args.rounds):
+            for name in names if rnd % 2 == 0 else list(reversed(names)):
+                runs[name].append(_one(name, args, tmp, texts))
+                print(rnd, name, runs[name][-1], flush=True)
+
+    def med(n: str, key: str) -> float:
+        return float(statistics.median(r[key] or 0 for r in runs[n]))
+
+    peers = [med(n, "pairs_per_s") for n in names if not n.startswith("embedhost")]
     rows = [
-        "| config | pairs/s | p50 ms | p99 ms | non-2xx | vs best peer |",
+        "| config | pairs/s median (rounds) | p50 ms | p99 ms | non-2xx | vs best peer |",
         "|---|---|---|---|---|---|",
     ]
-    for n, r in results.items():
-        vs = f"{r['pairs_per_s'] / max(peers):.2f}x" if peers and max(peers) > 0 else "-"
+    for n in names:
+        tps = med(n, "pairs_per_s")
+        vs = f"{tps / max(peers):.2f}x" if peers and max(peers) > 0 else "-"
+        each = ", ".join(f"{r['pairs_per_s']:.0f}" for r in runs[n])
+        bad = sum(r["non_2xx"] for r in runs[n])
         rows.append(
-            f"| {n} | {r['pairs_per_s']} | {r['p50_ms']} | {r['p99_ms']} | {r['non_2xx']} | {vs} |"
+            f"| {n} | {tps:.0f} ({each}) | {med(n, 'p50_ms'):.0f} | {med(n, 'p99_ms'):.0f} "
+            f"| {bad} | {vs} |"
         )
     print("\n".join(rows))
-    for n in notes:
-        print(f"note: {n}")
-    path = write_json("rerank", {"machine": machine(), "results": results, "notes": notes})
+    for note in notes:
+        print(f"note: {note}")
+    path = write_json("rerank", {"machine": machine(), "runs": runs, "notes": notes})
     print(f"wrote {path}")
 
 

@@ -23,8 +23,10 @@ its figures are marked emulated.
 
 Run:  .venv/bin/python bench/rounds.py --servers eh,llama-t1,llama-t2,inf-f32 \
           --llama-server BIN --infinity BIN [--rounds 4] [--duration 15] [--avx2]
-Servers: eh (the default config), eh-f32 (dtype float32), eh-gguf-t1/-t2 (the GGUF
-engine at 1/2 threads), llama-t1/-t2 (llama-server f16, -np 8), inf-bf16/inf-f32
+Servers: eh (the default config), eh-f32 (dtype float32), eh-t1/-t2 (the default at 1/2
+engine threads), eh-onnx (the ONNX engine on export-onnx's file), eh-gguf-t1/-t2 (the GGUF
+engine at 1/2 threads); any of them as NAME@VAR=VALUE,... runs with those environment
+variables (an experiment beside the plain form, in the same rounds); llama-t1/-t2 (llama-server f16, -np 8), inf-bf16/inf-f32
 (Infinity, torch engine), inf-onnx (Infinity --engine optimum, if it installs).
 Writes bench/out/rounds-<time>.json and prints the summary as markdown.
 """
@@ -135,16 +137,24 @@ def start(
     name: str, args: argparse.Namespace, tmp: Path, env: dict[str, str]
 ) -> tuple[subprocess.Popen[bytes], str, float, str | None, str]:
     """(process, url, t0, model name for requests, readiness path)."""
-    if name.startswith("eh"):
+    # NAME@VAR=VALUE,VAR=VALUE: the same server with those environment variables (an
+    # experiment beside its plain form in the same rounds, e.g. eh@OMP_WAIT_POLICY=PASSIVE).
+    base, _, extra = name.partition("@")
+    env = {**env, **dict(kv.split("=", 1) for kv in extra.split(",") if kv)}
+    if base.startswith("eh"):
         entry: dict[str, Any] = {"name": "bench", "path": MINILM}
-        if name == "eh-f32":
+        if base == "eh-f32":
             entry["dtype"] = "float32"
-        elif name.startswith("eh-gguf"):
+        elif base in ("eh-t1", "eh-t2"):
+            entry["threads"] = int(base[-1])
+        elif base == "eh-onnx":
+            entry = {"name": "bench", **resolve_entry({"engine": "onnx", "path": "onnx:"})}
+        elif base.startswith("eh-gguf"):
             entry = {
                 "name": "bench",
                 "engine": "llama_cpp",
                 "path": gguf_path(),
-                "threads": int(name[-1]),
+                "threads": int(base[-1]),
             }
         cfg = {
             "server": {"log_level": "warning"},

@@ -112,6 +112,31 @@ def test_dtype_auto_follows_the_cpu() -> None:
     assert resolve_dtype("auto", "mps") == "float32"
 
 
+@pytest.mark.parametrize(
+    ("var", "value", "native"),
+    [
+        ("ATEN_CPU_CAPABILITY", "avx2", False),
+        ("ATEN_CPU_CAPABILITY", "default", False),
+        ("ONEDNN_MAX_CPU_ISA", "AVX2", False),
+        ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE", False),
+        ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16", None),
+        ("ONEDNN_MAX_CPU_ISA", "ALL", None),
+    ],
+)
+def test_an_isa_cap_below_bf16_means_float32(
+    monkeypatch: pytest.MonkeyPatch, var: str, value: str, native: bool | None
+) -> None:
+    # A process capped below bfloat16 (an AVX2-only machine emulated, or an operator's
+    # cap) would emulate it slowly: dtype auto picks float32. None: the CPU decides.
+    from embedhost.engines.transformers import cpu_has_native_bf16
+
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    uncapped = cpu_has_native_bf16()
+    monkeypatch.setenv(var, value)
+    assert cpu_has_native_bf16() is (uncapped if native is None else native)
+
+
 @pytest.mark.parametrize("pooling", ["mean", "cls", "max", "last"])
 def test_packed_rows_match_padded_batches(minilm_dir: Path, pooling: str) -> None:
     """Packing (the default for BERT-class models) computes each sequence as if it were alone."""

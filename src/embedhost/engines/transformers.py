@@ -10,6 +10,7 @@ it) and float32 elsewhere.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,21 @@ from embedhost.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) under which bfloat16 still runs natively.
+_BF16_ISAS = ("ALL", "DEFAULT", "BF16", "AMX", "FP16", "AVX10")
+
+
 def cpu_has_native_bf16() -> bool:
-    """AMX or AVX512-BF16, read from /proc/cpuinfo (Linux x86)."""
+    """AMX or AVX512-BF16, read from /proc/cpuinfo (Linux x86), unless the process is
+    capped below them: torch's ``ATEN_CPU_CAPABILITY`` at ``avx2``/``default``, or oneDNN's
+    ``ONEDNN_MAX_CPU_ISA`` at an ISA without bfloat16 (``AVX2``, ``AVX512_CORE``). A capped
+    process would emulate bfloat16 slowly, so ``dtype: auto`` picks float32 there, as on
+    a CPU without it (and an AVX2-only machine is emulated faithfully)."""
+    if os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in ("avx2", "default"):
+        return False
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if isa and not any(name in isa for name in _BF16_ISAS):
+        return False
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
