@@ -116,7 +116,12 @@ async def get_file(admission: EmbedAdmission, request: Request, file_id: str) ->
     return (await _jobs(request).file(file_id, admission.key_id)).to_openai()
 
 
-@router.get("/v1/files/{file_id}/content", summary="A file's content")
+@router.get(
+    "/v1/files/{file_id}/content",
+    summary="A file's content",
+    response_class=FileResponse,
+    responses={200: {"description": "The file, JSONL", "content": {"application/jsonl": {}}}},
+)
 async def file_content(admission: EmbedAdmission, request: Request, file_id: str) -> FileResponse:
     path = await _jobs(request).file_content(file_id, admission.key_id)
     return FileResponse(path, media_type="application/jsonl")
