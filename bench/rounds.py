@@ -17,9 +17,9 @@ Columns beside throughput:
 
 The header records the CPU's model and its SIMD flags (avx2, avx512f, avx512_bf16,
 amx), and ``--avx2`` emulates an AVX2-only CPU on a bigger one (torch's
-ATEN_CPU_CAPABILITY=avx2 and oneDNN's ONEDNN_MAX_CPU_ISA=AVX2 for embedhost and
-Infinity; give an AVX2-only llama-server build, ``-DGGML_NATIVE=OFF`` with AVX-512 off):
-its figures are marked emulated.
+ATEN_CPU_CAPABILITY=avx2, oneDNN's ONEDNN_MAX_CPU_ISA=AVX2 and MKL's
+MKL_ENABLE_INSTRUCTIONS=AVX2 for embedhost and Infinity; give an AVX2-only llama-server
+build, ``-DGGML_NATIVE=OFF`` with AVX-512 off): its figures are marked emulated.
 
 Run:  .venv/bin/python bench/rounds.py --servers eh,llama-t1,llama-t2,inf-f32 \
           --llama-server BIN --infinity BIN [--rounds 4] [--duration 15] [--avx2]
@@ -64,7 +64,13 @@ from _harness import (
     wrk_command,
 )
 
-AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+# torch's own kernels, oneDNN's, and MKL's (torch's float32 GEMMs go to MKL, which would
+# otherwise still pick its AVX-512 code paths).
+AVX2_ENV = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+}
 FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
 
 
