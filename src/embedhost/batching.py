@@ -201,6 +201,8 @@ class Batcher:
         now = time.monotonic()
         futures: list[asyncio.Future[Vectors]] = []
         queue = self.lane.queue if ticket.priority == "batch" else self._queue
+        if ticket.priority != "batch":
+            self.lane.online_seen(now)
         for s in seqs:
             fut: asyncio.Future[Vectors] = loop.create_future()
             queue.append(Item(s, fut, ticket, now))
@@ -311,6 +313,11 @@ class Batcher:
         if not window:
             return []
         cfg = self.config
+        max_items, max_tokens = (
+            self.lane.limits(time.monotonic())
+            if bulk
+            else (cfg.max_batch_size, cfg.max_batch_tokens)
+        )
         packed = self._packed is not None and self._packed()
         oldest = window[0]
         order = sorted(range(len(window)), key=lambda i: len(window[i].ids))
@@ -319,7 +326,7 @@ class Batcher:
         chosen = [oldest]
         width = len(oldest.ids)
         real = width
-        while len(chosen) < cfg.max_batch_size:
+        while len(chosen) < max_items:
             cand_lo = order[lo - 1] if lo > 0 else None
             cand_hi = order[hi + 1] if hi + 1 < len(order) else None
             if cand_lo is None and cand_hi is None:
@@ -335,15 +342,15 @@ class Batcher:
             new_width = max(width, len(window[idx].ids))
             if packed:
                 # No padding: the cost is the real tokens, whatever the lengths.
-                if real + len(window[idx].ids) > cfg.max_batch_tokens:
+                if real + len(window[idx].ids) > max_tokens:
                     break
-            elif new_width * (len(chosen) + 1) > cfg.max_batch_tokens:
+            elif new_width * (len(chosen) + 1) > max_tokens:
                 # The other side may still fit (shorter sequences).
                 if pick_hi and cand_lo is not None:
                     idx = cand_lo
                     pick_hi = False
                     new_width = width
-                    if width * (len(chosen) + 1) > cfg.max_batch_tokens:
+                    if width * (len(chosen) + 1) > max_tokens:
                         break
                 else:
                     break

@@ -112,6 +112,16 @@ class BatchingConfig(_Strict):
         le=10_000_000,
         description="Batch-priority sequences waiting per replica (their own bound, apart from max_queue_items).",
     )
+    batch_slice_share: float = Field(
+        default=0.125,
+        gt=0,
+        le=1,
+        description=(
+            "While online requests are arriving (within the last second), a batch-priority "
+            "batch takes at most this share of max_batch_size and max_batch_tokens, so an "
+            "online request never waits behind a whole bulk batch (see embedhost.lanes)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> BatchingConfig:

@@ -13,6 +13,11 @@ Batches are formed from one lane at a time:
   floor, so that batch work never starves behind a steady online load. The count is
   kept in batches, not time, so it is exact and tests can assert it with gates.
 
+While online requests are arriving, a batch of this lane takes at most
+``batching.batch_slice_share`` of the batcher's size and token limits: an online request
+then waits behind a small bulk batch, not a whole one, and bulk work still fills the
+engine's idle time in small steps.
+
 Batch items have their own bound (``batching.batch_max_queue_items``), not counted
 against the online ``max_queue_items``, and are refused first under overload: a batch
 request is refused once the online queue is half full, long before online requests are.
@@ -30,6 +35,9 @@ T = TypeVar("T")
 # A batch request is refused once the online queue is this full: bulk work backs off
 # (429) before any online request does.
 ONLINE_PRESSURE = 0.5
+# Online traffic counts as present for this long after its last request: its batch-lane
+# batches stay small (batch_slice_share) meanwhile.
+ONLINE_RECENT_S = 1.0
 
 
 class BatchLane(Generic[T]):
@@ -41,6 +49,21 @@ class BatchLane(Generic[T]):
         self._owed = 0.0
         self.sequences = 0
         """Sequences sent to the engine from this lane (the metrics' batch share)."""
+        self._online_at = float("-inf")
+
+    def online_seen(self, now: float) -> None:
+        """An online request arrived (``time.monotonic()``)."""
+        self._online_at = now
+
+    def limits(self, now: float) -> tuple[int, int]:
+        """(sequences, tokens) a batch of this lane may take now: a slice of the batcher's
+        limits while online traffic is present, so that an online request waits behind a
+        small bulk batch at most, never a whole one; all of them otherwise."""
+        cfg = self.config
+        if now - self._online_at > ONLINE_RECENT_S:
+            return cfg.max_batch_size, cfg.max_batch_tokens
+        share = cfg.batch_slice_share
+        return max(1, int(cfg.max_batch_size * share)), max(1, int(cfg.max_batch_tokens * share))
 
     def __len__(self) -> int:
         return len(self.queue)

@@ -49,6 +49,9 @@ def cfg(**kw: object) -> BatchingConfig:
         "max_wait_ms": 0,
         "max_queue_items": 64,
         "batch_max_queue_items": 64,
+        # Whole batch-lane batches: these tests count batches per lane; the slice taken
+        # while online traffic is present has its own test below.
+        "batch_slice_share": 1.0,
     }
     base.update(kw)
     return BatchingConfig.model_validate(base)
@@ -120,4 +123,29 @@ async def test_batch_work_is_refused_first_under_overload() -> None:
         b.submit([[20]], Ticket())
     eng.gate.set()
     await asyncio.gather(*futs)
+    await b.close()
+
+
+async def test_batch_lane_batches_are_a_slice_while_online_traffic_is_present() -> None:
+    # An online request waits behind a small bulk batch at most, never a whole one.
+    eng = Gated()
+    b = Batcher(eng, cfg(max_batch_size=8, batch_slice_share=0.25), depth=1)
+    b.start()
+    first = b.submit([[BULK]], Ticket(priority="batch"))  # holds the engine
+    await asyncio.wait_for(eng.called.wait(), 10)
+    futs = b.submit([[BULK + 1 + i] for i in range(8)], Ticket(priority="batch"))
+    eng.gate.set()
+    await asyncio.gather(*first, *futs)
+    # No online request yet: the bulk work went as one whole batch.
+    assert [len(x) for x in eng.batches[1:]] == [8]
+    eng.batches.clear()
+    eng.gate.clear()
+    eng.called.clear()
+    first = b.submit([[1]], Ticket())  # online traffic, holding the engine
+    await asyncio.wait_for(eng.called.wait(), 10)
+    futs = b.submit([[BULK + 20 + i] for i in range(8)], Ticket(priority="batch"))
+    eng.gate.set()
+    await asyncio.gather(*first, *futs)
+    # With online traffic present, bulk batches are a quarter of max_batch_size.
+    assert [len(x) for x in eng.batches[1:]] == [2, 2, 2, 2]
     await b.close()
