@@ -33,11 +33,11 @@ from embedhost.cache import BYPASS, DEFAULT_POLICY, CachePolicy
 from embedhost.engines.base import Vectors
 from embedhost.engines.rerank import EMBED, RERANK, PairTemplate
 from embedhost.errors import EmbedhostError, InvalidRequest, PayloadTooLarge
-from embedhost.models.replica import Replica, Ticket
+from embedhost.models.replica import Ticket
 from embedhost.models.version import ModelVersion
 from embedhost.pairs import Mode, Pairs, build, content_ids, load_template
 from embedhost.security.admission import Admission
-from embedhost.service import EmbeddingService, EmbedOptions
+from embedhost.service import EmbeddingService, EmbedOptions, ReplicaBatch, mark_gone
 
 Scores = npt.NDArray[np.float32]
 
@@ -171,7 +171,7 @@ class ScoringService:
         ticket = Ticket()
         watcher = None
         if disconnected is not None:
-            watcher = asyncio.get_running_loop().create_task(_mark_gone(ticket, disconnected))
+            watcher = asyncio.get_running_loop().create_task(mark_gone(ticket, disconnected))
         start = time.perf_counter()
         try:
             with handle.lease():
@@ -251,7 +251,7 @@ class ScoringService:
         charge_all = cache is None or cache.config.charge_hits
         if admission is not None and charge_all:
             await admission.charge_tokens(pairs.tokens)
-        compute = _Compute(replica, ticket, None if charge_all else admission)
+        compute = ReplicaBatch(replica, ticket, None if charge_all else admission)
         state = None
         if cache is None:
             rows = await compute(pairs.seqs)
@@ -335,33 +335,3 @@ def _activate(logits: Vectors) -> tuple[Scores, Scores]:
     e = np.exp(shifted.astype(np.float64))
     soft = e[:, -1] / e.sum(axis=1)
     return soft.astype(np.float32), logits[:, -1]
-
-
-@dataclass(slots=True)
-class _Compute:
-    """Scores pairs on one replica (what the cache calls for its misses); ``admission``,
-    when set, is charged the tokens of what is computed."""
-
-    replica: Replica
-    ticket: Ticket
-    admission: Admission | None
-
-    async def __call__(self, seqs: list[list[int]]) -> list[Vectors]:
-        if self.admission is not None:
-            await self.admission.charge_tokens(sum(len(s) for s in seqs))
-        futures = self.replica.submit(seqs, self.ticket)
-        try:
-            results = await asyncio.gather(*futures, return_exceptions=True)
-        except asyncio.CancelledError:
-            self.ticket.gone = True
-            raise
-        for r in results:
-            if isinstance(r, BaseException):
-                self.ticket.gone = True
-                raise r
-        return results  # type: ignore[return-value]
-
-
-async def _mark_gone(ticket: Ticket, disconnected: Callable[[], Awaitable[object]]) -> None:
-    await disconnected()
-    ticket.gone = True

@@ -139,7 +139,7 @@ class EmbeddingService:
         ticket = Ticket(priority=options.priority)
         watcher = None
         if disconnected is not None:
-            watcher = asyncio.get_running_loop().create_task(_mark_gone(ticket, disconnected))
+            watcher = asyncio.get_running_loop().create_task(mark_gone(ticket, disconnected))
         try:
             if admission is not None:
                 admission.check_model(handle.name)
@@ -322,7 +322,7 @@ class EmbeddingService:
             await admission.charge_tokens(tokens.total)
         t_submit = time.monotonic()
         part = handle.config.batching.max_batch_size if split else None
-        batch = _Batch(replica, ticket, None if charge_all else admission, part)
+        batch = ReplicaBatch(replica, ticket, None if charge_all else admission, part)
         cache_state = None
         if cache is None:
             results = await batch(tokens.ids)
@@ -414,8 +414,8 @@ class EmbeddingService:
 
 
 @dataclass(slots=True)
-class _Batch:
-    """Embeds sequences on one replica (what the cache calls for its misses);
+class ReplicaBatch:
+    """Embeds sequences on one replica (scoring.py scores pairs through it too) (what the cache calls for its misses);
     ``admission``, when set, is charged the tokens of what is computed."""
 
     replica: Replica
@@ -459,7 +459,8 @@ class _Batch:
         return results  # type: ignore[return-value]
 
 
-async def _mark_gone(ticket: Ticket, disconnected: Callable[[], Awaitable[object]]) -> None:
+async def mark_gone(ticket: Ticket, disconnected: Callable[[], Awaitable[object]]) -> None:
+    """Mark ``ticket`` gone once its client disconnects (its queued work is dropped)."""
     await disconnected()
     ticket.gone = True
 
