@@ -78,7 +78,12 @@ def test_every_log_line_names_the_instance() -> None:
     assert len(lines) == 2
     assert all(line["instance"] == "replica-b" for line in lines)
     # The worker processes are set up with the same instance.
-    assert worker_log_config() == {"level": "info", "format": "json", "instance": "replica-b"}
+    assert worker_log_config() == {
+        "level": "info",
+        "format": "json",
+        "instance": "replica-b",
+        "destination": "stderr",
+    }
 
 
 async def test_load_ratio_counts_queued_and_in_engine_sequences() -> None:
